@@ -1,0 +1,53 @@
+"""The ``reductio`` program: ``fab`` with the original's spelling.
+
+    reductio -f mymodule setup do_stuff
+    reductio -f path/to/fabfile.py setup do_stuff
+
+``-f/--fabfile`` names the task module, as a module name found from the
+current folder upwards (like ``fab -c``) or as a path to a .py file. invoke's
+own ``-f`` (``--config``) keeps its long name.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fabric import Config, Executor
+from fabric.main import Fab
+from invoke import Argument
+
+from reductio import __version__
+
+
+class Reductio(Fab):
+    """Fab whose -f is the fabfile."""
+
+    def core_args(self):
+        args = super().core_args()
+        for arg in args:
+            if arg.name == "config":
+                arg.names = ("config",)
+                arg.help = "Runtime configuration file to use."
+        return args + [
+            Argument(names=("fabfile", "f"), help="Task module: a module name, or a path to a .py file."),
+        ]
+
+    def load_collection(self):
+        fabfile = self.args.fabfile.value
+        if fabfile:
+            if fabfile.endswith(".py") or os.sep in fabfile:
+                path = os.path.abspath(fabfile)
+                self.args["search-root"].value = os.path.dirname(path)
+                fabfile = os.path.basename(path)
+                if fabfile.endswith(".py"):
+                    fabfile = fabfile[:-3]
+            self.args.collection.value = fabfile
+        super().load_collection()
+
+
+def make_program() -> Reductio:
+    return Reductio(name="reductio", binary="reductio", version=__version__,
+                    executor_class=Executor, config_class=Config)
+
+
+program = make_program()

@@ -1,0 +1,136 @@
+"""Which workers make the cluster: workers.cfg, Fabric config, -H, or local workers.
+
+The order is documented in ``load_workers``; whatever it finds becomes an
+ordered list of ``WorkerSpec``, and a worker's index in that list is the
+partition it owns.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from reductio.errors import ConfigError
+
+log = logging.getLogger("reductio")
+
+WORKERS_CFG = "workers.cfg"
+DEFAULT_HOME = "~/.reductio"
+_KEYS = {"host", "username", "port", "key_filename", "home", "python", "local"}
+_SECRETS = {"password", "passphrase", "connect_kwargs"}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker as configured: a local folder, or a host reached over SSH."""
+
+    name: str
+    home: str
+    host: Optional[str] = None
+    port: Optional[int] = None
+    username: Optional[str] = None
+    key_filename: Optional[str] = None
+    python: Optional[str] = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.host is None
+
+
+def load_workers(config) -> List[WorkerSpec]:
+    """The cluster's workers, from the first of these that names any:
+
+    1. ``reductio: workers:`` in invoke/Fabric config (fabric.yaml and friends,
+       and what ``reductio -H`` puts there);
+    2. ``./workers.cfg``;
+    3. ``~/.reductio/workers.cfg``;
+    4. otherwise ``reductio: local_workers:`` (default: the number of cores)
+       local workers with homes under ``~/.reductio/local/``.
+    """
+    settings = _settings(config)
+    if settings.get("workers"):
+        log.debug("workers from the reductio config key")
+        return _checked([_from_mapping(entry, f"worker {i}") for i, entry in enumerate(settings["workers"])])
+    for path in (Path(WORKERS_CFG), Path(os.path.expanduser(DEFAULT_HOME)) / WORKERS_CFG):
+        if path.is_file():
+            log.debug("workers from %s", path)
+            return _checked(read_workers_cfg(path))
+    count = settings.get("local_workers") or os.cpu_count() or 1
+    try:
+        count = int(count)
+    except (TypeError, ValueError):
+        raise ConfigError(f"reductio.local_workers must be a whole number, not {count!r}") from None
+    if count < 1:
+        raise ConfigError(f"reductio.local_workers must be at least 1, not {count}")
+    root = os.path.expanduser(os.path.join(DEFAULT_HOME, "local"))
+    log.debug("%d local workers under %s", count, root)
+    return [WorkerSpec(name=f"local-{i}", home=os.path.join(root, f"worker-{i}")) for i in range(count)]
+
+
+def read_workers_cfg(path: Path) -> List[WorkerSpec]:
+    """Parse a workers.cfg: one INI section per worker, in order."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error as err:
+        raise ConfigError(f"{path}: {err.message.splitlines()[0]}") from None
+    if not parser.sections():
+        raise ConfigError(f"{path} names no workers; add a [name] section per worker")
+    return [_from_mapping(dict(parser[name], name=name), f"{path} [{name}]") for name in parser.sections()]
+
+
+def _from_mapping(entry, where: str) -> WorkerSpec:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {entry!r}")
+    keys = set(entry) - {"name"}
+    secrets = keys & _SECRETS
+    if secrets:
+        raise ConfigError(
+            f"{where}: {', '.join(sorted(secrets))} found; reductio never reads passwords from"
+            " config files: use an SSH key (key_filename) or ssh-agent"
+        )
+    unknown = keys - _KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
+    local = str(entry.get("local", "")).lower() in ("1", "yes", "true", "on")
+    host = entry.get("host")
+    if not local and not host:
+        raise ConfigError(f"{where}: give a host, or local = yes for a local worker")
+    name = str(entry.get("name") or host)
+    home = str(entry.get("home") or (os.path.join(DEFAULT_HOME, "local", name) if local else DEFAULT_HOME))
+    if local:
+        return WorkerSpec(name=name, home=os.path.abspath(os.path.expanduser(home)))
+    try:
+        port = int(entry["port"]) if entry.get("port") not in (None, "") else None
+    except ValueError:
+        raise ConfigError(f"{where}: port must be a number, not {entry['port']!r}") from None
+    return WorkerSpec(
+        name=name, home=home, host=str(host), port=port,
+        username=entry.get("username") or None,
+        key_filename=os.path.expanduser(entry["key_filename"]) if entry.get("key_filename") else None,
+        python=entry.get("python") or None,
+    )
+
+
+def _checked(specs: List[WorkerSpec]) -> List[WorkerSpec]:
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"worker names must be unique; repeated: {', '.join(duplicates)}")
+    homes = [(spec.host, spec.port, spec.home) for spec in specs]
+    if len(set(homes)) != len(homes):
+        raise ConfigError("two workers share one host and home; give each its own home")
+    return specs
+
+
+def _settings(config) -> dict:
+    settings = config.get("reductio") if config is not None else None
+    if settings is None:
+        return {}
+    if not hasattr(settings, "get"):
+        raise ConfigError(f"the reductio config key must be a mapping, not {settings!r}")
+    return settings

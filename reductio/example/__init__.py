@@ -1,0 +1,1 @@
+"""The bundled example: letter bigram counts over the words file."""

@@ -1,0 +1,76 @@
+"""The head's half of each step: fan out, check, then publish everywhere or nowhere.
+
+Every step writes into a fresh attempt folder on each worker. Only when all
+workers succeeded does the head tell each one to publish; if any failed,
+every worker discards the attempt, so a target is never half made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Callable, Dict
+
+from reductio.cluster import Cluster
+from reductio.errors import DatasetError
+
+
+def new_attempt() -> str:
+    """A fresh attempt id: sortable by time, unique across heads."""
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+
+
+def run_and_publish(
+    cluster: Cluster, step: str, params_for: Callable, source: str, target: str, facts: Callable
+) -> Dict[str, dict]:
+    """Run ``step`` on every worker into one attempt, then publish it as ``target``.
+
+    ``params_for(worker)`` gives each worker's parameters; ``facts(source_facts)``
+    what goes into the completion marker. Returns each worker's step result.
+    """
+    attempt = new_attempt()
+    try:
+        results = cluster.each(step, lambda w: w.step(step, dict(params_for(w), attempt=attempt)))
+        marker_facts = facts(common_source(results, source))
+        publish(cluster, attempt, target, {name: r["files"] for name, r in results.items()}, marker_facts, step)
+    except BaseException:
+        discard(cluster, attempt)
+        raise
+    return results
+
+
+def publish(cluster: Cluster, attempt: str, target: str, files: Dict[str, dict], facts: dict, what: str) -> None:
+    """Publish ``attempt`` as ``target`` on every worker, each checking it holds ``files[worker]``."""
+    cluster.each(
+        f"{what} (publishing {target})",
+        lambda w: w.step("publish", {"attempt": attempt, "target": target, "files": files[w.name], "facts": facts}),
+    )
+
+
+def discard(cluster: Cluster, attempt: str) -> None:
+    """Remove an attempt's leftovers wherever they are; a worker we cannot reach keeps them."""
+    for worker in cluster.workers:
+        try:
+            worker.step("discard", {"attempt": attempt})
+        except Exception:  # noqa: BLE001 - best effort while another error is reported
+            pass
+
+
+def common_source(results: Dict[str, dict], source: str) -> dict:
+    """The source's facts, refusing a dataset whose workers hold different versions."""
+    versions = {result["source"]["attempt"] for result in results.values()}
+    if len(versions) != 1:
+        raise DatasetError(
+            f"dataset {source!r} differs between workers (made by different runs:"
+            f" {', '.join(sorted(str(version) for version in versions))}); re-run the step that makes it"
+        )
+    return next(iter(results.values()))["source"]
+
+
+def digest_of(parts) -> str:
+    """A short digest of the given strings, for markers."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,100 @@
+"""The ``key<TAB>value`` wire format: reading, writing and what is refused.
+
+Rules (README "Records"):
+- a record is one UTF-8 line ``key<TAB>value<LF>``; the key ends at the first
+  tab, so a value may hold tabs, a key may not;
+- neither key nor value may hold a newline; a CR is an ordinary character;
+- keys and values are ``str``; anything else is refused, never converted.
+Nothing is escaped: what a function yields is what lands on disk.
+"""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+from typing import Iterator, Tuple
+
+from reductio.errors import InputError, UserCodeError
+
+READ_BUFFER = 1 << 20
+
+
+def open_text(path: Path, mode: str = "r"):
+    """Open a data file as UTF-8 text that splits lines on LF only."""
+    return open(path, mode, encoding="utf-8", newline="\n", buffering=READ_BUFFER)
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """Yield the lines of ``path`` without their LF; invalid UTF-8 is an InputError."""
+    with open_text(path) as lines:
+        try:
+            for line in lines:
+                yield line[:-1] if line.endswith("\n") else line
+        except UnicodeDecodeError:
+            raise _decode_error(path) from None
+
+
+def split_record(line: str, path: Path, lineno: int) -> Tuple[str, str]:
+    """Split one line at its first tab; a line with no tab is an InputError."""
+    key, tab, value = line.partition("\t")
+    if not tab:
+        raise InputError(f"{path.name} line {lineno}: no tab in record {_preview(line)}")
+    return key, value
+
+
+def format_record(pair, function: str) -> str:
+    """The line for one yielded pair; a bad pair is a UserCodeError naming ``function``."""
+    try:
+        key, value = pair
+    except (TypeError, ValueError):
+        raise UserCodeError(f"{function} yielded {_preview(pair)}, not a (key, value) pair") from None
+    if type(key) is not str or type(value) is not str:
+        bad = "key" if type(key) is not str else "value"
+        raise UserCodeError(
+            f"{function} yielded a {bad} of type {type(key if bad == 'key' else value).__name__}"
+            f" ({_preview(pair)}); keys and values must be str"
+        )
+    if "\t" in key or "\n" in key or "\n" in value:
+        where = "key" if ("\t" in key or "\n" in key) else "value"
+        raise UserCodeError(
+            f"{function} yielded a {where} holding a tab or newline ({_preview(pair)});"
+            " keys may hold neither, values no newline"
+        )
+    return f"{key}\t{value}\n"
+
+
+def format_line(text, function: str) -> str:
+    """The line for ``out.write(text)``: one line, its LF optional."""
+    if type(text) is not str:
+        raise UserCodeError(f"{function} wrote a {type(text).__name__}; out.write takes str")
+    body = text[:-1] if text.endswith("\n") else text
+    if "\n" in body:
+        raise UserCodeError(f"{function} wrote several lines at once ({_preview(text)}); write one line per call")
+    return body + "\n"
+
+
+def key_of(line: str) -> str:
+    """The key of a formatted line: everything before the first tab."""
+    return line.partition("\t")[0]
+
+
+def _decode_error(path: Path) -> InputError:
+    """Find the first invalid UTF-8 byte of ``path``: the slow path, taken only on error."""
+    offset = 0
+    with open(path, "rb") as raw:
+        for lineno, line in enumerate(raw, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return InputError(
+                    f"{path.name} line {lineno}: invalid UTF-8 at byte offset {offset + err.start}"
+                )
+            offset += len(line)
+    return InputError(f"{path.name}: invalid UTF-8 (truncated multi-byte character at the end)")
+
+
+def _preview(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+

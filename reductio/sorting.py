@@ -1,0 +1,44 @@
+"""The argv for the worker's own Unix ``sort``: the one place its flags live.
+
+``LC_ALL=C`` makes sort compare bytes, which for UTF-8 is code point order:
+the same order on every worker, whatever its locale, and the order in which
+reduce checks its input. Whole lines are compared, so all lines of one key
+(``key<TAB>...``) sit together, keys that are prefixes of others included.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+SORT_BUFFER = "256M"
+
+
+def sort_env() -> Dict[str, str]:
+    """The environment for sort: byte order, whatever the worker's locale."""
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"
+    return env
+
+
+def sort_argv(
+    inputs: Sequence[Path],
+    temp_dir: Path,
+    output: Path = None,
+    unique: bool = False,
+    merge_only: bool = False,
+) -> List[str]:
+    """argv to sort ``inputs`` (or merge already sorted ones) into ``output`` or stdout.
+
+    Temp files go to ``temp_dir`` inside the worker's home, never /tmp, so a
+    big sort cannot fill a small system disk; ``-S`` bounds the memory used.
+    """
+    argv = ["sort", "-S", SORT_BUFFER, "-T", str(temp_dir)]
+    if merge_only:
+        argv.append("-m")
+    if unique:
+        argv.append("-u")
+    if output is not None:
+        argv += ["-o", str(output)]
+    return argv + ["--"] + [str(path) for path in inputs]

@@ -1,0 +1,133 @@
+"""From the head to the workers: local text files and generated lines, dealt out evenly.
+
+``load`` and ``initialize`` read on the head and stream blocks of whole
+lines round-robin to one ``receive`` command per worker. Memory holds one
+block; each worker's shard is checked against the size and SHA-256 the
+head sent before anything is published.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+from reductio.errors import InputError, ReductioError
+from reductio.steps import Output
+
+MAX_BLOCK = 1 << 20
+MIN_BLOCK = 4096
+
+
+def input_files(path: str) -> List[Path]:
+    """The file itself, or the visible regular files of a folder in name order."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        return [root]
+    if root.is_dir():
+        return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    raise InputError(f"no file or folder at {path}")
+
+
+def block_size(files: List[Path], workers: int) -> int:
+    """Blocks small enough that even a small input reaches every worker."""
+    total = sum(p.stat().st_size for p in files if not p.name.endswith(".gz"))
+    if any(p.name.endswith(".gz") for p in files):
+        return MAX_BLOCK
+    return max(MIN_BLOCK, min(MAX_BLOCK, total // (workers * 4) or MIN_BLOCK))
+
+
+def text_blocks(path: Path, size: int) -> Iterator[bytes]:
+    """Blocks of whole lines of a text file (.gz read transparently), checked and normalised.
+
+    Each block is valid UTF-8 (else an InputError with the byte offset), its
+    CRLF line ends become LF, and the file's last line gets its LF.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    offset = 0
+    with opener(path, "rb") as data:
+        while True:
+            try:
+                block = data.read(size)
+                if not block:
+                    return
+                block += data.readline()
+            except (OSError, EOFError) as err:
+                raise InputError(f"{path}: cannot read: {err}") from None
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError as err:
+                unpacked = " (decompressed)" if opener is gzip.open else ""
+                raise InputError(f"{path}: invalid UTF-8 at byte offset {offset + err.start}{unpacked}") from None
+            offset += len(block)
+            if not block.endswith(b"\n"):
+                block += b"\n"
+            yield block.replace(b"\r\n", b"\n")
+
+
+class Spreader:
+    """One ``receive`` stream per worker; whole blocks go to each in turn."""
+
+    def __init__(self, cluster, attempt: str, origin: str) -> None:
+        self.name = f"s00000.{origin}"
+        self.streams = [w.open("receive", {"attempt": attempt, "name": self.name}, "w") for w in cluster.workers]
+        self.workers = cluster.workers
+        self.digests = [hashlib.sha256() for _ in self.workers]
+        self.sizes = [0] * len(self.workers)
+        self.turn = 0
+
+    def write(self, block: bytes) -> None:
+        i = self.turn
+        self.streams[i].write(block)
+        self.digests[i].update(block)
+        self.sizes[i] += len(block)
+        self.turn = (i + 1) % len(self.streams)
+
+    def finish(self) -> Dict[str, dict]:
+        """Close every stream and check each worker got exactly what was sent."""
+        received = {}
+        for i, (worker, stream) in enumerate(zip(self.workers, self.streams)):
+            facts = stream.finish()["files"][self.name]
+            if facts["bytes"] != self.sizes[i] or facts["sha256"] != self.digests[i].hexdigest():
+                raise ReductioError(
+                    f"worker {worker.name}: shard arrived damaged ({facts['bytes']} of {self.sizes[i]} bytes)"
+                )
+            received[worker.name] = {self.name: facts}
+        return received
+
+    def abandon(self) -> None:
+        for stream in self.streams:
+            stream.kill()
+
+
+class SpreadingOutput(Output):
+    """The ``out`` of an initialize function: lines gathered into blocks for a Spreader."""
+
+    def __init__(self, name: str, spreader: Spreader) -> None:
+        super().__init__(name)
+        self.spreader, self.pending = spreader, 0
+
+    def write_pair(self, key: str, value: str) -> None:
+        super().write_pair(key, value)
+        self._maybe_send()
+
+    def write(self, text: str) -> None:
+        super().write(text)
+        self._maybe_send()
+
+    def _maybe_send(self) -> None:
+        self.pending += len(self.written[-1])
+        if self.pending >= MAX_BLOCK // 4:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.written:
+            self.spreader.write("".join(self.written).encode("utf-8"))
+            self.written.clear()
+            self.pending = 0
+
+
+def ensure_parent(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -1,0 +1,193 @@
+"""A worker's home: where datasets live and how a step's output is published.
+
+Layout, the only place it is spelled out::
+
+    HOME/data/NAME     -> ../store/NAME.ATTEMPT   symlink: the published dataset
+    HOME/store/NAME.ATTEMPT/                      its files and its _SUCCESS marker
+    HOME/tmp/ATTEMPT/                             a step's output until it is published
+
+A step writes into ``tmp/ATTEMPT``; publishing checks every expected file is
+there whole, writes the marker, moves the folder into ``store`` and swaps the
+symlink with one atomic rename. Readers see the old dataset or the new one,
+never a mix, and a dataset without its marker is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+from reductio.errors import DatasetError
+
+MARKER = "_SUCCESS"
+# A marker's "format": TEXT lines come from files or out.write and may lack a
+# tab (the whole line is then the key); RECORDS lines were all written as pairs.
+TEXT, RECORDS = "text", "records"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+_ATTEMPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,99}")
+_PARTITION_FILE = re.compile(r"p(\d{5})\.")
+
+
+def check_name(name: str) -> str:
+    """Refuse a dataset name that could leave its folder or need quoting."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise DatasetError(
+            f"bad dataset name {name!r}: use 1-100 ASCII letters, digits, '_', '.' and '-',"
+            " not starting with '.' or '-', and no '..'"
+        )
+    return name
+
+
+def check_attempt(attempt: str) -> str:
+    """Refuse an attempt id that is not one of ours."""
+    if not isinstance(attempt, str) or not _ATTEMPT.fullmatch(attempt):
+        raise DatasetError(f"bad attempt id {attempt!r}")
+    return attempt
+
+
+def partition_file(partition: int, origin: str) -> str:
+    """The name of a data file holding one partition, written by ``origin``."""
+    return f"p{partition:05d}.{origin}"
+
+
+def partition_of_file(name: str):
+    """The partition a data file holds, or None for an unpartitioned shard."""
+    match = _PARTITION_FILE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def count_lines(path: Path) -> int:
+    """Count LF-terminated lines in large binary reads."""
+    lines = 0
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            lines += block.count(b"\n")
+    return lines
+
+
+class Home:
+    """One worker's reductio home folder."""
+
+    def __init__(self, root) -> None:
+        self.root = Path(root)
+        self.data = self.root / "data"
+        self.store = self.root / "store"
+        self.tmp = self.root / "tmp"
+
+    def prepare(self) -> None:
+        """Create the home's folders, readable by the owner only."""
+        for folder in (self.root, self.data, self.store, self.tmp):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+
+    def check_ready(self) -> None:
+        if not self.data.is_dir():
+            raise DatasetError(f"no reductio home at {self.root}; run the setup task first")
+
+    def attempt_dir(self, attempt: str) -> Path:
+        """The private folder of one attempt at a step, created on first use."""
+        self.check_ready()
+        folder = self.tmp / check_attempt(attempt)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
+    def marker(self, name: str) -> dict:
+        """The completion marker of a published dataset; a missing one is a DatasetError."""
+        self.check_ready()
+        path = self.data / check_name(name) / MARKER
+        try:
+            with open(path, encoding="utf-8") as marker:
+                return json.load(marker)
+        except FileNotFoundError:
+            if (self.data / name).exists():
+                raise DatasetError(f"dataset {name!r} has no {MARKER} marker; re-run the step that makes it")
+            raise DatasetError(f"no dataset {name!r}") from None
+
+    def files(self, name: str, marker: dict = None) -> List[Path]:
+        """The data files of a published dataset, in name order."""
+        marker = marker or self.marker(name)
+        folder = self.data / name
+        return [folder / file for file in sorted(marker["files"])]
+
+    def datasets(self) -> List[str]:
+        """Names of the datasets published in this home."""
+        if not self.data.is_dir():
+            return []
+        return sorted(entry.name for entry in self.data.iterdir() if not entry.name.startswith("."))
+
+    def publish(self, attempt: str, name: str, files: Dict[str, dict], facts: dict) -> dict:
+        """Check an attempt holds exactly ``files`` at their sizes, then publish it as ``name``.
+
+        ``files`` maps file name to ``{"bytes": ..., "lines": ...}`` as the
+        step reported them; ``facts`` (step, parameters) go into the marker.
+        """
+        staged = self.tmp / check_attempt(attempt)
+        check_name(name)
+        _check_staged(staged, files)
+        marker = dict(facts, dataset=name, attempt=attempt, files=files, published=time.time())
+        with open(staged / MARKER, "w", encoding="utf-8") as out:
+            json.dump(marker, out, indent=1, sort_keys=True)
+        version = self.store / f"{name}.{attempt}"
+        os.rename(staged, version)
+        link = self.data / f".{name}.{attempt}"
+        os.symlink(os.path.join("..", "store", version.name), link)
+        previous = self._version_of(name)
+        os.replace(link, self.data / name)
+        if previous is not None and previous != version:
+            shutil.rmtree(previous, ignore_errors=True)
+        return marker
+
+    def discard(self, attempt: str) -> None:
+        """Forget an unpublished attempt."""
+        shutil.rmtree(self.tmp / check_attempt(attempt), ignore_errors=True)
+
+    def delete(self, name: str) -> bool:
+        """Remove a published dataset; True if there was one."""
+        version = self._version_of(check_name(name))
+        link = self.data / name
+        if version is None and not link.is_symlink():
+            return False
+        link.unlink()
+        if version is not None:
+            shutil.rmtree(version, ignore_errors=True)
+        return True
+
+    def _version_of(self, name: str):
+        """The store folder a dataset's link points at, refusing one outside this home."""
+        link = self.data / name
+        if not link.is_symlink():
+            return None
+        target = (self.data / os.readlink(link)).resolve()
+        if target.parent != self.store.resolve():
+            raise DatasetError(f"dataset {name!r} points outside the reductio home ({target}); not touching it")
+        return target
+
+
+def _check_staged(staged: Path, files: Dict[str, dict]) -> None:
+    """Every expected file present at its reported size, nothing else."""
+    if not staged.is_dir():
+        raise DatasetError(f"attempt folder {staged} is missing; the step did not finish here")
+    present = {entry.name: entry.stat().st_size for entry in staged.iterdir() if entry.name != MARKER}
+    missing = sorted(set(files) - set(present))
+    extra = sorted(set(present) - set(files))
+    wrong = sorted(n for n in files if n in present and present[n] != files[n]["bytes"])
+    if missing or extra or wrong:
+        raise DatasetError(
+            f"not publishing {staged.name}: missing {missing or 'none'}, unexpected {extra or 'none'},"
+            f" wrong size {wrong or 'none'}"
+        )
+
+
+def file_facts(path: Path, lines: int = None, is_sorted: bool = False) -> dict:
+    """What a marker records of one data file."""
+    size = path.stat().st_size
+    return {"bytes": size, "lines": count_lines(path) if lines is None else lines, "sorted": is_sorted}
+
+
+def total(files: Iterable[dict], fact: str) -> int:
+    return sum(entry[fact] for entry in files)

@@ -1,0 +1,304 @@
+"""The reductio task library: import these into your fabfile.
+
+    from reductio.tasks import *
+
+Each task runs once on the head and fans out to every worker itself, in
+parallel; if any worker fails, the task stops with one message naming each
+failed worker and why, and the step's target is published nowhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+
+from invoke import Exit, task
+
+from reductio import spread
+from reductio.cluster import Cluster, project_folder
+from reductio.errors import ReductioError, UserCodeError
+from reductio.gather import merge_to_file
+from reductio.job import common_source, discard, new_attempt, publish, run_and_publish
+from reductio.store import RECORDS, TEXT, check_name
+
+__all__ = [
+    "setup", "distribute", "load", "initialize", "map", "transform", "scatter",
+    "sort", "sort_unique", "reduce", "merge", "delete", "status",
+]
+
+_FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_HELP_FUNCTION = "dotted path of the function, e.g. mymodule.bigrams; it must import on the workers"
+_HELP_SOURCE = "name of the dataset to read"
+_HELP_TARGET = "name of the dataset to write (replaced if it exists)"
+
+
+def _reported(body):
+    """Turn a ReductioError into invoke's Exit: the message and exit code 1, no traceback."""
+
+    @functools.wraps(body)
+    def run(c, *args, **kwargs):
+        try:
+            return body(c, *args, **kwargs)
+        except ReductioError as err:
+            message = f"reductio: {err}"
+            if err.details:
+                message += "\n" + err.details.rstrip()
+            raise Exit(message, code=1) from None
+
+    return run
+
+
+def _say(text: str) -> None:
+    print(f"reductio: {text}", flush=True)
+
+
+def _check_function(path: str) -> str:
+    if not isinstance(path, str) or not _FUNCTION.fullmatch(path):
+        raise UserCodeError(f"bad function path {path!r}: give package.module.function")
+    return path
+
+
+def _total(results: dict, key: str) -> int:
+    return sum(r.get(key, 0) for r in results.values())
+
+
+def _lines_out(results: dict) -> int:
+    return sum(f["lines"] for r in results.values() for f in r["files"].values())
+
+
+@task
+@_reported
+def setup(c):
+    """Prepare every worker (home, data and temp folders), then distribute."""
+    cluster = Cluster.from_context(c)
+    cluster.each("setup", lambda w: w.step("prepare", {}))
+    _say(f"setup: {len(cluster)} worker(s) ready: {', '.join(w.name for w in cluster.workers)}")
+    distribute(c)
+
+
+@task
+@_reported
+def distribute(c):
+    """Make the project's code importable on every worker.
+
+    Local workers import the fabfile's folder directly; this checks that
+    each worker's Python runs reductio and sees that folder.
+    """
+    cluster = Cluster.from_context(c)
+    results = cluster.each("distribute", lambda w: w.step("prepare", {}))
+    versions = sorted({r["python"] for r in results.values()})
+    _say(f"distribute: local workers import {project_folder(c)} (Python {', '.join(versions)})")
+
+
+@task(help={"path": "a local file or folder of files (.gz read transparently)", "target": _HELP_TARGET})
+@_reported
+def load(c, path, target):
+    """Split local text files into line-aligned shards spread evenly over the workers.
+
+    A line with no tab is a key with an empty value when mapped; CRLF line
+    ends become LF; invalid UTF-8 stops the load with the file and offset.
+    """
+    check_name(target)
+    files = spread.input_files(path)
+    cluster = Cluster.from_context(c)
+    size = spread.block_size(files, len(cluster))
+    started = time.time()
+
+    def feed(spreader):
+        for file in files:
+            for block in spread.text_blocks(file, size):
+                spreader.write(block)
+
+    received = _spread(cluster, target, "load", feed, {"step": "load", "path": str(path)})
+    _say(f"load: {path} -> {target}: {_count(received)} lines on {len(cluster)} worker(s) ({time.time() - started:.1f} s)")
+
+
+@task(help={"function": "dotted path of function(out), run on the head; out.write_pair(k, v), out.write(line)",
+            "target": _HELP_TARGET})
+@_reported
+def initialize(c, function, target):
+    """Run an input generator on the head and spread what it writes over the workers."""
+    from reductio.steps import load_function, _user_error
+
+    check_name(target)
+    generate = load_function(_check_function(function))
+    cluster = Cluster.from_context(c)
+
+    def feed(spreader):
+        out = spread.SpreadingOutput(function, spreader)
+        try:
+            generate(out)
+        except ReductioError:
+            raise
+        except Exception as exc:
+            raise _user_error(f"{function} raised", exc) from None
+        out.flush()
+
+    received = _spread(cluster, target, "initialize", feed, {"step": "initialize", "function": function})
+    _say(f"initialize: {function} -> {target}: {_count(received)} lines on {len(cluster)} worker(s)")
+
+
+def _spread(cluster, target: str, origin: str, feed, facts: dict) -> dict:
+    """Open a Spreader, let ``feed`` fill it, then publish the shards as ``target``."""
+    attempt = new_attempt()
+    spreader = None
+    try:
+        spreader = spread.Spreader(cluster, attempt, origin)
+        try:
+            feed(spreader)
+        except BaseException:
+            spreader.abandon()
+            raise
+        received = spreader.finish()
+        publish(cluster, attempt, target, received, dict(facts, format=TEXT, partitions=None), origin)
+    except BaseException:
+        discard(cluster, attempt)
+        raise
+    return received
+
+
+def _count(received: dict) -> int:
+    return sum(f["lines"] for files in received.values() for f in files.values())
+
+
+def _function_step(c, step: str, function: str, source: str, target: str) -> None:
+    """map, transform and reduce: run the function on every worker, partition its output."""
+    _check_function(function)
+    check_name(source)
+    check_name(target)
+    cluster = Cluster.from_context(c)
+    started = time.time()
+    results = run_and_publish(
+        cluster, step,
+        lambda w: {"function": function, "source": source, "partitions": len(cluster), "origin": f"w{w.index:05d}"},
+        source, target,
+        lambda src: {"step": step, "function": function, "source": source, "source_attempt": src["attempt"],
+                     "format": TEXT if step == "transform" else RECORDS, "partitions": len(cluster)},
+    )
+    _say(f"{step}: {function} {source} -> {target}: {_total(results, 'lines_in')} lines in,"
+         f" {_lines_out(results)} out ({time.time() - started:.1f} s)")
+
+
+@task(help={"function": _HELP_FUNCTION + "; called as function(key, value), yields (key, value) pairs",
+            "source": _HELP_SOURCE, "target": _HELP_TARGET})
+@_reported
+def map(c, function, source, target):  # noqa: A001 - the product's name for it
+    """Call function(key, value) on every record; each yielded pair goes to the partition owning its key."""
+    _function_step(c, "map", function, source, target)
+
+
+@task(help={"function": _HELP_FUNCTION + "; called as function(line, out)",
+            "source": _HELP_SOURCE, "target": _HELP_TARGET})
+@_reported
+def transform(c, function, source, target):
+    """Call function(line, out) on every raw line; out.write_pair(k, v) and out.write(line) add output."""
+    _function_step(c, "transform", function, source, target)
+
+
+@task(help={"function": _HELP_FUNCTION + "; called as function(key, values) once per key",
+            "source": "name of a sorted dataset (the output of sort)", "target": _HELP_TARGET})
+@_reported
+def reduce(c, function, source, target):
+    """Call function(key, values) once per key of sorted input, values a lazy iterator."""
+    _function_step(c, "reduce", function, source, target)
+
+
+@task(help={"source": "a dataset made by map, transform or reduce", "target": _HELP_TARGET})
+@_reported
+def scatter(c, source, target):
+    """Send partition i of source on every worker straight to worker i, as target there."""
+    check_name(source)
+    check_name(target)
+    cluster = Cluster.from_context(c)
+    destinations = [w.destination() for w in cluster.workers]
+    attempt = new_attempt()
+    started = time.time()
+    try:
+        results = cluster.each("scatter", lambda w: w.step(
+            "send", {"attempt": attempt, "source": source, "destinations": destinations, "self": w.index}))
+        src = common_source(results, source)
+        expected = {w.name: {} for w in cluster.workers}
+        for result in results.values():
+            for index, files in result["sent"].items():
+                expected[cluster.workers[int(index)].name].update(files)
+        facts = {"step": "scatter", "source": source, "source_attempt": src["attempt"],
+                 "format": src["format"], "partitions": len(cluster)}
+        publish(cluster, attempt, target, expected, facts, "scatter")
+    except BaseException:
+        discard(cluster, attempt)
+        raise
+    moved = sum(f["bytes"] for files in expected.values() for f in files.values())
+    _say(f"scatter: {source} -> {target}: {moved} bytes ({time.time() - started:.1f} s)")
+
+
+def _sort_step(c, source: str, target: str, unique: bool) -> None:
+    check_name(source)
+    check_name(target)
+    cluster = Cluster.from_context(c)
+    step = "sort_unique" if unique else "sort"
+    started = time.time()
+    results = run_and_publish(
+        cluster, "sort",
+        lambda w: {"source": source, "unique": unique, "origin": f"w{w.index:05d}"},
+        source, target,
+        lambda src: {"step": step, "source": source, "source_attempt": src["attempt"],
+                     "format": src["format"], "partitions": src["partitions"]},
+    )
+    _say(f"{step}: {source} -> {target}: {_lines_out(results)} lines ({time.time() - started:.1f} s)")
+
+
+@task(help={"source": _HELP_SOURCE, "target": _HELP_TARGET})
+@_reported
+def sort(c, source, target):
+    """Group keys: sort each worker's part of source with the worker's Unix sort (LC_ALL=C)."""
+    _sort_step(c, source, target, unique=False)
+
+
+@task(help={"source": _HELP_SOURCE, "target": _HELP_TARGET})
+@_reported
+def sort_unique(c, source, target):
+    """Like sort, keeping one copy of each distinct line (sort -u)."""
+    _sort_step(c, source, target, unique=True)
+
+
+@task(help={"source": _HELP_SOURCE, "path": "local file to write on the head (replaced when complete)"})
+@_reported
+def merge(c, source, path):
+    """Bring source from every worker to the head, merged in sorted order into one local file."""
+    check_name(source)
+    cluster = Cluster.from_context(c)
+    size = merge_to_file(cluster, source, path)
+    _say(f"merge: {source} -> {path} ({size} bytes)")
+
+
+@task(help={"source": "name of the dataset to remove"})
+@_reported
+def delete(c, source):
+    """Remove a dataset on every worker."""
+    check_name(source)
+    cluster = Cluster.from_context(c)
+    results = cluster.each("delete", lambda w: w.step("delete", {"name": source}))
+    held = [name for name, r in results.items() if r["deleted"]]
+    _say(f"delete: {source} removed from {len(held)} of {len(cluster)} worker(s)")
+
+
+@task
+@_reported
+def status(c):
+    """List each worker's datasets with their file count, lines and bytes."""
+    cluster = Cluster.from_context(c)
+    results = cluster.each("status", lambda w: w.step("status", {}))
+    rows = [("worker", "dataset", "step", "files", "lines", "bytes")]
+    for name, result in results.items():
+        for dataset, facts in result["datasets"].items():
+            if "error" in facts:
+                rows.append((name, dataset, "INCOMPLETE", "-", "-", facts["error"]))
+            else:
+                rows.append((name, dataset, facts["step"], str(facts["files"]), str(facts["lines"]), str(facts["bytes"])))
+    if len(rows) == 1:
+        _say("status: no datasets on any worker")
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,287 @@
+"""The worker side: ``python -m reductio.worker STEP PARAMS_JSON``.
+
+The head runs one such command per worker and step, locally or over SSH.
+Structured lines go to stderr, one JSON object each, so stdout stays free
+for data (``cat``) and stdin for data (``receive``):
+
+    reductio-result: {...}   what the step made (files, counters)
+    reductio-error: {...}    a ReductioError the head rebuilds and reports
+
+Any other exception is a bug in reductio and keeps its traceback. This
+module and the ones it imports use only the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from reductio.errors import DatasetError, ReductioError, UserCodeError
+from reductio.output import PartitionedOutput
+from reductio.records import read_lines, split_record
+from reductio.sorting import sort_argv, sort_env
+from reductio.steps import check_sorted, load_function, map_lines, reduce_lines, transform_lines
+from reductio.store import TEXT, Home, check_name, file_facts, partition_of_file
+
+RESULT = "reductio-result: "
+ERROR = "reductio-error: "
+_CHUNK = 1 << 20
+
+
+class _Position:
+    """Where the step is reading, for error messages."""
+
+    file = "?"
+    line = 0
+
+
+def _records(files: List[Path], position: _Position, text: bool):
+    """(key, value) per line; in a text dataset a line with no tab is a key with an empty value."""
+    for path in files:
+        position.file, position.line = path.name, 0
+        for lineno, line in enumerate(read_lines(path), 1):
+            position.line = lineno
+            if text:
+                key, _, value = line.partition("\t")
+                yield key, value
+            else:
+                yield split_record(line, path, lineno)
+
+
+def _raw_lines(files: List[Path], position: _Position):
+    for path in files:
+        position.file, position.line = path.name, 0
+        for lineno, line in enumerate(read_lines(path), 1):
+            position.line = lineno
+            yield line
+
+
+def _sorted_records(files: List[Path], position: _Position, text: bool):
+    """Records of sorted files, merged into one sorted stream and checked on the way."""
+    streams = [check_sorted(_raw_lines([path], position), path.name) for path in files]
+    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
+    for line in merged:
+        if text:
+            key, _, value = line.partition("\t")
+            yield key, value
+        else:
+            yield split_record(line, Path(position.file), position.line)
+
+
+def _source(home: Home, source: str):
+    marker = home.marker(check_name(source))
+    return marker, home.files(source, marker)
+
+
+def _run_function_step(params: dict, make_lines) -> dict:
+    """Shared body of map, transform and reduce: read source, write partitions."""
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    function_path = params["function"]
+    function = load_function(function_path)
+    folder = home.attempt_dir(params["attempt"])
+    output = PartitionedOutput(folder, int(params["partitions"]), params["origin"])
+    position = _Position()
+    text = marker.get("format") == TEXT
+    try:
+        output.write_all(make_lines(function, function_path, files, position, text))
+    except UserCodeError as err:
+        output.abandon()
+        where = f"{position.file} line {position.line}" if position.line else position.file
+        raise UserCodeError(f"{where}: {err}", err.details) from None
+    except BaseException:
+        output.abandon()
+        raise
+    return {"files": output.close(), "source": _about(marker), "lines_in": _lines_of(marker)}
+
+
+def _about(marker: dict) -> dict:
+    """What the head needs to know of a step's source: its version and kind of lines."""
+    return {key: marker.get(key) for key in ("attempt", "format", "partitions")}
+
+
+def _lines_of(marker: dict) -> int:
+    return sum(entry["lines"] for entry in marker["files"].values())
+
+
+def step_map(params: dict) -> dict:
+    return _run_function_step(
+        params, lambda fn, name, files, pos, text: map_lines(fn, name, _records(files, pos, text))
+    )
+
+
+def step_transform(params: dict) -> dict:
+    return _run_function_step(
+        params, lambda fn, name, files, pos, text: transform_lines(fn, name, _raw_lines(files, pos))
+    )
+
+
+def step_reduce(params: dict) -> dict:
+    return _run_function_step(
+        params, lambda fn, name, files, pos, text: reduce_lines(fn, name, _sorted_records(files, pos, text))
+    )
+
+
+def step_sort(params: dict) -> dict:
+    """Sort every file of the source into one file with the worker's own sort."""
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    folder = home.attempt_dir(params["attempt"])
+    sort_tmp = folder / ".sort-tmp"
+    sort_tmp.mkdir(exist_ok=True)
+    output = folder / f"sorted.{params['origin']}"
+    _run_sort(sort_argv(files, sort_tmp, output=output, unique=bool(params.get("unique"))))
+    sort_tmp.rmdir()
+    lines = None if params.get("unique") else _lines_of(marker)
+    return {"files": {output.name: file_facts(output, lines=lines, is_sorted=True)},
+            "source": _about(marker), "lines_in": _lines_of(marker)}
+
+
+def step_cat(params: dict) -> dict:
+    """Write a dataset to stdout in sorted order: merge's worker half."""
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    folder = home.attempt_dir(params["attempt"])
+    already_sorted = all(entry["sorted"] for entry in marker["files"].values())
+    sys.stdout.flush()
+    try:
+        _run_sort(sort_argv(files, folder, merge_only=already_sorted), stdout=sys.stdout.buffer)
+    finally:
+        home.discard(params["attempt"])
+    return {"source": _about(marker)}
+
+
+def _run_sort(argv: List[str], stdout=None) -> None:
+    done = subprocess.run(argv, env=sort_env(), stdout=stdout, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        message = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise ReductioError(f"sort failed (exit {done.returncode}): {message[-1] if message else 'no message'}")
+
+
+def receive(stream, folder: Path, name: str) -> dict:
+    """Copy ``stream`` into ``folder/name``, visible under that name only once whole."""
+    partial = folder / f".{name}.part"
+    digest, size, lines = hashlib.sha256(), 0, 0
+    with open(partial, "wb") as out:
+        for block in iter(lambda: stream.read(_CHUNK), b""):
+            out.write(block)
+            digest.update(block)
+            size += len(block)
+            lines += block.count(b"\n")
+    os.replace(partial, folder / name)
+    return {"bytes": size, "lines": lines, "sorted": False, "sha256": digest.hexdigest()}
+
+
+def step_receive(params: dict) -> dict:
+    """Take one file of an attempt on stdin (load, initialize, scatter over SSH)."""
+    home = Home(params["home"])
+    name = params["name"]
+    if "/" in name or name.startswith("."):
+        raise DatasetError(f"bad file name {name!r}")
+    folder = home.attempt_dir(params["attempt"])
+    return {"files": {name: receive(sys.stdin.buffer, folder, name)}}
+
+
+def step_send(params: dict) -> dict:
+    """Scatter's sender: partition i of the source goes to destination i.
+
+    A worker's own partition is hard-linked, not copied. Returns, per
+    destination index, the files it now holds for this attempt.
+    """
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    partitions = len(params["destinations"])
+    if marker.get("partitions") != partitions:
+        raise DatasetError(
+            f"dataset {params['source']!r} has {marker.get('partitions') or 'no'} partitions,"
+            f" the cluster has {partitions} workers; re-run the step that made it"
+        )
+    sent: Dict[str, dict] = {}
+    for path in files:
+        index = partition_of_file(path.name)
+        destination = params["destinations"][index]
+        facts = _send_file(path, destination, params["attempt"], index == params["self"])
+        sent.setdefault(str(index), {})[path.name] = facts
+    return {"sent": sent, "source": _about(marker)}
+
+
+def _send_file(path: Path, destination: dict, attempt: str, is_self: bool) -> dict:
+    if destination["kind"] != "local":
+        raise ReductioError(f"cannot send to a {destination['kind']!r} worker from here")
+    folder = Home(destination["home"]).attempt_dir(attempt)
+    if is_self:
+        os.link(path, folder / path.name)
+        return file_facts(folder / path.name)
+    with open(path, "rb") as data:
+        return receive(data, folder, path.name)
+
+
+def step_publish(params: dict) -> dict:
+    home = Home(params["home"])
+    marker = home.publish(params["attempt"], params["target"], params["files"], params["facts"])
+    return {"published": marker["dataset"]}
+
+
+def step_discard(params: dict) -> dict:
+    Home(params["home"]).discard(params["attempt"])
+    return {}
+
+
+def step_prepare(params: dict) -> dict:
+    Home(params["home"]).prepare()
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+def step_delete(params: dict) -> dict:
+    return {"deleted": Home(params["home"]).delete(params["name"])}
+
+
+def step_status(params: dict) -> dict:
+    """Per dataset: files, lines, bytes and the step that made it."""
+    home = Home(params["home"])
+    datasets = {}
+    for name in home.datasets():
+        try:
+            marker = home.marker(name)
+        except DatasetError as err:
+            datasets[name] = {"error": str(err)}
+            continue
+        files = marker["files"].values()
+        datasets[name] = {
+            "files": len(marker["files"]),
+            "lines": sum(entry["lines"] for entry in files),
+            "bytes": sum(entry["bytes"] for entry in files),
+            "step": marker.get("step", "?"),
+        }
+    return {"datasets": datasets}
+
+
+STEPS = {
+    "map": step_map, "transform": step_transform, "reduce": step_reduce, "sort": step_sort,
+    "cat": step_cat, "receive": step_receive, "send": step_send, "publish": step_publish,
+    "discard": step_discard, "prepare": step_prepare, "delete": step_delete, "status": step_status,
+}
+
+
+def main(argv: List[str] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in STEPS:
+        print(f"usage: python -m reductio.worker {{{','.join(STEPS)}}} PARAMS_JSON", file=sys.stderr)
+        return 2
+    try:
+        result = STEPS[argv[0]](json.loads(argv[1]))
+    except ReductioError as err:
+        sys.stderr.write(ERROR + json.dumps(err.to_dict()) + "\n")
+        return 1
+    sys.stderr.write(RESULT + json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

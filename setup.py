@@ -1,0 +1,28 @@
+"""reductio: map-reduce for people who already deploy Python with Fabric and setuptools."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "reductio" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="reductio",
+    version=VERSION,
+    description="Minimal map-reduce over SSH as a library of Fabric tasks",
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="BSD-2-Clause",
+    packages=find_packages(include=["reductio", "reductio.*"]),
+    package_data={"reductio.example": ["sample-words.txt"]},
+    python_requires=">=3.9",
+    install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4"],
+    entry_points={"console_scripts": ["reductio = reductio.cli:program.run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: System :: Distributed Computing",
+    ],
+)
