@@ -19,6 +19,7 @@ setup(
     package_data={"reductio.example": ["sample-words.txt"]},
     python_requires=">=3.9",
     install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "build>=1"]},
     entry_points={"console_scripts": ["reductio = reductio.cli:program.run"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -20,7 +20,8 @@ import invoke
 import reductio
 from reductio.config import WorkerSpec, load_workers
 from reductio.errors import ReductioError, StepFailed
-from reductio.transport import LocalStream, parse_reply
+from reductio.protocol import parse_reply
+from reductio.transport import LocalStream
 
 T = TypeVar("T")
 _REDUCTIO_PARENT = str(Path(reductio.__file__).resolve().parent.parent)

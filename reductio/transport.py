@@ -8,30 +8,11 @@ never block on a full pipe while we are busy writing to it.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
 
 from reductio.errors import ReductioError
-from reductio.worker import ERROR, RESULT
-
-_TAIL = 20
-
-
-def parse_reply(stderr: str, exit_code: int) -> dict:
-    """The result a worker command reported, or the error it reported, raised."""
-    lines = stderr.splitlines()
-    for line in reversed(lines):
-        if line.startswith(ERROR):
-            raise ReductioError.from_dict(json.loads(line[len(ERROR):]))
-    if exit_code == 0:
-        for line in reversed(lines):
-            if line.startswith(RESULT):
-                return json.loads(line[len(RESULT):])
-    tail = [line for line in lines if not line.startswith(RESULT)][-_TAIL:]
-    last = tail[-1] if tail else "no output"
-    raise ReductioError(f"worker command failed (exit {exit_code}): {last}", "\n".join(tail))
-
+from reductio.protocol import parse_reply
 
 class LocalStream:
     """A local worker command with a pipe to its stdin (``mode="w"``) or from its stdout ("r")."""

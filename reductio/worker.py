@@ -1,14 +1,11 @@
 """The worker side: ``python -m reductio.worker STEP PARAMS_JSON``.
 
 The head runs one such command per worker and step, locally or over SSH.
-Structured lines go to stderr, one JSON object each, so stdout stays free
-for data (``cat``) and stdin for data (``receive``):
-
-    reductio-result: {...}   what the step made (files, counters)
-    reductio-error: {...}    a ReductioError the head rebuilds and reports
-
-Any other exception is a bug in reductio and keeps its traceback. This
-module and the ones it imports use only the standard library.
+Its result or error goes to stderr as protocol lines (protocol.py), so
+stdout stays free for data (``cat``) and stdin for data (``receive``).
+Any exception that is not a ReductioError is a bug in reductio and keeps
+its traceback. This module and the ones it imports use only the standard
+library.
 """
 
 from __future__ import annotations
@@ -24,13 +21,12 @@ from typing import Dict, List
 
 from reductio.errors import DatasetError, ReductioError, UserCodeError
 from reductio.output import PartitionedOutput
+from reductio.protocol import ERROR, RESULT, emit
 from reductio.records import read_lines, split_record
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import check_sorted, load_function, map_lines, reduce_lines, transform_lines
 from reductio.store import TEXT, Home, check_name, file_facts, partition_of_file
 
-RESULT = "reductio-result: "
-ERROR = "reductio-error: "
 _CHUNK = 1 << 20
 
 
@@ -277,9 +273,9 @@ def main(argv: List[str] = None) -> int:
     try:
         result = STEPS[argv[0]](json.loads(argv[1]))
     except ReductioError as err:
-        sys.stderr.write(ERROR + json.dumps(err.to_dict()) + "\n")
+        emit(ERROR, err.to_dict())
         return 1
-    sys.stderr.write(RESULT + json.dumps(result) + "\n")
+    emit(RESULT, result)
     return 0
 
 

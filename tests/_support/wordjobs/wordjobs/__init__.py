@@ -1,0 +1,74 @@
+"""Jobs the tests run, written as a user of reductio would."""
+
+
+def words(key, value):
+    """Each word of the value (or of the key, for text lines) with a count of 1."""
+    for word in (value or key).split():
+        yield word, "1"
+
+
+def identity(key, value):
+    yield key, value
+
+
+def total(key, values):
+    yield key, str(sum(int(v) for v in values))
+
+
+def anagram_key(word, _value):
+    word = word.strip()
+    if word:
+        yield "".join(sorted(word.lower())), word
+
+
+def anagram_class(key, words):
+    members = sorted(set(words))
+    if len(members) > 1:
+        yield key, " ".join(members)
+
+
+def first_value(key, values):
+    yield key, next(iter(values))
+
+
+def raises_on_boom(key, value):
+    if key == "boom":
+        raise ValueError("no booms allowed")
+    yield key, value
+
+
+def yields_int(key, value):
+    yield key, 1
+
+
+def yields_triple(key, value):
+    yield key, value, "extra"
+
+
+def yields_tab_key(key, value):
+    yield key + "\tx", value
+
+
+def yields_newline_value(key, value):
+    yield key, value + "\nmore"
+
+
+def returns_none(key, value):
+    return None
+
+
+def split_words(line, out):
+    """A transform: one pair per word, and the raw line back as text."""
+    for word in line.split():
+        out.write_pair(word, "1")
+    out.write("raw:" + line)
+
+
+def generate(out):
+    """An initialize function: pairs and a raw line."""
+    for i in range(1000):
+        out.write_pair(f"k{i % 17}", str(i))
+    out.write("no tab here")
+
+
+not_a_function = 42
