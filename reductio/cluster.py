@@ -2,15 +2,16 @@
 
 A local worker and an SSH worker differ only in how a command runs
 (invoke's ``Context.run`` or Fabric's ``Connection.run``, one interface)
-and how bytes reach it (a pipe, or an SSH channel: see transport.py).
+and how bytes reach it (a pipe, or an SSH exec channel: transport.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
+import socket
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, TypeVar
@@ -19,68 +20,198 @@ import invoke
 
 import reductio
 from reductio.config import WorkerSpec, load_workers
-from reductio.errors import ReductioError, StepFailed
-from reductio.protocol import parse_reply
-from reductio.transport import LocalStream
+from reductio.errors import ReductioError, StepFailed, WorkerUnreachable
+from reductio.protocol import parse_reply, shell_path, worker_command
+from reductio.transport import LocalStream, SshStream
 
 T = TypeVar("T")
 _REDUCTIO_PARENT = str(Path(reductio.__file__).resolve().parent.parent)
+KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.reductio/known_hosts")
 
 
-class LocalWorker:
-    """A worker that is a folder on this machine; its steps run as child processes."""
+class Worker:
+    """What every kind of worker shares: building and running reductio.worker commands."""
 
-    def __init__(self, spec: WorkerSpec, index: int, config, project: str) -> None:
-        self.spec, self.index, self.name = spec, index, spec.name
-        self.home = spec.home
-        self._context = invoke.Context(config=config)
-        paths = [project, _REDUCTIO_PARENT, os.environ.get("PYTHONPATH", "")]
-        self._env = "PYTHONPATH=" + shlex.quote(os.pathsep.join(p for p in paths if p))
-        self._python = sys.executable
+    def __init__(self, spec: WorkerSpec, index: int) -> None:
+        self.spec, self.index, self.name, self.home = spec, index, spec.name, spec.home
+
+    def python(self) -> str:
+        """The shell words that start the worker's Python with reductio importable."""
+        raise NotImplementedError
+
+    def run(self, command: str):
+        """Run a shell command; return invoke's Result (small output only)."""
+        raise NotImplementedError
+
+    def open_command(self, command: str, mode: str):
+        """Run a shell command with a pipe to its stdin ("w") or from its stdout ("r")."""
+        raise NotImplementedError
 
     def command(self, step: str, params: dict) -> str:
         """The shell command that runs ``step`` on this worker, every value quoted."""
-        payload = json.dumps(dict(params, home=self.home), sort_keys=True)
-        return f"{self._env} {shlex.join([self._python, '-m', 'reductio.worker', step, payload])}"
+        return worker_command(self.python(), step, dict(params, home=self.home))
 
     def step(self, step: str, params: dict) -> dict:
-        """Run a control step and return its result; small output only."""
-        result = self._context.run(self.command(step, params), hide=True, warn=True, in_stream=False)
+        """Run a control step and return its result."""
+        result = self.run(self.command(step, params))
         return parse_reply(result.stderr, result.exited)
 
-    def open(self, step: str, params: dict, mode: str) -> LocalStream:
+    def open(self, step: str, params: dict, mode: str):
         """Run a data step with a pipe to its stdin ("w") or from its stdout ("r")."""
-        return LocalStream(self.command(step, params), mode)
+        return self.open_command(self.command(step, params), mode)
+
+
+class LocalWorker(Worker):
+    """A worker that is a folder on this machine; its steps run as child processes."""
+
+    is_local = True
+
+    def __init__(self, spec: WorkerSpec, index: int, config, project: str) -> None:
+        super().__init__(spec, index)
+        self._context = invoke.Context(config=config)
+        paths = [project, _REDUCTIO_PARENT, os.environ.get("PYTHONPATH", "")]
+        self._pythonpath = os.pathsep.join(p for p in paths if p)
+
+    def python(self) -> str:
+        return f"PYTHONPATH={shlex.quote(self._pythonpath)} {shlex.quote(sys.executable)}"
+
+    def run(self, command: str):
+        return self._context.run(command, hide=True, warn=True, in_stream=False)
+
+    def open_command(self, command: str, mode: str) -> LocalStream:
+        return LocalStream(command, mode)
 
     def destination(self) -> dict:
         """How other workers reach this one during scatter."""
         return {"kind": "local", "home": self.home}
 
 
+class SshWorker(Worker):
+    """A worker reached over SSH with Fabric; host keys must be known, never added blindly."""
+
+    is_local = False
+    _connections: Dict[tuple, object] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, spec: WorkerSpec, index: int, config) -> None:
+        super().__init__(spec, index)
+        self._config = config
+        self.venv = f"{spec.home.rstrip('/')}/venv"
+
+    def python(self) -> str:
+        return shell_path(f"{self.venv}/bin/python")
+
+    def connection(self):
+        """The open Fabric connection to this worker, shared by every task of this process."""
+        key = (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename)
+        with self._lock:
+            connection = self._connections.get(key)
+            if connection is None or not connection.is_connected:
+                connection = self._connect()
+                self._connections[key] = connection
+        return connection
+
+    def _connect(self):
+        from fabric import Connection
+        from paramiko import RejectPolicy
+
+        connect_kwargs = {"key_filename": self.spec.key_filename} if self.spec.key_filename else {}
+        connection = Connection(
+            self.spec.host, user=self.spec.username, port=self.spec.port,
+            connect_kwargs=connect_kwargs, config=self._config,
+        )
+        for path in KNOWN_HOSTS:
+            path = os.path.expanduser(path)
+            if os.path.exists(path):
+                connection.client.load_system_host_keys(path)
+        connection.client.set_missing_host_key_policy(RejectPolicy())
+        with self.reaching():
+            connection.open()
+        return connection
+
+    def reaching(self):
+        return _Reaching(self)
+
+    def run(self, command: str):
+        connection = self.connection()
+        with self.reaching():
+            return connection.run(command, hide=True, warn=True, in_stream=False)
+
+    def open_command(self, command: str, mode: str) -> SshStream:
+        connection = self.connection()
+        with self.reaching():
+            return SshStream(connection.transport, command, mode)
+
+    def host_key_line(self) -> str:
+        """This worker's host key as a known_hosts line, as the head verified it."""
+        key = self.connection().transport.get_remote_server_key()
+        port = self.spec.port or 22
+        host = self.spec.host if port == 22 else f"[{self.spec.host}]:{port}"
+        return f"{host} {key.get_name()} {key.get_base64()}\n"
+
+    def destination(self) -> dict:
+        return {"kind": "ssh", "host": self.spec.host, "port": self.spec.port or 22,
+                "user": self.spec.username, "home": self.home, "python": f"{self.venv}/bin/python"}
+
+
+class _Reaching:
+    """Turns SSH failures into one-line WorkerUnreachable errors naming the worker."""
+
+    def __init__(self, worker: SshWorker) -> None:
+        self.worker = worker
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, _traceback):
+        if error is None or isinstance(error, ReductioError):
+            return False
+        import paramiko
+
+        spec = self.worker.spec
+        where = f"{spec.host}:{spec.port or 22}"
+        if isinstance(error, paramiko.BadHostKeyException):
+            message = (f"host key of {where} has CHANGED (got {error.key.get_name()} {error.key.get_fingerprint().hex()});"
+                       " refusing to connect. If the machine was reinstalled, remove its old line from known_hosts")
+        elif isinstance(error, paramiko.AuthenticationException):
+            message = f"authentication to {where} as {spec.username or 'the current user'} failed: check key_filename or ssh-agent"
+        elif isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
+            message = (f"host key of {where} is unknown; verify it, then add it to ~/.ssh/known_hosts"
+                       f" (ssh-keyscan -p {spec.port or 22} {spec.host})")
+        elif isinstance(error, (socket.timeout, TimeoutError)):
+            message = f"cannot reach {where}: timed out"
+        elif isinstance(error, (OSError, paramiko.SSHException, EOFError)):
+            message = f"cannot reach {where}: {error.strerror if getattr(error, 'strerror', None) else error}"
+        else:
+            return False
+        raise WorkerUnreachable(message) from None
+
+
 class Cluster:
     """The ordered workers of one run: worker i owns partition i."""
 
-    def __init__(self, workers: List[LocalWorker]) -> None:
+    def __init__(self, workers: List[Worker]) -> None:
         self.workers = workers
 
     @classmethod
     def from_context(cls, c) -> "Cluster":
         specs = load_workers(c.config)
         project = project_folder(c)
-        workers = []
-        for index, spec in enumerate(specs):
-            if not spec.is_local:
-                raise ReductioError(f"worker {spec.name}: SSH workers are not supported yet")
-            workers.append(LocalWorker(spec, index, c.config, project))
-        return cls(workers)
+        return cls([
+            LocalWorker(spec, index, c.config, project) if spec.is_local else SshWorker(spec, index, c.config)
+            for index, spec in enumerate(specs)
+        ])
 
     def __len__(self) -> int:
         return len(self.workers)
 
-    def each(self, what: str, action: Callable[[LocalWorker], T]) -> Dict[str, T]:
+    def each(self, what: str, action: Callable[[Worker], T], workers: List[Worker] = None) -> Dict[str, T]:
         """Run ``action`` on every worker at once; StepFailed names each worker that failed."""
-        with ThreadPoolExecutor(max_workers=len(self.workers)) as pool:
-            futures = {worker.name: pool.submit(action, worker) for worker in self.workers}
+        workers = self.workers if workers is None else workers
+        if not workers:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+            futures = {worker.name: pool.submit(action, worker) for worker in workers}
         results, errors = {}, {}
         for name, future in futures.items():
             error = future.exception()
@@ -91,7 +222,7 @@ class Cluster:
             else:
                 raise error
         if errors:
-            raise StepFailed(what, errors, len(self.workers))
+            raise StepFailed(what, errors, len(workers))
         return results
 
 

@@ -20,7 +20,7 @@ log = logging.getLogger("reductio")
 
 WORKERS_CFG = "workers.cfg"
 DEFAULT_HOME = "~/.reductio"
-_KEYS = {"host", "username", "port", "key_filename", "home", "python", "local"}
+_KEYS = {"host", "username", "port", "key_filename", "home", "python", "local", "authorized_keys"}
 _SECRETS = {"password", "passphrase", "connect_kwargs"}
 
 
@@ -35,6 +35,7 @@ class WorkerSpec:
     username: Optional[str] = None
     key_filename: Optional[str] = None
     python: Optional[str] = None
+    authorized_keys: Optional[str] = None
 
     @property
     def is_local(self) -> bool:
@@ -113,6 +114,7 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
         username=entry.get("username") or None,
         key_filename=os.path.expanduser(entry["key_filename"]) if entry.get("key_filename") else None,
         python=entry.get("python") or None,
+        authorized_keys=entry.get("authorized_keys") or None,
     )
 
 

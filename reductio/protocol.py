@@ -1,4 +1,7 @@
-"""The lines a worker command writes on stderr, and how the head reads them back.
+"""How a worker command is spelled, what it writes on stderr, and how that is read back.
+
+A step runs as ``PYTHON -m reductio.worker STEP PARAMS_JSON``, every word
+quoted for the worker's shell.
 
 One JSON object per line, after a fixed prefix, so they survive any
 transport (a pipe, an SSH channel) and mix safely with other stderr:
@@ -10,6 +13,7 @@ transport (a pipe, an SSH channel) and mix safely with other stderr:
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 from reductio.errors import ReductioError
@@ -17,6 +21,19 @@ from reductio.errors import ReductioError
 RESULT = "reductio-result: "
 ERROR = "reductio-error: "
 _TAIL = 20
+
+
+def shell_path(path: str) -> str:
+    """Quote a path for a worker's shell, keeping a leading ``~/`` meaning its home."""
+    if path == "~" or path.startswith("~/"):
+        return '"$HOME"' + (shlex.quote(path[1:]) if len(path) > 1 else "")
+    return shlex.quote(path)
+
+
+def worker_command(python: str, step: str, params: dict) -> str:
+    """The shell command running ``step``; ``python`` is already shell words."""
+    payload = json.dumps(params, sort_keys=True)
+    return f"{python} -m reductio.worker {step} {shlex.quote(payload)}"
 
 
 def emit(prefix: str, payload: dict, stream=None) -> None:

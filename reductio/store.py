@@ -5,6 +5,8 @@ Layout, the only place it is spelled out::
     HOME/data/NAME     -> ../store/NAME.ATTEMPT   symlink: the published dataset
     HOME/store/NAME.ATTEMPT/                      its files and its _SUCCESS marker
     HOME/tmp/ATTEMPT/                             a step's output until it is published
+    HOME/cluster_key, HOME/known_hosts            how this worker reaches the others (scatter)
+    HOME/venv/, HOME/dist/                        an SSH worker's Python environment and sdists
 
 A step writes into ``tmp/ATTEMPT``; publishing checks every expected file is
 there whole, writes the marker, moves the folder into ``store`` and swaps the
@@ -25,6 +27,8 @@ from typing import Dict, Iterable, List
 from reductio.errors import DatasetError
 
 MARKER = "_SUCCESS"
+CLUSTER_KEY = "cluster_key"
+KNOWN_HOSTS = "known_hosts"
 # A marker's "format": TEXT lines come from files or out.write and may lack a
 # tab (the whole line is then the key); RECORDS lines were all written as pairs.
 TEXT, RECORDS = "text", "records"
@@ -74,7 +78,7 @@ class Home:
     """One worker's reductio home folder."""
 
     def __init__(self, root) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.data = self.root / "data"
         self.store = self.root / "store"
         self.tmp = self.root / "tmp"

@@ -10,17 +10,21 @@ failed worker and why, and the step's target is published nowhere.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import tempfile
 import time
+from pathlib import Path
 
 from invoke import Exit, task
 
-from reductio import spread
+from reductio import packaging, spread
 from reductio.cluster import Cluster, project_folder
 from reductio.errors import ReductioError, UserCodeError
 from reductio.gather import merge_to_file
 from reductio.job import common_source, discard, new_attempt, publish, run_and_publish
 from reductio.store import RECORDS, TEXT, check_name
+from reductio.trust import install_trust
 
 __all__ = [
     "setup", "distribute", "load", "initialize", "map", "transform", "scatter",
@@ -70,9 +74,17 @@ def _lines_out(results: dict) -> int:
 @task
 @_reported
 def setup(c):
-    """Prepare every worker (home, data and temp folders), then distribute."""
+    """Prepare every worker (home, Python environment, reductio, cluster key), then distribute."""
     cluster = Cluster.from_context(c)
+    remote = [w for w in cluster.workers if not w.is_local]
+    if remote:
+        cluster.each("setup", packaging.ensure_venv, remote)
+        with tempfile.TemporaryDirectory(prefix="reductio-sdist-") as scratch:
+            updated = packaging.deploy(cluster, "reductio", packaging.reductio_sdist(Path(scratch)))
+        if updated:
+            _say(f"setup: installed reductio on {', '.join(updated)}")
     cluster.each("setup", lambda w: w.step("prepare", {}))
+    install_trust(cluster)
     _say(f"setup: {len(cluster)} worker(s) ready: {', '.join(w.name for w in cluster.workers)}")
     distribute(c)
 
@@ -80,15 +92,34 @@ def setup(c):
 @task
 @_reported
 def distribute(c):
-    """Make the project's code importable on every worker.
+    """Install your project on every SSH worker, as an sdist built here; skipped when unchanged.
 
-    Local workers import the fabfile's folder directly; this checks that
-    each worker's Python runs reductio and sees that folder.
+    The project is the nearest folder at or above the fabfile's holding
+    setup.py or pyproject.toml. Local workers import the fabfile's folder
+    directly instead. Dependencies come from the ``reductio.wheelhouse``
+    folder of wheels when configured (README: "Code on the workers").
     """
     cluster = Cluster.from_context(c)
+    folder = project_folder(c)
     results = cluster.each("distribute", lambda w: w.step("prepare", {}))
-    versions = sorted({r["python"] for r in results.values()})
-    _say(f"distribute: local workers import {project_folder(c)} (Python {', '.join(versions)})")
+    local = [w for w in cluster.workers if w.is_local]
+    if local:
+        versions = sorted({results[w.name]["python"] for w in local})
+        _say(f"distribute: local workers import {folder} (Python {', '.join(versions)})")
+    if len(local) == len(cluster):
+        return
+    project = packaging.find_project(folder)
+    if project is None:
+        _say(f"distribute: no setup.py or pyproject.toml at or above {folder}; nothing to install on SSH workers")
+        return
+    wheelhouse = (c.config.get("reductio") or {}).get("wheelhouse")
+    with tempfile.TemporaryDirectory(prefix="reductio-sdist-") as scratch:
+        sdist = packaging.build_sdist(project, Path(scratch))
+        updated = packaging.deploy(cluster, "project", sdist, Path(os.path.expanduser(wheelhouse)) if wheelhouse else None)
+    if updated:
+        _say(f"distribute: installed {sdist.name} on {', '.join(updated)}")
+    else:
+        _say(f"distribute: {sdist.name} unchanged on every SSH worker")
 
 
 @task(help={"path": "a local file or folder of files (.gz read transparently)", "target": _HELP_TARGET})
@@ -211,17 +242,22 @@ def scatter(c, source, target):
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
-    destinations = [w.destination() for w in cluster.workers]
     attempt = new_attempt()
     started = time.time()
     try:
         results = cluster.each("scatter", lambda w: w.step(
-            "send", {"attempt": attempt, "source": source, "destinations": destinations, "self": w.index}))
+            "send", {"attempt": attempt, "source": source, "destinations": _destinations(cluster, w),
+                     "self": w.index}))
         src = common_source(results, source)
         expected = {w.name: {} for w in cluster.workers}
         for result in results.values():
             for index, files in result["sent"].items():
                 expected[cluster.workers[int(index)].name].update(files)
+        relayed = cluster.each("scatter (relay)", lambda w: _relay(cluster, w, source, attempt, results[w.name]["relay"]),
+                               [w for w in cluster.workers if results[w.name]["relay"]])
+        for files_by_worker in relayed.values():
+            for name, files in files_by_worker.items():
+                expected[name].update(files)
         facts = {"step": "scatter", "source": source, "source_attempt": src["attempt"],
                  "format": src["format"], "partitions": len(cluster)}
         publish(cluster, attempt, target, expected, facts, "scatter")
@@ -230,6 +266,34 @@ def scatter(c, source, target):
         raise
     moved = sum(f["bytes"] for files in expected.values() for f in files.values())
     _say(f"scatter: {source} -> {target}: {moved} bytes ({time.time() - started:.1f} s)")
+
+
+def _destinations(cluster, sender) -> list:
+    """Where ``sender`` sends each partition: an SSH worker cannot reach a local one, so the head relays."""
+    return [
+        {"kind": "relay"} if (w.is_local and not sender.is_local) else w.destination()
+        for w in cluster.workers
+    ]
+
+
+def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
+    """Carry files from an SSH worker to local workers through the head, streaming."""
+    received = {}
+    for index, names in relay.items():
+        destination = cluster.workers[int(index)]
+        for name in names:
+            incoming = sender.open("read", {"source": source, "name": name}, "r")
+            outgoing = destination.open("receive", {"attempt": attempt, "name": name}, "w")
+            try:
+                for block in iter(lambda: incoming.read(1 << 20), b""):
+                    outgoing.write(block)
+            except BaseException:
+                incoming.kill()
+                outgoing.kill()
+                raise
+            incoming.finish()
+            received.setdefault(destination.name, {}).update(outgoing.finish()["files"])
+    return received
 
 
 def _sort_step(c, source: str, target: str, unique: bool) -> None:

@@ -21,11 +21,11 @@ from typing import Dict, List
 
 from reductio.errors import DatasetError, ReductioError, UserCodeError
 from reductio.output import PartitionedOutput
-from reductio.protocol import ERROR, RESULT, emit
+from reductio.protocol import ERROR, RESULT, emit, parse_reply, shell_path, worker_command
 from reductio.records import read_lines, split_record
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import check_sorted, load_function, map_lines, reduce_lines, transform_lines
-from reductio.store import TEXT, Home, check_name, file_facts, partition_of_file
+from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, file_facts, partition_of_file
 
 _CHUNK = 1 << 20
 
@@ -187,8 +187,10 @@ def step_receive(params: dict) -> dict:
 def step_send(params: dict) -> dict:
     """Scatter's sender: partition i of the source goes to destination i.
 
-    A worker's own partition is hard-linked, not copied. Returns, per
-    destination index, the files it now holds for this attempt.
+    A worker's own partition is hard-linked, not copied; a local destination
+    is written directly, an SSH one through the worker's ``ssh`` with the
+    cluster key; a "relay" destination is left for the head to carry.
+    Returns, per destination index, the files it now holds for this attempt.
     """
     home = Home(params["home"])
     marker, files = _source(home, params["source"])
@@ -199,23 +201,71 @@ def step_send(params: dict) -> dict:
             f" the cluster has {partitions} workers; re-run the step that made it"
         )
     sent: Dict[str, dict] = {}
+    relay: Dict[str, list] = {}
     for path in files:
         index = partition_of_file(path.name)
         destination = params["destinations"][index]
-        facts = _send_file(path, destination, params["attempt"], index == params["self"])
+        if destination["kind"] == "relay":
+            relay.setdefault(str(index), []).append(path.name)
+            continue
+        facts = _send_file(home, path, destination, params["attempt"], index == params["self"])
         sent.setdefault(str(index), {})[path.name] = facts
-    return {"sent": sent, "source": _about(marker)}
+    return {"sent": sent, "relay": relay, "source": _about(marker)}
 
 
-def _send_file(path: Path, destination: dict, attempt: str, is_self: bool) -> dict:
-    if destination["kind"] != "local":
-        raise ReductioError(f"cannot send to a {destination['kind']!r} worker from here")
+def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool) -> dict:
+    if destination["kind"] == "ssh":
+        return _send_over_ssh(home, path, destination, attempt)
     folder = Home(destination["home"]).attempt_dir(attempt)
     if is_self:
         os.link(path, folder / path.name)
         return file_facts(folder / path.name)
     with open(path, "rb") as data:
         return receive(data, folder, path.name)
+
+
+def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str) -> dict:
+    """Stream one file to another worker's ``receive`` with the worker's own ssh client.
+
+    Only the cluster key and the host keys pinned at setup are used: no
+    user ssh config, no agent, no prompt, no unknown host accepted.
+    """
+    params = {"home": destination["home"], "attempt": attempt, "name": path.name}
+    remote = worker_command(shell_path(destination["python"]), "receive", params)
+    argv = [
+        "ssh", "-F", "/dev/null", "-i", str(home.root / CLUSTER_KEY), "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={home.root / KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
+        "-p", str(destination["port"]),
+    ]
+    if destination.get("user"):
+        argv += ["-l", destination["user"]]
+    argv += [destination["host"], remote]
+    with open(path, "rb") as data:
+        done = subprocess.run(argv, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        facts = parse_reply(done.stderr.decode("utf-8", "replace"), done.returncode)["files"][path.name]
+    except ReductioError as err:
+        raise ReductioError(f"sending {path.name} to {destination['host']}:{destination['port']} failed: {err}",
+                            err.details) from None
+    if facts["bytes"] != path.stat().st_size:
+        raise ReductioError(f"{path.name} arrived at {destination['host']} with {facts['bytes']} of"
+                            f" {path.stat().st_size} bytes")
+    return facts
+
+
+def step_read(params: dict) -> dict:
+    """Write one data file of a dataset to stdout: the head relays it to a worker we cannot reach."""
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    (path,) = [p for p in files if p.name == params["name"]] or [None]
+    if path is None:
+        raise DatasetError(f"dataset {params['source']!r} has no file {params['name']!r}")
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(_CHUNK), b""):
+            sys.stdout.buffer.write(block)
+    sys.stdout.buffer.flush()
+    return {"source": _about(marker)}
 
 
 def step_publish(params: dict) -> dict:
@@ -260,7 +310,7 @@ def step_status(params: dict) -> dict:
 
 STEPS = {
     "map": step_map, "transform": step_transform, "reduce": step_reduce, "sort": step_sort,
-    "cat": step_cat, "receive": step_receive, "send": step_send, "publish": step_publish,
+    "cat": step_cat, "receive": step_receive, "send": step_send, "read": step_read, "publish": step_publish,
     "discard": step_discard, "prepare": step_prepare, "delete": step_delete, "status": step_status,
 }
 

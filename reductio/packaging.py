@@ -1,0 +1,214 @@
+"""Code for SSH workers: sdists built on the head, pushed over SSH, installed in the worker's venv.
+
+Each sdist is also turned into a wheel on the head, with the head's own
+build backend, so a worker needs neither a package index nor setuptools:
+its pip only unpacks a wheel. An install is skipped when the worker already
+has the same content (a digest of the sdist's files, not of its timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import reductio
+from reductio.errors import ReductioError
+from reductio.protocol import shell_path
+
+_HOOK = """
+import importlib, sys
+name, hook, out = sys.argv[1:4]
+module, _, attribute = name.partition(":")
+backend = importlib.import_module(module)
+for part in filter(None, attribute.split(".")):
+    backend = getattr(backend, part)
+print("\\nbuilt: " + getattr(backend, hook)(out))
+"""
+
+_WORKER_SETUP = """from setuptools import setup
+setup(name="reductio", version={version!r}, packages=["reductio", "reductio.example"],
+      package_data={{"reductio.example": ["sample-words.txt"]}}, python_requires=">=3.9")
+"""
+
+
+def find_project(start: str) -> Optional[Path]:
+    """The nearest folder at or above ``start`` holding setup.py or pyproject.toml."""
+    folder = Path(start).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / "setup.py").is_file() or (candidate / "pyproject.toml").is_file():
+            return candidate
+    return None
+
+
+def build_sdist(project: Path, out: Path) -> Path:
+    """Build the project's sdist into ``out`` with its own PEP 517 backend."""
+    return _run_hook(project, _backend_of(project), "build_sdist", out)
+
+
+def build_wheel(sdist: Path, out: Path) -> Path:
+    """Build a wheel from an unpacked sdist, on the head."""
+    with tempfile.TemporaryDirectory(prefix="reductio-build-") as scratch:
+        with tarfile.open(sdist) as archive:
+            _safe_extract(archive, Path(scratch))
+        (root,) = [p for p in Path(scratch).iterdir() if p.is_dir()]
+        return _run_hook(root, _backend_of(root), "build_wheel", out)
+
+
+def reductio_sdist(out: Path) -> Path:
+    """An sdist of the reductio that runs here, for the workers: its files, no dependencies.
+
+    Built from the installed package, so it works from a checkout and from
+    site-packages alike; the worker side needs only the standard library.
+    """
+    package = Path(reductio.__file__).resolve().parent
+    name = f"reductio-{reductio.__version__}"
+    sdist = out / f"{name}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        for path in sorted(package.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".txt"):
+                archive.add(path, f"{name}/reductio/{path.relative_to(package)}", filter=_plain)
+        setup_py = out / "setup.py"
+        setup_py.write_text(_WORKER_SETUP.format(version=reductio.__version__))
+        archive.add(setup_py, f"{name}/setup.py", filter=_plain)
+        setup_py.unlink()
+    return sdist
+
+
+def content_digest(sdist: Path) -> str:
+    """A digest of the sdist's file names and contents: equal when nothing changed."""
+    digest = hashlib.sha256()
+    with tarfile.open(sdist) as archive:
+        for member in sorted(archive.getmembers(), key=lambda m: m.name):
+            if member.isfile():
+                digest.update(member.name.encode() + b"\0")
+                digest.update(archive.extractfile(member).read())
+    return digest.hexdigest()
+
+
+def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
+
+
+def _backend_of(project: Path) -> str:
+    pyproject = project / "pyproject.toml"
+    if pyproject.is_file():
+        match = re.search(r'^\s*build-backend\s*=\s*["\']([^"\']+)["\']', pyproject.read_text(), re.M)
+        if match:
+            return match.group(1)
+    return "setuptools.build_meta:__legacy__"
+
+
+def _run_hook(project: Path, backend: str, hook: str, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _HOOK, backend, hook, str(out)],
+        cwd=project, capture_output=True, text=True,
+    )
+    built = [line[len("built: "):] for line in done.stdout.splitlines() if line.startswith("built: ")]
+    if done.returncode != 0 or not built:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        raise ReductioError(f"{hook} of {project} failed with backend {backend}", "\n".join(tail))
+    return out / built[-1]
+
+
+def _safe_extract(archive: tarfile.TarFile, folder: Path) -> None:
+    root = folder.resolve()
+    for member in archive.getmembers():
+        target = (folder / member.name).resolve()
+        if root not in target.parents and target != root or member.issym() or member.islnk():
+            raise ReductioError(f"refusing sdist member {member.name!r}: it points outside the archive")
+    archive.extractall(folder)
+
+
+def checked_name(path: Path) -> str:
+    """A built file's name, safe to put in a path on the worker."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", path.name):
+        raise ReductioError(f"unexpected characters in built file name {path.name!r}")
+    return path.name
+
+
+
+
+def push(worker, local: Path, remote: str, mode: str = "600") -> None:
+    """Copy a local file to a path on the worker, appearing there only when complete."""
+    folder = shell_path(os.path.dirname(remote) or ".")
+    partial = shell_path(remote + ".part")
+    command = (f"umask 077 && mkdir -p {folder} && cat > {partial} && chmod {mode} {partial}"
+               f" && mv {partial} {shell_path(remote)}")
+    stream = worker.open_command(command, "w")
+    try:
+        with open(local, "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                stream.write(block)
+    except BaseException:
+        stream.kill()
+        raise
+    code, stderr = stream.close()
+    if code != 0:
+        raise ReductioError(f"copying {local.name} to {remote} failed (exit {code}): {stderr.strip()[-300:]}")
+
+
+def ensure_venv(worker) -> None:
+    """Create the worker's home and virtual environment unless they exist."""
+    python = shell_path(worker.spec.python or "python3")
+    home, venv = shell_path(worker.home), shell_path(worker.venv)
+    result = worker.run(f"umask 077 && mkdir -p {home} && chmod 700 {home}"
+                        f" && (test -x {venv}/bin/python || {python} -m venv {venv})")
+    if result.exited != 0:
+        raise ReductioError(
+            f"cannot create a virtual environment with {worker.spec.python or 'python3'}:"
+            f" {(result.stderr or result.stdout).strip().splitlines()[-1:] or ''}"
+            " (Debian: apt-get install python3-venv; or set python = ... for this worker)"
+        )
+
+
+def installed_digest(worker, name: str) -> str:
+    """The content digest of what the worker last installed as ``name``, or ''."""
+    result = worker.run(f"cat {shell_path(worker.home + '/dist/' + name + '.digest')} 2>/dev/null || true")
+    return result.stdout.strip()
+
+
+def install(worker, name: str, sdist: Path, wheel: Path, digest: str, wheelhouse: Optional[Path] = None) -> None:
+    """Push an sdist and its wheel to the worker and pip install the wheel into its venv.
+
+    With a wheelhouse (a folder of wheels), its wheels are pushed too and
+    the project's dependencies are installed from them; otherwise none are.
+    """
+    dist = worker.home.rstrip("/") + "/dist"
+    push(worker, sdist, f"{dist}/{checked_name(sdist)}")
+    push(worker, wheel, f"{dist}/{checked_name(wheel)}")
+    pip = f"{shell_path(worker.venv + '/bin/python')} -m pip install --no-index --force-reinstall"
+    pip += " --disable-pip-version-check -q"
+    if wheelhouse:
+        for extra in sorted(wheelhouse.glob("*.whl")):
+            push(worker, extra, f"{dist}/wheels/{checked_name(extra)}")
+        pip += f" --find-links {shell_path(dist + '/wheels')}"
+    else:
+        pip += " --no-deps"
+    record = shell_path(f"{dist}/{name}.digest")
+    result = worker.run(f"{pip} {shell_path(dist + '/' + wheel.name)} && echo {digest} > {record}")
+    if result.exited != 0:
+        raise ReductioError(f"pip install of {wheel.name} failed", (result.stderr or result.stdout).strip()[-2000:])
+
+
+def deploy(cluster, name: str, sdist: Path, wheelhouse: Optional[Path] = None) -> list:
+    """Install ``sdist`` on every SSH worker whose ``name`` record lacks this content; return their names."""
+    digest = content_digest(sdist)
+    remote = [w for w in cluster.workers if not w.is_local]
+    current = cluster.each(f"distribute {name}", lambda w: installed_digest(w, name), remote)
+    stale = [w for w in remote if current[w.name] != digest]
+    if stale:
+        with tempfile.TemporaryDirectory(prefix="reductio-wheel-") as scratch:
+            wheel = build_wheel(sdist, Path(scratch))
+            cluster.each(f"distribute {name}", lambda w: install(w, name, sdist, wheel, digest, wheelhouse), stale)
+    return [w.name for w in stale]
