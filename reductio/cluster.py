@@ -61,6 +61,17 @@ class Worker:
         return self.open_command(self.command(step, params), mode)
 
 
+class _ClosingLocal(invoke.Local):
+    """invoke's Local runner, also closing the child's pipes, which invoke 2.2 leaves to the GC."""
+
+    def stop(self) -> None:
+        super().stop()
+        process = getattr(self, "process", None)
+        for pipe in (process.stdin, process.stdout, process.stderr) if process else ():
+            if pipe:
+                pipe.close()
+
+
 class LocalWorker(Worker):
     """A worker that is a folder on this machine; its steps run as child processes."""
 
@@ -68,6 +79,8 @@ class LocalWorker(Worker):
 
     def __init__(self, spec: WorkerSpec, index: int, config, project: str) -> None:
         super().__init__(spec, index)
+        config = config.clone()
+        config.runners.local = _ClosingLocal
         self._context = invoke.Context(config=config)
         paths = [project, _REDUCTIO_PARENT, os.environ.get("PYTHONPATH", "")]
         self._pythonpath = os.pathsep.join(p for p in paths if p)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterator, List
 
-from reductio.errors import InputError, ReductioError
+from reductio.errors import InputError, ReductioError, StepFailed
 from reductio.steps import Output
 
 MAX_BLOCK = 1 << 20
@@ -71,7 +71,7 @@ class Spreader:
     """One ``receive`` stream per worker; whole blocks go to each in turn."""
 
     def __init__(self, cluster, attempt: str, origin: str) -> None:
-        self.name = f"s00000.{origin}"
+        self.name, self.origin = f"s00000.{origin}", origin
         self.streams = [w.open("receive", {"attempt": attempt, "name": self.name}, "w") for w in cluster.workers]
         self.workers = cluster.workers
         self.digests = [hashlib.sha256() for _ in self.workers]
@@ -80,7 +80,10 @@ class Spreader:
 
     def write(self, block: bytes) -> None:
         i = self.turn
-        self.streams[i].write(block)
+        try:
+            self.streams[i].write(block)
+        except OSError:
+            self._failed(i)
         self.digests[i].update(block)
         self.sizes[i] += len(block)
         self.turn = (i + 1) % len(self.streams)
@@ -89,13 +92,26 @@ class Spreader:
         """Close every stream and check each worker got exactly what was sent."""
         received = {}
         for i, (worker, stream) in enumerate(zip(self.workers, self.streams)):
-            facts = stream.finish()["files"][self.name]
+            try:
+                facts = stream.finish()["files"][self.name]
+            except ReductioError as err:
+                raise StepFailed(self.origin, {worker.name: err}, len(self.workers)) from None
             if facts["bytes"] != self.sizes[i] or facts["sha256"] != self.digests[i].hexdigest():
                 raise ReductioError(
                     f"worker {worker.name}: shard arrived damaged ({facts['bytes']} of {self.sizes[i]} bytes)"
                 )
             received[worker.name] = {self.name: facts}
         return received
+
+    def _failed(self, i: int) -> None:
+        """A worker stopped reading: report its own error, naming it."""
+        worker = self.workers[i]
+        try:
+            self.streams[i].finish()
+            error = ReductioError("stopped reading its input")
+        except ReductioError as err:
+            error = err
+        raise StepFailed(self.origin, {worker.name: error}, len(self.workers))
 
     def abandon(self) -> None:
         for stream in self.streams:

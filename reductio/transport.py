@@ -21,6 +21,7 @@ class LocalStream:
         pipes = {"stdin": subprocess.PIPE} if mode == "w" else {"stdout": subprocess.PIPE}
         self._process = subprocess.Popen(command, shell=True, stderr=self._stderr, **pipes)
         self._pipe = self._process.stdin if mode == "w" else self._process.stdout
+        self._closed = None
 
     def write(self, data: bytes) -> None:
         self._pipe.write(data)
@@ -29,13 +30,17 @@ class LocalStream:
         return self._pipe.read(size)
 
     def close(self):
-        """Close our end and wait for the command: its exit code and stderr."""
-        self._pipe.close()
-        code = self._process.wait()
-        self._stderr.seek(0)
-        stderr = self._stderr.read().decode("utf-8", "replace")
-        self._stderr.close()
-        return code, stderr
+        """Close our end and wait for the command: its exit code and stderr (once; later calls repeat them)."""
+        if self._closed is None:
+            try:
+                self._pipe.close()
+            except BrokenPipeError:  # the command stopped reading: its stderr says why
+                pass
+            code = self._process.wait()
+            self._stderr.seek(0)
+            self._closed = code, self._stderr.read().decode("utf-8", "replace")
+            self._stderr.close()
+        return self._closed
 
     def finish(self) -> dict:
         """Close, and return the reply of a reductio.worker command."""
@@ -44,11 +49,9 @@ class LocalStream:
 
     def kill(self) -> None:
         """Stop the command: the transfer is being abandoned."""
-        self._process.kill()
-        try:
+        if self._closed is None:
+            self._process.kill()
             self.close()
-        except OSError:
-            pass
 
 
 class SshStream:
@@ -62,6 +65,7 @@ class SshStream:
         self._channel = transport.open_session()
         self._channel.exec_command(command)
         self._mode = mode
+        self._closed = None
 
     def write(self, data: bytes) -> None:
         self._channel.sendall(data)
@@ -70,16 +74,18 @@ class SshStream:
         return self._channel.recv(size)
 
     def close(self):
-        """Close our end and wait for the command: its exit code and stderr."""
-        if self._mode == "w":
-            self._channel.shutdown_write()
-        else:
-            while self._channel.recv(1 << 16):
-                pass
-        code = self._channel.recv_exit_status()
-        stderr = self._channel.makefile_stderr("rb").read()
-        self._channel.close()
-        return code, stderr.decode("utf-8", "replace")
+        """Close our end and wait for the command: its exit code and stderr (once; later calls repeat them)."""
+        if self._closed is None:
+            if self._mode == "w":
+                self._channel.shutdown_write()
+            else:
+                while self._channel.recv(1 << 16):
+                    pass
+            code = self._channel.recv_exit_status()
+            stderr = self._channel.makefile_stderr("rb").read()
+            self._channel.close()
+            self._closed = code, stderr.decode("utf-8", "replace")
+        return self._closed
 
     def finish(self) -> dict:
         """Close, and return the reply of a reductio.worker command."""
@@ -88,4 +94,6 @@ class SshStream:
 
     def kill(self) -> None:
         """Abandon the command: closing the channel hangs it up."""
-        self._channel.close()
+        if self._closed is None:
+            self._channel.close()
+            self._closed = -1, "abandoned"

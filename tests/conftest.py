@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from invoke import Config, Context
 
 SUPPORT = Path(__file__).parent / "_support"
 WORDJOBS = SUPPORT / "wordjobs"
+sys.path.insert(0, str(Path(__file__).parent))  # tests/sshd.py
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +41,42 @@ def ctx():
 def write_lines(path: Path, lines) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def sshd_cluster(tmp_path_factory):
+    """Three real sshd daemons on 127.0.0.1 for the whole run, stopped by pid at the end."""
+    from sshd import SshCluster
+
+    cluster = SshCluster(tmp_path_factory.mktemp("sshd"), 3)
+    cluster.homes = tmp_path_factory.mktemp("homes")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def ssh_workers(sshd_cluster, isolated_home):
+    """Call ``configure(count, local=0)`` to point this test at ``count`` SSH workers (and local ones).
+
+    Writes ./workers.cfg and the daemons' host keys into $HOME/.ssh/known_hosts,
+    and starts any daemon an earlier test stopped.
+    """
+    for daemon in sshd_cluster.daemons:
+        if daemon.process is None:
+            daemon.start()
+    ssh_dir = isolated_home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "known_hosts").write_text(sshd_cluster.known_hosts())
+
+    def configure(count: int = 3, local: int = 0) -> Path:
+        path = Path("workers.cfg")
+        path.write_text(sshd_cluster.workers_cfg(sshd_cluster.homes, count=count, local=local))
+        return path
+
+    yield configure
+    from reductio.cluster import SshWorker
+
+    for connection in SshWorker._connections.values():
+        connection.close()
+    SshWorker._connections.clear()

@@ -61,8 +61,8 @@ class Sshd:
 
     def start(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
-        log = open(self.root / "sshd.log", "ab")
-        self.process = subprocess.Popen([find_sshd(), "-D", "-e", "-f", str(self.config)], stderr=log, stdout=log)
+        with open(self.root / "sshd.log", "ab") as log:
+            self.process = subprocess.Popen([find_sshd(), "-D", "-e", "-f", str(self.config)], stderr=log, stdout=log)
         deadline = time.time() + 10
         while time.time() < deadline:
             if self.process.poll() is not None:

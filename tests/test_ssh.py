@@ -1,0 +1,195 @@
+"""Every task on real SSH workers: sshd daemons on loopback started by the test suite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from invoke import Exit
+
+from conftest import WORDJOBS, make_context, write_lines
+from reductio import tasks
+from reductio.example.bigrams import letter_pairs
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = [f"{w}" for w in "listen silent enlist google banana stone tones notes onset apple paple Über über rübe".split()]
+
+
+def bigram_table(words_path: Path) -> dict:
+    counts = Counter()
+    for line in words_path.read_text(encoding="utf-8").splitlines():
+        for pair, _ in letter_pairs(line, ""):
+            counts[pair] += 1
+    return {k: str(v) for k, v in counts.items()}
+
+
+def read_table(path: Path) -> dict:
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+    return {key: value for key, value in rows}
+
+
+def run_bigrams(c, words: Path, output: Path) -> dict:
+    tasks.load(c, str(words), "words")
+    tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs")
+    tasks.scatter(c, "pairs", "pairs-here")
+    tasks.sort(c, "pairs-here", "pairs-sorted")
+    tasks.reduce(c, "reductio.example.bigrams.count", "pairs-sorted", "counts")
+    tasks.merge(c, "counts", str(output))
+    return read_table(output)
+
+
+@pytest.fixture
+def words(tmp_path) -> Path:
+    source = Path("/usr/share/dict/words")
+    lines = source.read_text(encoding="utf-8").splitlines()[::7] if source.exists() else WORDS * 50
+    return write_lines(tmp_path / "words.txt", lines + WORDS)
+
+
+def test_bigrams_on_three_ssh_workers_match_an_independent_count_and_local_workers(ssh_workers, words, tmp_path):
+    ssh_workers(3)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    over_ssh = run_bigrams(c, words, tmp_path / "ssh.tsv")
+    assert over_ssh == bigram_table(words)
+    os.remove("workers.cfg")
+    local_context = make_context(2)
+    tasks.setup(local_context)
+    local = run_bigrams(local_context, words, tmp_path / "local.tsv")
+    assert (tmp_path / "ssh.tsv").read_bytes() == (tmp_path / "local.tsv").read_bytes()
+    assert over_ssh == local
+
+
+def test_results_are_identical_on_one_two_and_three_ssh_workers(ssh_workers, words, tmp_path):
+    outputs = []
+    for count in (1, 2, 3):
+        ssh_workers(count)
+        c = make_context(project=WORDJOBS)
+        tasks.setup(c)
+        run_bigrams(c, words, tmp_path / f"out-{count}.tsv")
+        outputs.append((tmp_path / f"out-{count}.tsv").read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_anagram_classes_on_ssh_workers_match_a_single_process_computation(ssh_workers, words, tmp_path):
+    ssh_workers(3)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    tasks.load(c, str(words), "words")
+    tasks.map(c, "wordjobs.anagram_key", "words", "keyed")
+    tasks.scatter(c, "keyed", "keyed-here")
+    tasks.sort(c, "keyed-here", "keyed-sorted")
+    tasks.reduce(c, "wordjobs.anagram_class", "keyed-sorted", "classes")
+    tasks.merge(c, "classes", str(tmp_path / "classes.tsv"))
+
+    expected = {}
+    for word in words.read_text(encoding="utf-8").splitlines():
+        if word.strip():
+            expected.setdefault("".join(sorted(word.strip().lower())), set()).add(word.strip())
+    expected = {k: " ".join(sorted(v)) for k, v in expected.items() if len(v) > 1}
+    assert read_table(tmp_path / "classes.tsv") == expected
+    assert expected["eilnst"] == "enlist listen silent"
+
+
+def test_distribute_installs_the_project_into_each_worker_venv_and_skips_it_when_unchanged(
+    ssh_workers, sshd_cluster, capsys
+):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    for worker in ("ssh-0", "ssh-1"):
+        venv_python = sshd_cluster.homes / worker / "venv" / "bin" / "python"
+        found = subprocess.run([str(venv_python), "-c", "import wordjobs, reductio.worker; print(wordjobs.__file__)"],
+                               capture_output=True, text=True, cwd="/")
+        assert found.returncode == 0, found.stderr
+        assert "site-packages" in found.stdout
+        assert (sshd_cluster.homes / worker / "dist" / "project.digest").read_text().strip()
+    capsys.readouterr()
+    tasks.distribute(c)
+    assert "wordjobs-0.1.tar.gz unchanged on every SSH worker" in capsys.readouterr().out
+
+
+def test_mixed_local_and_ssh_workers_give_the_same_table(ssh_workers, words, tmp_path):
+    ssh_workers(2, local=1)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    assert run_bigrams(c, words, tmp_path / "mixed.tsv") == bigram_table(words)
+
+
+def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds(ssh_workers, sshd_cluster, words, tmp_path):
+    ssh_workers(3)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    tasks.load(c, str(words), "words")
+    from reductio.cluster import SshWorker
+
+    for connection in SshWorker._connections.values():
+        connection.close()
+    SshWorker._connections.clear()
+    sshd_cluster.daemons[1].stop()
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs-down")
+    assert failure.value.code == 1
+    assert "ssh-1" in failure.value.message
+    assert "cannot reach 127.0.0.1" in failure.value.message
+    assert "Traceback" not in failure.value.message
+    sshd_cluster.daemons[1].start()
+    for worker in ("ssh-0", "ssh-2"):
+        assert not (sshd_cluster.homes / worker / "data" / "pairs-down").exists()
+    tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs-down")
+    for worker in ("ssh-0", "ssh-1", "ssh-2"):
+        assert (sshd_cluster.homes / worker / "data" / "pairs-down" / "_SUCCESS").exists()
+
+
+def test_a_mapper_raising_on_one_worker_names_it_and_publishes_the_target_nowhere(ssh_workers, sshd_cluster, tmp_path):
+    ssh_workers(3)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    source = write_lines(tmp_path / "in.txt", [f"key{i}\tv" for i in range(300)] + ["boom\tv"])
+    tasks.load(c, str(source), "booms")
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.raises_on_boom", "booms", "boomed")
+    message = failure.value.message
+    assert "map failed on 1 of 3 worker(s)" in message
+    assert "no booms allowed" in message and "ValueError" in message
+    assert "line " in message
+    for worker in ("ssh-0", "ssh-1", "ssh-2"):
+        home = sshd_cluster.homes / worker
+        assert not (home / "data" / "boomed").exists()
+        assert list((home / "tmp").iterdir()) == []
+
+
+def test_an_unknown_host_key_is_refused_with_a_message_saying_so(ssh_workers, isolated_home):
+    ssh_workers(1)
+    (isolated_home / ".ssh" / "known_hosts").write_text("")
+    with pytest.raises(Exit) as failure:
+        tasks.status(make_context(project=WORDJOBS))
+    assert "host key of 127.0.0.1" in failure.value.message and "unknown" in failure.value.message
+
+
+def test_a_changed_host_key_is_refused_with_a_message_saying_so(ssh_workers, sshd_cluster, isolated_home, tmp_path):
+    ssh_workers(1)
+    from sshd import keygen
+
+    keygen(tmp_path / "other")
+    kind, key = (tmp_path / "other.pub").read_text().split()[:2]
+    port = sshd_cluster.daemons[0].port
+    (isolated_home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {kind} {key}\n")
+    with pytest.raises(Exit) as failure:
+        tasks.status(make_context(project=WORDJOBS))
+    assert "CHANGED" in failure.value.message and "ssh-0" in failure.value.message
+
+
+def test_reductio_command_line_runs_the_example_on_the_ssh_cluster(ssh_workers, words, tmp_path, isolated_home):
+    ssh_workers(2)
+    env = dict(os.environ, HOME=str(isolated_home))
+    done = subprocess.run(
+        ["reductio", "-f", str(REPO / "reductio" / "example" / "fabfile.py"),
+         "setup", "bigrams", "--words", str(words), "--output", str(tmp_path / "cli.tsv")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ssh-0, ssh-1" in done.stdout
+    assert read_table(tmp_path / "cli.tsv") == bigram_table(words)
