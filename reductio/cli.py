@@ -5,7 +5,8 @@
 
 ``-f/--fabfile`` names the task module, as a module name found from the
 current folder upwards (like ``fab -c``) or as a path to a .py file. invoke's
-own ``-f`` (``--config``) keeps its long name.
+own ``-f`` (``--config``) keeps its long name. ``-H host1,user@host2:2222``
+makes those hosts the cluster for this run.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import os
 
 from fabric import Config, Executor
 from fabric.main import Fab
-from invoke import Argument
+from invoke import Argument, Exit
 
 from reductio import __version__
+from reductio.config import workers_from_hosts
+from reductio.errors import ConfigError
 
 
 class Reductio(Fab):
@@ -31,6 +34,19 @@ class Reductio(Fab):
         return args + [
             Argument(names=("fabfile", "f"), help="Task module: a module name, or a path to a .py file."),
         ]
+
+    def update_config(self):
+        """``-H`` names the cluster's workers; it does not run each task once per host as in fab."""
+        super().update_config()
+        hosts = self.args.hosts.value
+        if hosts:
+            try:
+                workers = workers_from_hosts(hosts)
+            except ConfigError as err:
+                raise Exit(f"reductio: {err}", code=1) from None
+            self.config._overrides.setdefault("reductio", {})["workers"] = workers
+            self.config.merge()
+            self.args.hosts.set_value(None, cast=False)
 
     def load_collection(self):
         fabfile = self.args.fabfile.value

@@ -20,7 +20,7 @@ import invoke
 
 import reductio
 from reductio.config import WorkerSpec, load_workers
-from reductio.errors import ReductioError, StepFailed, WorkerUnreachable
+from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerUnreachable
 from reductio.protocol import parse_reply, shell_path, worker_command
 from reductio.transport import LocalStream, SshStream
 
@@ -208,6 +208,14 @@ class Cluster:
 
     @classmethod
     def from_context(cls, c) -> "Cluster":
+        from fabric import Connection
+
+        if isinstance(c, Connection):
+            raise ConfigError(
+                "this task got a connection to one host (fab -H runs each task once per host);"
+                " reductio tasks fan out to the workers themselves: use reductio -H, workers.cfg"
+                " or the reductio: workers config key"
+            )
         specs = load_workers(c.config)
         project = project_folder(c)
         return cls([

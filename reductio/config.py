@@ -53,6 +53,8 @@ def load_workers(config) -> List[WorkerSpec]:
        local workers with homes under ``~/.reductio/local/``.
     """
     settings = _settings(config)
+    if config is not None:
+        check_no_secrets(config)
     if settings.get("workers"):
         log.debug("workers from the reductio config key")
         return _checked([_from_mapping(entry, f"worker {i}") for i, entry in enumerate(settings["workers"])])
@@ -70,6 +72,37 @@ def load_workers(config) -> List[WorkerSpec]:
     root = os.path.expanduser(os.path.join(DEFAULT_HOME, "local"))
     log.debug("%d local workers under %s", count, root)
     return [WorkerSpec(name=f"local-{i}", home=os.path.join(root, f"worker-{i}")) for i in range(count)]
+
+
+def workers_from_hosts(hosts: str) -> List[dict]:
+    """``-H user@host:port,...`` as worker settings, named by host (and port when needed)."""
+    entries = []
+    for item in filter(None, (part.strip() for part in hosts.split(","))):
+        user, _, hostport = item.rpartition("@")
+        host, _, port = hostport.partition(":")
+        if not host:
+            raise ConfigError(f"-H: cannot read host {item!r}; use host, user@host or user@host:port")
+        entries.append({"host": host, "port": port or None, "username": user or None})
+    hosts_seen = [entry["host"] for entry in entries]
+    for entry in entries:
+        repeated = hosts_seen.count(entry["host"]) > 1
+        entry["name"] = f"{entry['host']}:{entry['port'] or 22}" if repeated else entry["host"]
+        if repeated:
+            entry["home"] = f"{DEFAULT_HOME}/{entry['port'] or 22}"
+    return entries
+
+
+def check_no_secrets(config) -> None:
+    """Refuse SSH passwords written into Fabric/invoke config files (prompts are fine)."""
+    for level in ("_system", "_user", "_project", "_runtime", "_env"):
+        data = getattr(config, level, None) or {}
+        kwargs = data.get("connect_kwargs") or {}
+        secrets = sorted(key for key in _SECRETS if key in kwargs)
+        if secrets:
+            raise ConfigError(
+                f"connect_kwargs {', '.join(secrets)} found in {level.strip('_')} config; reductio never reads"
+                " passwords from config files: use an SSH key or ssh-agent"
+            )
 
 
 def read_workers_cfg(path: Path) -> List[WorkerSpec]:

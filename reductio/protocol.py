@@ -55,4 +55,6 @@ def parse_reply(stderr: str, exit_code: int) -> dict:
                 return json.loads(line[len(RESULT):])
     tail = [line for line in lines if not line.startswith(RESULT)][-_TAIL:]
     last = tail[-1] if tail else "no output"
+    if exit_code == 127:
+        raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))
     raise ReductioError(f"worker command failed (exit {exit_code}): {last}", "\n".join(tail))

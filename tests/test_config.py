@@ -1,0 +1,125 @@
+"""Where the cluster comes from: workers.cfg, the reductio config key, -H, local workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from invoke import Config
+
+from reductio.cli import make_program
+from reductio.config import WorkerSpec, load_workers, workers_from_hosts
+from reductio.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_without_any_config_there_is_one_local_worker_per_core(isolated_home):
+    specs = load_workers(Config())
+    assert len(specs) == os.cpu_count()
+    assert all(spec.is_local for spec in specs)
+    assert specs[0].home == str(isolated_home / ".reductio" / "local" / "worker-0")
+
+
+def test_local_workers_setting_chooses_how_many():
+    assert [s.name for s in load_workers(Config(overrides={"reductio": {"local_workers": 3}}))] == [
+        "local-0", "local-1", "local-2"]
+
+
+def test_workers_cfg_in_the_current_folder_wins_over_the_one_in_the_reductio_home(isolated_home):
+    (isolated_home / ".reductio").mkdir()
+    (isolated_home / ".reductio" / "workers.cfg").write_text("[far]\nhost = far.example\n")
+    assert [s.name for s in load_workers(Config())] == ["far"]
+    Path("workers.cfg").write_text("[a]\nhost = a.example\nport = 2222\nusername = me\n\n[b]\nlocal = yes\nhome = /srv/b\n")
+    specs = load_workers(Config())
+    assert specs == [
+        WorkerSpec(name="a", home="~/.reductio", host="a.example", port=2222, username="me"),
+        WorkerSpec(name="b", home="/srv/b"),
+    ]
+
+
+def test_the_reductio_config_key_wins_over_workers_cfg():
+    Path("workers.cfg").write_text("[a]\nhost = a.example\n")
+    config = Config(overrides={"reductio": {"workers": [{"name": "x", "host": "x.example", "key_filename": "~/k"}]}})
+    (spec,) = load_workers(config)
+    assert (spec.name, spec.host, spec.key_filename) == ("x", "x.example", os.path.expanduser("~/k"))
+
+
+@pytest.mark.parametrize("setting", ["password", "passphrase"])
+def test_a_password_in_workers_cfg_is_refused_saying_why(setting):
+    Path("workers.cfg").write_text(f"[a]\nhost = a.example\n{setting} = hunter2\n")
+    with pytest.raises(ConfigError, match="never reads passwords"):
+        load_workers(Config())
+
+
+def test_a_password_in_fabric_connect_kwargs_config_is_refused(tmp_path):
+    config = Config(runtime_path=str(_yaml(tmp_path / "fab.yaml", "connect_kwargs:\n  password: hunter2\n")))
+    config.load_runtime()
+    with pytest.raises(ConfigError, match="never reads passwords"):
+        load_workers(config)
+
+
+def test_unknown_settings_and_bad_ports_are_clear_errors():
+    Path("workers.cfg").write_text("[a]\nhost = a\nhots = typo\n")
+    with pytest.raises(ConfigError, match="unknown setting.*hots"):
+        load_workers(Config())
+    Path("workers.cfg").write_text("[a]\nhost = a\nport = twenty\n")
+    with pytest.raises(ConfigError, match="port must be a number"):
+        load_workers(Config())
+    Path("workers.cfg").write_text("[a]\nusername = me\n")
+    with pytest.raises(ConfigError, match="give a host, or local = yes"):
+        load_workers(Config())
+
+
+def test_duplicate_names_and_shared_homes_are_refused():
+    twins = [{"name": "a", "local": "yes", "home": "/x"}, {"name": "a", "local": "yes", "home": "/y"}]
+    with pytest.raises(ConfigError, match="unique; repeated: a"):
+        load_workers(Config(overrides={"reductio": {"workers": twins}}))
+    shared = [{"name": "a", "local": "yes", "home": "/x"}, {"name": "b", "local": "yes", "home": "/x"}]
+    with pytest.raises(ConfigError, match="share one host and home"):
+        load_workers(Config(overrides={"reductio": {"workers": shared}}))
+
+
+def test_hosts_flag_values_become_workers_named_by_host():
+    assert workers_from_hosts("a, me@b:2222") == [
+        {"host": "a", "port": None, "username": None, "name": "a"},
+        {"host": "b", "port": "2222", "username": "me", "name": "b"},
+    ]
+    twins = workers_from_hosts("h:2201,h:2202")
+    assert [w["name"] for w in twins] == ["h:2201", "h:2202"]
+    assert twins[0]["home"] != twins[1]["home"]
+
+
+def test_the_reductio_program_turns_hosts_into_the_cluster_instead_of_running_per_host():
+    program = make_program()
+    program.run(["reductio", "-f", str(REPO / "fabfile.py"), "-H", "me@a:2200,b", "--list"], exit=False)
+    program.update_config()
+    specs = load_workers(program.config)
+    assert [(s.name, s.host, s.port, s.username) for s in specs] == [("a", "a", 2200, "me"), ("b", "b", None, None)]
+    assert program.args.hosts.value is None
+
+
+def test_reductio_config_key_is_read_from_a_runtime_config_file(tmp_path, isolated_home):
+    workers = _yaml(tmp_path / "cluster.yaml",
+                    "reductio:\n  workers:\n    - {name: w0, local: yes, home: %s}\n" % (tmp_path / "w0"))
+    env = dict(os.environ, HOME=str(isolated_home))
+    done = subprocess.run(["reductio", "-f", str(REPO / "fabfile.py"), "--config", str(workers), "setup", "status"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "1 worker(s) ready: w0" in done.stdout
+    assert (tmp_path / "w0" / "data").is_dir()
+
+
+def test_fab_with_hosts_is_told_to_use_reductio_hosts_instead(isolated_home):
+    env = dict(os.environ, HOME=str(isolated_home))
+    done = subprocess.run(["fab", "-r", str(REPO), "-H", "127.0.0.1:1", "status"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1
+    assert "use reductio -H" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
