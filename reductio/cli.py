@@ -6,7 +6,8 @@
 ``-f/--fabfile`` names the task module, as a module name found from the
 current folder upwards (like ``fab -c``) or as a path to a .py file. invoke's
 own ``-f`` (``--config``) keeps its long name. ``-H host1,user@host2:2222``
-makes those hosts the cluster for this run.
+makes those hosts the cluster for this run; ``--force`` redoes every step
+even when its target is up to date.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ class Reductio(Fab):
                 arg.help = "Runtime configuration file to use."
         return args + [
             Argument(names=("fabfile", "f"), help="Task module: a module name, or a path to a .py file."),
+            Argument(names=("force",), kind=bool, help="Redo every step, even those whose targets are up to date."),
         ]
 
     def update_config(self):
         """``-H`` names the cluster's workers; it does not run each task once per host as in fab."""
         super().update_config()
+        if self.args.force.value:
+            self.config._overrides.setdefault("reductio", {})["force"] = True
+            self.config.merge()
         hosts = self.args.hosts.value
         if hosts:
             try:

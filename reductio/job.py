@@ -21,19 +21,40 @@ def new_attempt() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
 
 
-def run_and_publish(
-    cluster: Cluster, step: str, params_for: Callable, source: str, target: str, facts: Callable
-) -> Dict[str, dict]:
+class Survey:
+    """What every worker says before a step: its target's marker, its source's version, the code."""
+
+    def __init__(self, cluster: Cluster, what: str, target: str, source: str = None, function: str = None):
+        params = {"target": target, "source": source, "function": function}
+        self.checks = cluster.each(f"{what} (check)", lambda w: w.step("check", params))
+        self.source = common_source(self.checks, source) if source else None
+        codes = {check["code"] for check in self.checks.values()}
+        if len(codes) > 1:
+            raise DatasetError(f"workers run different versions of {function}; run distribute")
+        self.code = codes.pop() if codes else None
+
+    def current(self, facts: dict) -> bool:
+        """True if every worker holds one version of the target, made with exactly ``facts``."""
+        markers = [check["target"] for check in self.checks.values()]
+        if not markers or any(marker is None for marker in markers):
+            return False
+        if len({marker["attempt"] for marker in markers}) != 1:
+            return False
+        return all(markers[0].get(key) == value for key, value in facts.items())
+
+
+def run_and_publish(cluster: Cluster, step: str, params_for: Callable, target: str, facts: dict) -> Dict[str, dict]:
     """Run ``step`` on every worker into one attempt, then publish it as ``target``.
 
-    ``params_for(worker)`` gives each worker's parameters; ``facts(source_facts)``
-    what goes into the completion marker. Returns each worker's step result.
+    ``params_for(worker)`` gives each worker's parameters; ``facts`` go into
+    the completion marker. Returns each worker's step result.
     """
     attempt = new_attempt()
     try:
         results = cluster.each(step, lambda w: w.step(step, dict(params_for(w), attempt=attempt)))
-        marker_facts = facts(common_source(results, source))
-        publish(cluster, attempt, target, {name: r["files"] for name, r in results.items()}, marker_facts, step)
+        if "source_attempt" in facts and common_source(results, facts["source"])["attempt"] != facts["source_attempt"]:
+            raise DatasetError(f"dataset {facts['source']!r} changed while {step} was reading it; run it again")
+        publish(cluster, attempt, target, {name: r["files"] for name, r in results.items()}, facts, step)
     except BaseException:
         discard(cluster, attempt)
         raise
@@ -59,7 +80,7 @@ def discard(cluster: Cluster, attempt: str) -> None:
 
 def common_source(results: Dict[str, dict], source: str) -> dict:
     """The source's facts, refusing a dataset whose workers hold different versions."""
-    versions = {result["source"]["attempt"] for result in results.values()}
+    versions = {(result["source"] or {}).get("attempt") for result in results.values()}
     if len(versions) != 1:
         raise DatasetError(
             f"dataset {source!r} differs between workers (made by different runs:"

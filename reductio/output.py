@@ -1,17 +1,18 @@
 """A step's output on one worker: one file per partition, in the attempt folder.
 
 Each formatted line goes to the partition that owns its key. Lines are
-gathered per partition and written in batches; the files record whether
-their lines came out sorted, so merge can skip a sort it does not need.
+gathered per partition and written in batches, hashed on the way (SHA-256,
+checked wherever the file travels); the files record whether their lines
+came out sorted, so merge can skip a sort it does not need.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from pathlib import Path
 from typing import Dict, Iterable
 
-from reductio.records import open_text
 from reductio.store import file_facts, partition_file
 
 _BATCH = 4096
@@ -22,7 +23,8 @@ class PartitionedOutput:
 
     def __init__(self, folder: Path, partitions: int, origin: str) -> None:
         self.paths = [folder / partition_file(p, origin) for p in range(partitions)]
-        self.files = [open_text(path, "w") for path in self.paths]
+        self.files = [open(path, "wb") for path in self.paths]
+        self.digests = [hashlib.sha256() for _ in range(partitions)]
         self.batches = [[] for _ in range(partitions)]
         self.lines = [0] * partitions
         self.sorted = [True] * partitions
@@ -48,7 +50,9 @@ class PartitionedOutput:
 
     def _flush(self, p: int) -> None:
         batch = self.batches[p]
-        self.files[p].write("".join(batch))
+        data = "".join(batch).encode("utf-8")
+        self.files[p].write(data)
+        self.digests[p].update(data)
         self.lines[p] += len(batch)
         batch.clear()
 
@@ -58,7 +62,7 @@ class PartitionedOutput:
             self._flush(p)
             out.close()
         return {
-            path.name: file_facts(path, lines=self.lines[p], is_sorted=self.sorted[p])
+            path.name: file_facts(path, self.lines[p], self.digests[p].hexdigest(), self.sorted[p])
             for p, path in enumerate(self.paths)
         }
 

@@ -8,9 +8,11 @@ user's own frames; reductio's frames are trimmed away.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import itertools
 import os
+import sys
 import traceback
 from typing import Callable, Iterable, Iterator, Tuple
 
@@ -28,11 +30,20 @@ def load_function(path: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise _user_error(f"function {path!r} does not import", exc) from None
+        raise user_error(f"function {path!r} does not import", exc) from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise UserCodeError(f"function {path!r}: module {module_name!r} has no function {attribute!r}")
     return function
+
+
+def code_digest(path: str) -> str:
+    """A digest of the source file defining a function: a changed module means a stale output."""
+    function = load_function(path)
+    module = sys.modules.get(getattr(function, "__module__", ""), None)
+    filename = getattr(module, "__file__", None)
+    data = open(filename, "rb").read() if filename and os.path.exists(filename) else path.encode()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def map_lines(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -> Iterator[str]:
@@ -47,7 +58,7 @@ def map_lines(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -
         except UserCodeError:
             raise
         except Exception as exc:
-            raise _user_error(f"{name} raised", exc) from None
+            raise user_error(f"{name} raised", exc) from None
 
 
 def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iterator[str]:
@@ -59,7 +70,7 @@ def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iter
         except UserCodeError:
             raise
         except Exception as exc:
-            raise _user_error(f"{name} raised", exc) from None
+            raise user_error(f"{name} raised", exc) from None
         yield from out.written
         out.written.clear()
 
@@ -77,7 +88,7 @@ def reduce_lines(reducer: Callable, name: str, records: Iterable[Tuple[str, str]
         except (UserCodeError, InputError):
             raise
         except Exception as exc:
-            raise _user_error(f"{name} raised on key {key!r}", exc) from None
+            raise user_error(f"{name} raised on key {key!r}", exc) from None
 
 
 def check_sorted(lines: Iterable[str], where: str) -> Iterator[str]:
@@ -114,7 +125,7 @@ def _first(record):
     return record[0]
 
 
-def _user_error(what: str, exc: BaseException) -> UserCodeError:
+def user_error(what: str, exc: BaseException) -> UserCodeError:
     """A UserCodeError for ``exc``, with only the user's frames in its traceback."""
     frames = [
         frame for frame in traceback.extract_tb(exc.__traceback__)

@@ -16,6 +16,8 @@ never a mix, and a dataset without its marker is refused.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -65,13 +67,14 @@ def partition_of_file(name: str):
     return int(match.group(1)) if match else None
 
 
-def count_lines(path: Path) -> int:
-    """Count LF-terminated lines in large binary reads."""
-    lines = 0
+def scan(path: Path):
+    """Count LF-terminated lines and take the SHA-256 of a file, in large binary reads."""
+    lines, digest = 0, hashlib.sha256()
     with open(path, "rb") as data:
         for block in iter(lambda: data.read(1 << 20), b""):
             lines += block.count(b"\n")
-    return lines
+            digest.update(block)
+    return lines, digest.hexdigest()
 
 
 class Home:
@@ -94,10 +97,15 @@ class Home:
             raise DatasetError(f"no reductio home at {self.root}; run the setup task first")
 
     def attempt_dir(self, attempt: str) -> Path:
-        """The private folder of one attempt at a step, created on first use."""
+        """The private folder of one attempt at a step, created on first use.
+
+        This process holds a shared lock on it until it exits, so ``clean``
+        never removes the folder of a step that is still running.
+        """
         self.check_ready()
         folder = self.tmp / check_attempt(attempt)
         folder.mkdir(mode=0o700, exist_ok=True)
+        _hold_lock(folder)
         return folder
 
     def marker(self, name: str) -> dict:
@@ -133,6 +141,7 @@ class Home:
         staged = self.tmp / check_attempt(attempt)
         check_name(name)
         _check_staged(staged, files)
+        _hold_lock(staged)
         marker = dict(facts, dataset=name, attempt=attempt, files=files, published=time.time())
         with open(staged / MARKER, "w", encoding="utf-8") as out:
             json.dump(marker, out, indent=1, sort_keys=True)
@@ -145,6 +154,16 @@ class Home:
         if previous is not None and previous != version:
             shutil.rmtree(previous, ignore_errors=True)
         return marker
+
+    def clean(self) -> List[str]:
+        """Remove what crashed or abandoned steps left: unlocked attempt folders, unlinked versions."""
+        linked = {self._version_of(name) for name in self.datasets()}
+        removed = []
+        for folder in [*self.tmp.iterdir(), *self.store.iterdir()]:
+            if folder.is_dir() and folder.resolve() not in linked and _unused(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        return removed
 
     def discard(self, attempt: str) -> None:
         """Forget an unpublished attempt."""
@@ -172,6 +191,28 @@ class Home:
         return target
 
 
+_HELD = []
+
+
+def _hold_lock(folder: Path) -> None:
+    """Take a shared lock on a folder for the rest of this process."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_SH)
+    _HELD.append(descriptor)
+
+
+def _unused(folder: Path) -> bool:
+    """True if no running step holds the folder (we could take its lock exclusively)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
 def _check_staged(staged: Path, files: Dict[str, dict]) -> None:
     """Every expected file present at its reported size, nothing else."""
     if not staged.is_dir():
@@ -187,10 +228,11 @@ def _check_staged(staged: Path, files: Dict[str, dict]) -> None:
         )
 
 
-def file_facts(path: Path, lines: int = None, is_sorted: bool = False) -> dict:
-    """What a marker records of one data file."""
-    size = path.stat().st_size
-    return {"bytes": size, "lines": count_lines(path) if lines is None else lines, "sorted": is_sorted}
+def file_facts(path: Path, lines: int = None, sha256: str = None, is_sorted: bool = False) -> dict:
+    """What a marker records of one data file; what is not given is read from the file."""
+    if lines is None or sha256 is None:
+        lines, sha256 = scan(path)
+    return {"bytes": path.stat().st_size, "lines": lines, "sha256": sha256, "sorted": is_sorted}
 
 
 def total(files: Iterable[dict], fact: str) -> int:

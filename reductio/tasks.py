@@ -20,9 +20,10 @@ from invoke import Exit, task
 
 from reductio import packaging, spread
 from reductio.cluster import Cluster, project_folder
-from reductio.errors import ReductioError, UserCodeError
+from reductio.errors import DatasetError, ReductioError, UserCodeError
 from reductio.gather import merge_to_file
-from reductio.job import common_source, discard, new_attempt, publish, run_and_publish
+from reductio.job import Survey, common_source, digest_of, discard, new_attempt, publish, run_and_publish
+from reductio.steps import user_error, code_digest, load_function
 from reductio.store import RECORDS, TEXT, check_name
 from reductio.trust import install_trust
 
@@ -35,6 +36,7 @@ _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 _HELP_FUNCTION = "dotted path of the function, e.g. mymodule.bigrams; it must import on the workers"
 _HELP_SOURCE = "name of the dataset to read"
 _HELP_TARGET = "name of the dataset to write (replaced if it exists)"
+_HELP_FORCE = "redo the step even if its target is up to date"
 
 
 def _reported(body):
@@ -55,6 +57,17 @@ def _reported(body):
 
 def _say(text: str) -> None:
     print(f"reductio: {text}", flush=True)
+
+
+def _up_to_date(c, survey: Survey, facts: dict, target: str, force: bool) -> bool:
+    """True (with a one-line notice) if the target was made from the same source, code and settings."""
+    if force or (c.config.get("reductio") or {}).get("force"):
+        return False
+    if not survey.current(facts):
+        return False
+    source = f" from {facts['source']}" if "source" in facts else ""
+    _say(f"{facts['step']}: {target} is up to date{source}; skipped (--force redoes it)")
+    return True
 
 
 def _check_function(path: str) -> str:
@@ -122,9 +135,10 @@ def distribute(c):
         _say(f"distribute: {sdist.name} unchanged on every SSH worker")
 
 
-@task(help={"path": "a local file or folder of files (.gz read transparently)", "target": _HELP_TARGET})
+@task(help={"path": "a local file or folder of files (.gz read transparently)", "target": _HELP_TARGET,
+            "force": _HELP_FORCE})
 @_reported
-def load(c, path, target):
+def load(c, path, target, force=False):
     """Split local text files into line-aligned shards spread evenly over the workers.
 
     A line with no tab is a key with an empty value when mapped; CRLF line
@@ -135,26 +149,33 @@ def load(c, path, target):
     cluster = Cluster.from_context(c)
     size = spread.block_size(files, len(cluster))
     started = time.time()
+    listing = digest_of(f"{p.resolve()}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
+    facts = {"step": "load", "path": str(path), "input": listing, "format": TEXT, "partitions": None,
+             "workers": len(cluster)}
+    if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
+        return
 
     def feed(spreader):
         for file in files:
             for block in spread.text_blocks(file, size):
                 spreader.write(block)
 
-    received = _spread(cluster, target, "load", feed, {"step": "load", "path": str(path)})
+    received = _spread(cluster, target, "load", feed, facts)
     _say(f"load: {path} -> {target}: {_count(received)} lines on {len(cluster)} worker(s) ({time.time() - started:.1f} s)")
 
 
 @task(help={"function": "dotted path of function(out), run on the head; out.write_pair(k, v), out.write(line)",
-            "target": _HELP_TARGET})
+            "target": _HELP_TARGET, "force": _HELP_FORCE})
 @_reported
-def initialize(c, function, target):
+def initialize(c, function, target, force=False):
     """Run an input generator on the head and spread what it writes over the workers."""
-    from reductio.steps import load_function, _user_error
-
     check_name(target)
     generate = load_function(_check_function(function))
     cluster = Cluster.from_context(c)
+    facts = {"step": "initialize", "function": function, "code": code_digest(function), "format": TEXT,
+             "partitions": None, "workers": len(cluster)}
+    if _up_to_date(c, Survey(cluster, "initialize", target), facts, target, force):
+        return
 
     def feed(spreader):
         out = spread.SpreadingOutput(function, spreader)
@@ -163,10 +184,10 @@ def initialize(c, function, target):
         except ReductioError:
             raise
         except Exception as exc:
-            raise _user_error(f"{function} raised", exc) from None
+            raise user_error(f"{function} raised", exc) from None
         out.flush()
 
-    received = _spread(cluster, target, "initialize", feed, {"step": "initialize", "function": function})
+    received = _spread(cluster, target, "initialize", feed, facts)
     _say(f"initialize: {function} -> {target}: {_count(received)} lines on {len(cluster)} worker(s)")
 
 
@@ -182,7 +203,7 @@ def _spread(cluster, target: str, origin: str, feed, facts: dict) -> dict:
             spreader.abandon()
             raise
         received = spreader.finish()
-        publish(cluster, attempt, target, received, dict(facts, format=TEXT, partitions=None), origin)
+        publish(cluster, attempt, target, received, facts, origin)
     except BaseException:
         discard(cluster, attempt)
         raise
@@ -193,62 +214,73 @@ def _count(received: dict) -> int:
     return sum(f["lines"] for files in received.values() for f in files.values())
 
 
-def _function_step(c, step: str, function: str, source: str, target: str) -> None:
+def _function_step(c, step: str, function: str, source: str, target: str, force: bool) -> None:
     """map, transform and reduce: run the function on every worker, partition its output."""
     _check_function(function)
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
     started = time.time()
+    survey = Survey(cluster, step, target, source, function)
+    facts = {"step": step, "function": function, "code": survey.code, "source": source,
+             "source_attempt": survey.source["attempt"], "format": TEXT if step == "transform" else RECORDS,
+             "partitions": len(cluster)}
+    if _up_to_date(c, survey, facts, target, force):
+        return
     results = run_and_publish(
         cluster, step,
         lambda w: {"function": function, "source": source, "partitions": len(cluster), "origin": f"w{w.index:05d}"},
-        source, target,
-        lambda src: {"step": step, "function": function, "source": source, "source_attempt": src["attempt"],
-                     "format": TEXT if step == "transform" else RECORDS, "partitions": len(cluster)},
+        target, facts,
     )
     _say(f"{step}: {function} {source} -> {target}: {_total(results, 'lines_in')} lines in,"
          f" {_lines_out(results)} out ({time.time() - started:.1f} s)")
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(key, value), yields (key, value) pairs",
-            "source": _HELP_SOURCE, "target": _HELP_TARGET})
+            "source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE})
 @_reported
-def map(c, function, source, target):  # noqa: A001 - the product's name for it
+def map(c, function, source, target, force=False):  # noqa: A001 - the product's name for it
     """Call function(key, value) on every record; each yielded pair goes to the partition owning its key."""
-    _function_step(c, "map", function, source, target)
+    _function_step(c, "map", function, source, target, force)
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(line, out)",
-            "source": _HELP_SOURCE, "target": _HELP_TARGET})
+            "source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE})
 @_reported
-def transform(c, function, source, target):
+def transform(c, function, source, target, force=False):
     """Call function(line, out) on every raw line; out.write_pair(k, v) and out.write(line) add output."""
-    _function_step(c, "transform", function, source, target)
+    _function_step(c, "transform", function, source, target, force)
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(key, values) once per key",
-            "source": "name of a sorted dataset (the output of sort)", "target": _HELP_TARGET})
+            "source": "name of a sorted dataset (the output of sort)", "target": _HELP_TARGET,
+            "force": _HELP_FORCE})
 @_reported
-def reduce(c, function, source, target):
+def reduce(c, function, source, target, force=False):
     """Call function(key, values) once per key of sorted input, values a lazy iterator."""
-    _function_step(c, "reduce", function, source, target)
+    _function_step(c, "reduce", function, source, target, force)
 
 
-@task(help={"source": "a dataset made by map, transform or reduce", "target": _HELP_TARGET})
+@task(help={"source": "a dataset made by map, transform or reduce", "target": _HELP_TARGET, "force": _HELP_FORCE})
 @_reported
-def scatter(c, source, target):
+def scatter(c, source, target, force=False):
     """Send partition i of source on every worker straight to worker i, as target there."""
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
+    survey = Survey(cluster, "scatter", target, source)
+    facts = {"step": "scatter", "source": source, "source_attempt": survey.source["attempt"],
+             "format": survey.source["format"], "partitions": len(cluster)}
+    if _up_to_date(c, survey, facts, target, force):
+        return
     attempt = new_attempt()
     started = time.time()
     try:
         results = cluster.each("scatter", lambda w: w.step(
             "send", {"attempt": attempt, "source": source, "destinations": _destinations(cluster, w),
                      "self": w.index}))
-        src = common_source(results, source)
+        if common_source(results, source)["attempt"] != facts["source_attempt"]:
+            raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         expected = {w.name: {} for w in cluster.workers}
         for result in results.values():
             for index, files in result["sent"].items():
@@ -258,8 +290,6 @@ def scatter(c, source, target):
         for files_by_worker in relayed.values():
             for name, files in files_by_worker.items():
                 expected[name].update(files)
-        facts = {"step": "scatter", "source": source, "source_attempt": src["attempt"],
-                 "format": src["format"], "partitions": len(cluster)}
         publish(cluster, attempt, target, expected, facts, "scatter")
     except BaseException:
         discard(cluster, attempt)
@@ -279,11 +309,11 @@ def _destinations(cluster, sender) -> list:
 def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
     """Carry files from an SSH worker to local workers through the head, streaming."""
     received = {}
-    for index, names in relay.items():
+    for index, files in relay.items():
         destination = cluster.workers[int(index)]
-        for name in names:
+        for name, expected in files.items():
             incoming = sender.open("read", {"source": source, "name": name}, "r")
-            outgoing = destination.open("receive", {"attempt": attempt, "name": name}, "w")
+            outgoing = destination.open("receive", {"attempt": attempt, "name": name, "expected": expected}, "w")
             try:
                 for block in iter(lambda: incoming.read(1 << 20), b""):
                     outgoing.write(block)
@@ -296,34 +326,35 @@ def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
     return received
 
 
-def _sort_step(c, source: str, target: str, unique: bool) -> None:
+def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
     step = "sort_unique" if unique else "sort"
     started = time.time()
+    survey = Survey(cluster, step, target, source)
+    facts = {"step": step, "source": source, "source_attempt": survey.source["attempt"],
+             "format": survey.source["format"], "partitions": survey.source["partitions"]}
+    if _up_to_date(c, survey, facts, target, force):
+        return
     results = run_and_publish(
-        cluster, "sort",
-        lambda w: {"source": source, "unique": unique, "origin": f"w{w.index:05d}"},
-        source, target,
-        lambda src: {"step": step, "source": source, "source_attempt": src["attempt"],
-                     "format": src["format"], "partitions": src["partitions"]},
+        cluster, "sort", lambda w: {"source": source, "unique": unique, "origin": f"w{w.index:05d}"}, target, facts,
     )
     _say(f"{step}: {source} -> {target}: {_lines_out(results)} lines ({time.time() - started:.1f} s)")
 
 
-@task(help={"source": _HELP_SOURCE, "target": _HELP_TARGET})
+@task(help={"source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE})
 @_reported
-def sort(c, source, target):
+def sort(c, source, target, force=False):
     """Group keys: sort each worker's part of source with the worker's Unix sort (LC_ALL=C)."""
-    _sort_step(c, source, target, unique=False)
+    _sort_step(c, source, target, False, force)
 
 
-@task(help={"source": _HELP_SOURCE, "target": _HELP_TARGET})
+@task(help={"source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE})
 @_reported
-def sort_unique(c, source, target):
+def sort_unique(c, source, target, force=False):
     """Like sort, keeping one copy of each distinct line (sort -u)."""
-    _sort_step(c, source, target, unique=True)
+    _sort_step(c, source, target, True, force)
 
 
 @task(help={"source": _HELP_SOURCE, "path": "local file to write on the head (replaced when complete)"})

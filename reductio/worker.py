@@ -10,6 +10,7 @@ library.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import heapq
 import json
@@ -24,7 +25,7 @@ from reductio.output import PartitionedOutput
 from reductio.protocol import ERROR, RESULT, emit, parse_reply, shell_path, worker_command
 from reductio.records import read_lines, split_record
 from reductio.sorting import sort_argv, sort_env
-from reductio.steps import check_sorted, load_function, map_lines, reduce_lines, transform_lines
+from reductio.steps import check_sorted, code_digest, load_function, map_lines, reduce_lines, transform_lines
 from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, file_facts, partition_of_file
 
 _CHUNK = 1 << 20
@@ -160,8 +161,12 @@ def _run_sort(argv: List[str], stdout=None) -> None:
         raise ReductioError(f"sort failed (exit {done.returncode}): {message[-1] if message else 'no message'}")
 
 
-def receive(stream, folder: Path, name: str) -> dict:
-    """Copy ``stream`` into ``folder/name``, visible under that name only once whole."""
+def receive(stream, folder: Path, name: str, expected: dict = None) -> dict:
+    """Copy ``stream`` into ``folder/name``, visible under that name only once whole.
+
+    With ``expected`` facts (bytes, sha256, ...), a file that arrives
+    different is deleted and refused; a re-sent file replaces the old one.
+    """
     partial = folder / f".{name}.part"
     digest, size, lines = hashlib.sha256(), 0, 0
     with open(partial, "wb") as out:
@@ -170,8 +175,14 @@ def receive(stream, folder: Path, name: str) -> dict:
             digest.update(block)
             size += len(block)
             lines += block.count(b"\n")
+    facts = {"bytes": size, "lines": lines, "sha256": digest.hexdigest(),
+             "sorted": bool(expected and expected.get("sorted"))}
+    if expected and (size, facts["sha256"]) != (expected["bytes"], expected["sha256"]):
+        partial.unlink()
+        raise DatasetError(f"{name} arrived damaged: {size} of {expected['bytes']} bytes, checksum"
+                           f" {'matches' if facts['sha256'] == expected['sha256'] else 'differs'}")
     os.replace(partial, folder / name)
-    return {"bytes": size, "lines": lines, "sorted": False, "sha256": digest.hexdigest()}
+    return facts
 
 
 def step_receive(params: dict) -> dict:
@@ -181,7 +192,7 @@ def step_receive(params: dict) -> dict:
     if "/" in name or name.startswith("."):
         raise DatasetError(f"bad file name {name!r}")
     folder = home.attempt_dir(params["attempt"])
-    return {"files": {name: receive(sys.stdin.buffer, folder, name)}}
+    return {"files": {name: receive(sys.stdin.buffer, folder, name, params.get("expected"))}}
 
 
 def step_send(params: dict) -> dict:
@@ -201,36 +212,40 @@ def step_send(params: dict) -> dict:
             f" the cluster has {partitions} workers; re-run the step that made it"
         )
     sent: Dict[str, dict] = {}
-    relay: Dict[str, list] = {}
+    relay: Dict[str, dict] = {}
     for path in files:
         index = partition_of_file(path.name)
         destination = params["destinations"][index]
+        expected = marker["files"][path.name]
         if destination["kind"] == "relay":
-            relay.setdefault(str(index), []).append(path.name)
+            relay.setdefault(str(index), {})[path.name] = expected
             continue
-        facts = _send_file(home, path, destination, params["attempt"], index == params["self"])
+        facts = _send_file(home, path, destination, params["attempt"], index == params["self"], expected)
         sent.setdefault(str(index), {})[path.name] = facts
     return {"sent": sent, "relay": relay, "source": _about(marker)}
 
 
-def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool) -> dict:
+def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool, expected: dict) -> dict:
     if destination["kind"] == "ssh":
-        return _send_over_ssh(home, path, destination, attempt)
+        return _send_over_ssh(home, path, destination, attempt, expected)
     folder = Home(destination["home"]).attempt_dir(attempt)
     if is_self:
-        os.link(path, folder / path.name)
-        return file_facts(folder / path.name)
+        target = folder / path.name
+        if target.exists():  # a retried send: link again, never append
+            target.unlink()
+        os.link(path, target)
+        return dict(expected)
     with open(path, "rb") as data:
-        return receive(data, folder, path.name)
+        return receive(data, folder, path.name, expected)
 
 
-def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str) -> dict:
+def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str, expected: dict) -> dict:
     """Stream one file to another worker's ``receive`` with the worker's own ssh client.
 
     Only the cluster key and the host keys pinned at setup are used: no
     user ssh config, no agent, no prompt, no unknown host accepted.
     """
-    params = {"home": destination["home"], "attempt": attempt, "name": path.name}
+    params = {"home": destination["home"], "attempt": attempt, "name": path.name, "expected": expected}
     remote = worker_command(shell_path(destination["python"]), "receive", params)
     argv = [
         "ssh", "-F", "/dev/null", "-i", str(home.root / CLUSTER_KEY), "-o", "IdentitiesOnly=yes",
@@ -244,14 +259,10 @@ def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str) -> d
     with open(path, "rb") as data:
         done = subprocess.run(argv, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        facts = parse_reply(done.stderr.decode("utf-8", "replace"), done.returncode)["files"][path.name]
+        return parse_reply(done.stderr.decode("utf-8", "replace"), done.returncode)["files"][path.name]
     except ReductioError as err:
         raise ReductioError(f"sending {path.name} to {destination['host']}:{destination['port']} failed: {err}",
                             err.details) from None
-    if facts["bytes"] != path.stat().st_size:
-        raise ReductioError(f"{path.name} arrived at {destination['host']} with {facts['bytes']} of"
-                            f" {path.stat().st_size} bytes")
-    return facts
 
 
 def step_read(params: dict) -> dict:
@@ -268,10 +279,24 @@ def step_read(params: dict) -> dict:
     return {"source": _about(marker)}
 
 
+def step_check(params: dict) -> dict:
+    """Before a step: the target's marker (if any), the source's version, the function's code digest."""
+    home = Home(params["home"])
+    home.check_ready()
+    target = None
+    try:
+        target = {key: value for key, value in home.marker(params["target"]).items() if key != "files"}
+    except DatasetError:
+        pass
+    source = _about(home.marker(check_name(params["source"]))) if params.get("source") else None
+    code = code_digest(params["function"]) if params.get("function") else None
+    return {"target": target, "source": source, "code": code}
+
+
 def step_publish(params: dict) -> dict:
     home = Home(params["home"])
     marker = home.publish(params["attempt"], params["target"], params["files"], params["facts"])
-    return {"published": marker["dataset"]}
+    return {"published": marker["dataset"], "cleaned": home.clean()}
 
 
 def step_discard(params: dict) -> dict:
@@ -310,9 +335,19 @@ def step_status(params: dict) -> dict:
 
 STEPS = {
     "map": step_map, "transform": step_transform, "reduce": step_reduce, "sort": step_sort,
-    "cat": step_cat, "receive": step_receive, "send": step_send, "read": step_read, "publish": step_publish,
+    "cat": step_cat, "receive": step_receive, "send": step_send, "read": step_read, "publish": step_publish, "check": step_check,
     "discard": step_discard, "prepare": step_prepare, "delete": step_delete, "status": step_status,
 }
+
+
+def _environment_error(err: OSError) -> Exception:
+    """A full disk or a refused path is the machine's state, not a bug: say so in one line."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ReductioError(f"no space left on the device holding {err.filename or 'the reductio home'};"
+                             " nothing was published and earlier datasets are intact")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ReductioError(f"cannot write {err.filename}: {err.strerror}")
+    return err
 
 
 def main(argv: List[str] = None) -> int:
@@ -320,8 +355,12 @@ def main(argv: List[str] = None) -> int:
     if len(argv) != 2 or argv[0] not in STEPS:
         print(f"usage: python -m reductio.worker {{{','.join(STEPS)}}} PARAMS_JSON", file=sys.stderr)
         return 2
+    os.umask(0o077)  # everything in a reductio home is its owner's alone
     try:
-        result = STEPS[argv[0]](json.loads(argv[1]))
+        try:
+            result = STEPS[argv[0]](json.loads(argv[1]))
+        except OSError as err:
+            raise _environment_error(err) from err
     except ReductioError as err:
         emit(ERROR, err.to_dict())
         return 1
