@@ -12,7 +12,8 @@ import shlex
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Dict, List, TypeVar
 
@@ -31,6 +32,9 @@ KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.reductio/known_hosts")
 
 class Worker:
     """What every kind of worker shares: building and running reductio.worker commands."""
+
+    #: (retries, first delay in seconds) for a worker that cannot be reached; doubles each time.
+    retries = (0, 0.0)
 
     def __init__(self, spec: WorkerSpec, index: int) -> None:
         self.spec, self.index, self.name, self.home = spec, index, spec.name, spec.home
@@ -52,9 +56,24 @@ class Worker:
         return worker_command(self.python(), step, dict(params, home=self.home))
 
     def step(self, step: str, params: dict) -> dict:
-        """Run a control step and return its result."""
-        result = self.run(self.command(step, params))
-        return parse_reply(result.stderr, result.exited)
+        """Run a control step and return its result, retrying only when the worker was unreachable.
+
+        Every step is safe to repeat with the same attempt id: outputs are
+        rewritten, received files replaced, a done publish recognised.
+        """
+        retries, delay = self.retries
+        for round_ in range(retries + 1):
+            try:
+                result = self.run(self.command(step, dict(params, exit_on_eof=True)))
+                return parse_reply(result.stderr, result.exited)
+            except WorkerUnreachable as err:
+                if round_ == retries:
+                    raise
+                wait = delay * 2 ** round_
+                print(f"reductio: {self.name}: {err}; retrying in {wait:g} s ({round_ + 2} of {retries + 1})",
+                      file=sys.stderr, flush=True)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def open(self, step: str, params: dict, mode: str):
         """Run a data step with a pipe to its stdin ("w") or from its stdout ("r")."""
@@ -110,6 +129,11 @@ class SshWorker(Worker):
         super().__init__(spec, index)
         self._config = config
         self.venv = f"{spec.home.rstrip('/')}/venv"
+        settings = config.get("reductio") or {}
+        try:
+            self.retries = (int(settings.get("retries", 3)), float(settings.get("retry_delay", 1.0)))
+        except (TypeError, ValueError):
+            raise ConfigError("reductio.retries must be a whole number and reductio.retry_delay seconds") from None
 
     def python(self) -> str:
         return shell_path(f"{self.venv}/bin/python")
@@ -145,10 +169,20 @@ class SshWorker(Worker):
     def reaching(self):
         return _Reaching(self)
 
+    def hang_up(self) -> None:
+        key = (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename)
+        with self._lock:
+            connection = self._connections.pop(key, None)
+        if connection is not None:
+            connection.close()
+
     def run(self, command: str):
         connection = self.connection()
         with self.reaching():
-            return connection.run(command, hide=True, warn=True, in_stream=False)
+            result = connection.run(command, hide=True, warn=True, in_stream=False)
+        if result.exited == -1:  # the channel closed without an exit status: the connection dropped
+            raise WorkerUnreachable(f"lost the connection to {self.spec.host}:{self.spec.port or 22} during a command")
+        return result
 
     def open_command(self, command: str, mode: str) -> SshStream:
         connection = self.connection()
@@ -231,8 +265,15 @@ class Cluster:
         workers = self.workers if workers is None else workers
         if not workers:
             return {}
-        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-            futures = {worker.name: pool.submit(action, worker) for worker in workers}
+        pool = ThreadPoolExecutor(max_workers=len(workers))
+        futures = {worker.name: pool.submit(action, worker) for worker in workers}
+        try:
+            wait(futures.values())
+        except KeyboardInterrupt:
+            self.hang_up()
+            raise
+        finally:
+            pool.shutdown(wait=False)
         results, errors = {}, {}
         for name, future in futures.items():
             error = future.exception()
@@ -245,6 +286,13 @@ class Cluster:
         if errors:
             raise StepFailed(what, errors, len(workers))
         return results
+
+
+    def hang_up(self) -> None:
+        """Drop every SSH connection: the worker commands see their stdin close and stop."""
+        for worker in self.workers:
+            if not worker.is_local:
+                worker.hang_up()
 
 
 def project_folder(c) -> str:

@@ -140,12 +140,14 @@ class Home:
         """
         staged = self.tmp / check_attempt(attempt)
         check_name(name)
+        version = self.store / f"{name}.{attempt}"
+        if not staged.exists() and self._version_of(name) == version.resolve():
+            return self.marker(name)  # published already: this is a retry after a lost reply
         _check_staged(staged, files)
         _hold_lock(staged)
         marker = dict(facts, dataset=name, attempt=attempt, files=files, published=time.time())
         with open(staged / MARKER, "w", encoding="utf-8") as out:
             json.dump(marker, out, indent=1, sort_keys=True)
-        version = self.store / f"{name}.{attempt}"
         os.rename(staged, version)
         link = self.data / f".{name}.{attempt}"
         os.symlink(os.path.join("..", "store", version.name), link)

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Dict, List
 
@@ -340,6 +341,13 @@ STEPS = {
 }
 
 
+def _exit_when_orphaned() -> None:
+    """Stop when the head goes away: it holds our stdin open until then (a pipe or an SSH channel)."""
+    while os.read(0, 1 << 16):  # raw reads: a buffered stdin would block interpreter shutdown
+        pass
+    os._exit(3)
+
+
 def _environment_error(err: OSError) -> Exception:
     """A full disk or a refused path is the machine's state, not a bug: say so in one line."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -356,9 +364,12 @@ def main(argv: List[str] = None) -> int:
         print(f"usage: python -m reductio.worker {{{','.join(STEPS)}}} PARAMS_JSON", file=sys.stderr)
         return 2
     os.umask(0o077)  # everything in a reductio home is its owner's alone
+    params = json.loads(argv[1])
+    if params.pop("exit_on_eof", False):
+        threading.Thread(target=_exit_when_orphaned, daemon=True).start()
     try:
         try:
-            result = STEPS[argv[0]](json.loads(argv[1]))
+            result = STEPS[argv[0]](params)
         except OSError as err:
             raise _environment_error(err) from err
     except ReductioError as err:
