@@ -180,8 +180,11 @@ class SshWorker(Worker):
         connection = self.connection()
         with self.reaching():
             result = connection.run(command, hide=True, warn=True, in_stream=False)
-        if result.exited == -1:  # the channel closed without an exit status: the connection dropped
-            raise WorkerUnreachable(f"lost the connection to {self.spec.host}:{self.spec.port or 22} during a command")
+        if result.exited == -1:  # no exit status: the connection dropped, or a signal ended the command
+            if connection.transport is None or not connection.transport.is_active():
+                raise WorkerUnreachable(f"lost the connection to {self.spec.host}:{self.spec.port or 22} during a command")
+            raise ReductioError("the worker process was killed (it ended by a signal, without an exit status)",
+                                result.stderr[-2000:])
         return result
 
     def open_command(self, command: str, mode: str) -> SshStream:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 
 from reductio.errors import ReductioError
@@ -57,4 +58,11 @@ def parse_reply(stderr: str, exit_code: int) -> dict:
     last = tail[-1] if tail else "no output"
     if exit_code == 127:
         raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))
+    if exit_code < 0 or exit_code > 128:
+        number = -exit_code if exit_code < 0 else exit_code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        raise ReductioError(f"the worker process was killed by {name}", "\n".join(tail))
     raise ReductioError(f"worker command failed (exit {exit_code}): {last}", "\n".join(tail))

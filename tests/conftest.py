@@ -25,9 +25,9 @@ def isolated_home(tmp_path, monkeypatch):
     return home
 
 
-def make_context(workers: int = 2, project: Path = WORDJOBS) -> Context:
-    """A Context for ``workers`` local workers whose project is ``project``."""
-    config = Config(overrides={"reductio": {"local_workers": workers}})
+def make_context(count: int = 2, project: Path = WORDJOBS, **settings) -> Context:
+    """A Context for ``count`` local workers whose project is ``project``, plus reductio ``settings``."""
+    config = Config(overrides={"reductio": dict(settings, local_workers=count)})
     config.set_project_location(str(project))
     return Context(config=config)
 

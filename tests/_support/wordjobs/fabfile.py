@@ -14,3 +14,14 @@ def wordcount(c, path, output):
     sort(c, "mine", "grouped")
     reduce(c, "wordjobs.total", "grouped", "counts")
     merge(c, "counts", output)
+
+
+@task
+def pausejob(c, path, output, prefix="a"):
+    """A whole job whose map pauses where a test asks; datasets named PREFIX-..."""
+    load(c, path, f"{prefix}-input")
+    map(c, "wordjobs.pausing", f"{prefix}-input", f"{prefix}-pairs")
+    scatter(c, f"{prefix}-pairs", f"{prefix}-here")
+    sort(c, f"{prefix}-here", f"{prefix}-sorted")
+    reduce(c, "wordjobs.gather", f"{prefix}-sorted", f"{prefix}-gathered")
+    merge(c, f"{prefix}-gathered", output)

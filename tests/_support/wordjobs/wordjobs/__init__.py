@@ -72,3 +72,38 @@ def generate(out):
 
 
 not_a_function = 42
+
+
+def _pause_if_asked(key, value):
+    """On key "pause", whose value names a file that exists: say so, then wait to be killed."""
+    import os
+    import time
+
+    if key == "pause" and os.path.exists(value):
+        with open(value + ".reached", "w") as flag:
+            flag.write(str(os.getpid()))
+        time.sleep(120)
+
+
+def pausing(key, value):
+    """identity, pausing where a test asks it to."""
+    _pause_if_asked(key, value)
+    yield key, value
+
+
+def pausing_count(key, values):
+    """A reducer counting values, pausing where a test asks it to."""
+    values = list(values)
+    _pause_if_asked(key, values[0])
+    yield key, str(len(values))
+
+
+def gather(key, values):
+    """A reducer whose output shows every value: count, then the values sorted, tab-joined."""
+    values = sorted(values)
+    yield key, "\t".join([str(len(values))] + values)
+
+
+def big_output(key, value):
+    """Yields a megabyte per record: for filling a small disk."""
+    yield key, "x" * (1 << 20)

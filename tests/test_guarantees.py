@@ -1,0 +1,359 @@
+"""The guarantees in README.rst, each against real processes: nothing lost, nothing half-done."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from invoke import Exit
+
+from conftest import WORDJOBS, make_context, write_lines
+from reductio import tasks
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Background(threading.Thread):
+    """Run a task in a thread, keeping what it raised."""
+
+    def __init__(self, action):
+        super().__init__(daemon=True)
+        self.action, self.error = action, None
+        self.start()
+
+    def run(self):
+        try:
+            self.action()
+        except BaseException as err:  # noqa: BLE001 - the test inspects it
+            self.error = err
+
+
+def wait_for(path: Path, timeout: float = 60) -> Path:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if time.time() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.02)
+    time.sleep(0.05)  # let the writer finish its line
+    return path
+
+
+def worker_homes(root: Path):
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def local_homes() -> list:
+    return worker_homes(Path(os.environ["HOME"]) / ".reductio" / "local")
+
+
+def pause_input(tmp_path: Path, pause: Path, lines: int = 3000) -> Path:
+    return write_lines(tmp_path / "input.txt", [f"k{i}\tv{i}" for i in range(lines)] + [f"pause\t{pause}"])
+
+
+def assert_not_published(homes, name: str):
+    for home in homes:
+        assert not (home / "data" / name).exists(), f"{name} published on {home.name}"
+        assert list((home / "tmp").iterdir()) == [], f"leftovers in {home.name}/tmp"
+
+
+def kill_when_paused(pause: Path) -> int:
+    pid = int(wait_for(Path(str(pause) + ".reached")).read_text())
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@pytest.fixture(params=["local", "ssh"])
+def cluster(request, tmp_path):
+    """A set-up context and its worker homes: two local workers, or two SSH workers."""
+    if request.param == "local":
+        c = make_context(2)
+        tasks.setup(c)
+        return c, local_homes
+    configure = request.getfixturevalue("ssh_workers")
+    sshd = request.getfixturevalue("sshd_cluster")
+    configure(2)
+    c = make_context(project=WORDJOBS, retries=0)
+    tasks.setup(c)
+    return c, lambda: [sshd.homes / "ssh-0", sshd.homes / "ssh-1"]
+
+
+def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean_run(cluster, tmp_path):
+    c, homes = cluster
+    pause = tmp_path / "pause"
+    tasks.load(c, str(pause_input(tmp_path, pause)), "input")
+    tasks.map(c, "wordjobs.pausing", "input", "clean")
+    tasks.merge(c, "clean", str(tmp_path / "clean.tsv"))
+
+    pause.touch()
+    run = Background(lambda: tasks.map(c, "wordjobs.pausing", "input", "mapped"))
+    kill_when_paused(pause)
+    run.join(60)
+    assert isinstance(run.error, Exit) and run.error.code == 1
+    assert "killed" in run.error.message
+    assert_not_published(homes(), "mapped")
+
+    pause.unlink()
+    tasks.map(c, "wordjobs.pausing", "input", "mapped")
+    tasks.merge(c, "mapped", str(tmp_path / "mapped.tsv"))
+    assert (tmp_path / "mapped.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
+    assert_not_published(homes(), "no-such-dataset")  # and tmp/ is empty again after success
+
+
+def test_killing_a_reducer_mid_step_keeps_the_old_target_and_a_rerun_matches(cluster, tmp_path):
+    c, homes = cluster
+    pause = tmp_path / "pause"
+    tasks.load(c, str(pause_input(tmp_path, pause)), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "wordjobs.pausing_count", "sorted", "counted")
+    tasks.merge(c, "counted", str(tmp_path / "clean.tsv"))
+    before = {home.name: os.readlink(home / "data" / "counted") for home in homes()}
+
+    pause.touch()
+    run = Background(lambda: tasks.reduce(c, "wordjobs.pausing_count", "sorted", "counted", force=True))
+    kill_when_paused(pause)
+    run.join(60)
+    assert isinstance(run.error, Exit) and "killed" in run.error.message
+    assert {home.name: os.readlink(home / "data" / "counted") for home in homes()} == before
+
+    pause.unlink()
+    tasks.reduce(c, "wordjobs.pausing_count", "sorted", "counted", force=True)
+    tasks.merge(c, "counted", str(tmp_path / "again.tsv"))
+    assert (tmp_path / "again.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
+
+
+def test_killing_a_scatter_sender_publishes_nothing_and_a_rerun_matches(cluster, tmp_path):
+    c, homes = cluster
+    lines = [f"key{i:07d}\t{'v' * 200}" for i in range(60000)]
+    tasks.load(c, str(write_lines(tmp_path / "big.txt", lines)), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    tasks.scatter(c, "pairs", "clean")
+    tasks.merge(c, "clean", str(tmp_path / "clean.tsv"))
+
+    killed = []
+    run = Background(lambda: tasks.scatter(c, "pairs", "moved"))
+    deadline = time.time() + 60
+    while run.is_alive() and not killed and time.time() < deadline:
+        for pid in _pids_running("reductio.worker send"):
+            os.kill(pid, signal.SIGSTOP)  # freeze it wherever it is, then kill it there
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.002)
+    run.join(60)
+    assert killed, "never caught a sender running"
+    assert isinstance(run.error, Exit) and run.error.code == 1
+    assert_not_published(homes(), "moved")
+
+    tasks.scatter(c, "pairs", "moved")
+    tasks.merge(c, "moved", str(tmp_path / "moved.tsv"))
+    assert (tmp_path / "moved.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
+    assert len((tmp_path / "moved.tsv").read_text().splitlines()) == len(lines)
+
+
+def _pids_running(text: str) -> list:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if text in command and "bash -c" not in command and "/bin/sh" not in command:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_output(tmp_path, isolated_home):
+    pause = tmp_path / "pause"
+    data = pause_input(tmp_path, pause)
+    env = dict(os.environ, HOME=str(isolated_home))
+    job = ["reductio", "-f", str(WORDJOBS / "fabfile.py"), "setup", "pausejob",
+           "--path", str(data)]
+    clean = subprocess.run(job + ["--output", str(tmp_path / "clean.tsv")], env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+
+    pause.touch()
+    head = subprocess.Popen(job + ["--output", str(tmp_path / "out.tsv"), "--prefix", "b"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    wait_for(Path(str(pause) + ".reached"))
+    os.killpg(head.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+    head.communicate(timeout=60)
+    assert head.returncode != 0
+    assert not (tmp_path / "out.tsv").exists()
+
+    pause.unlink()
+    again = subprocess.run(job + ["--output", str(tmp_path / "out.tsv"), "--prefix", "b"], env=env,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "load: b-input is up to date; skipped" in again.stdout
+    assert (tmp_path / "out.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
+    for home in local_homes():
+        assert list((home / "tmp").iterdir()) == []
+
+
+def test_a_rerun_skips_steps_whose_targets_are_up_to_date_and_force_redoes_them(tmp_path, capsys):
+    c = make_context(2)
+    tasks.setup(c)
+    data = write_lines(tmp_path / "in.txt", ["a b", "b c"])
+    tasks.load(c, str(data), "text")
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    versions = {home.name: os.readlink(home / "data" / "pairs") for home in local_homes()}
+    capsys.readouterr()
+    tasks.load(c, str(data), "text")
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    out = capsys.readouterr().out
+    assert "load: text is up to date; skipped" in out
+    assert "map: pairs is up to date from text; skipped" in out
+    assert {home.name: os.readlink(home / "data" / "pairs") for home in local_homes()} == versions
+    tasks.map(c, "wordjobs.words", "text", "pairs", force=True)
+    assert {home.name: os.readlink(home / "data" / "pairs") for home in local_homes()} != versions
+
+
+def test_a_changed_input_file_or_mapper_module_redoes_the_step(tmp_path, capsys):
+    project = tmp_path / "proj"
+    project.mkdir()
+    module = project / "jobmod.py"
+    module.write_text("def tag(key, value):\n    yield key, 'one'\n")
+    c = make_context(2, project=project)
+    tasks.setup(c)
+    data = write_lines(tmp_path / "in.txt", ["x", "y"])
+    tasks.load(c, str(data), "text")
+    tasks.map(c, "jobmod.tag", "text", "tagged")
+    module.write_text("def tag(key, value):\n    yield key, 'two'\n")
+    capsys.readouterr()
+    tasks.map(c, "jobmod.tag", "text", "tagged")
+    assert "skipped" not in capsys.readouterr().out
+    tasks.merge(c, "tagged", str(tmp_path / "out.tsv"))
+    assert (tmp_path / "out.tsv").read_text() == "x\ttwo\ny\ttwo\n"
+    write_lines(data, ["x", "y", "z"])
+    tasks.load(c, str(data), "text")
+    assert "load: text is up to date" not in capsys.readouterr().out
+
+
+def test_a_dataset_without_its_marker_is_refused_never_read(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a\t1", "b\t2"])), "text")
+    (local_homes()[1] / "data" / "text" / "_SUCCESS").unlink()
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.identity", "text", "out")
+    assert "local-1" in failure.value.message
+    assert "has no _SUCCESS marker" in failure.value.message
+
+
+def test_a_dataset_whose_workers_hold_different_versions_is_refused(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a\t1", "b\t2"])), "text")
+    marker = local_homes()[0] / "data" / "text" / "_SUCCESS"
+    facts = json.loads(marker.read_text())
+    facts["attempt"] = "20000101T000000-00000000"
+    marker.write_text(json.dumps(facts))
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.identity", "text", "out")
+    assert "differs between workers" in failure.value.message
+
+
+def test_an_unreachable_worker_is_retried_and_the_step_succeeds_when_it_returns(ssh_workers, sshd_cluster, tmp_path):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS, retries=4, retry_delay=0.5)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(100)])), "input")
+    from reductio.cluster import SshWorker
+
+    for worker in list(SshWorker._connections.values()):
+        worker.close()
+    SshWorker._connections.clear()
+    daemon = sshd_cluster.daemons[1]
+    daemon.stop()
+    threading.Timer(1.2, daemon.start).start()
+    messages = []
+    original = sys.stderr
+    try:
+        sys.stderr = _Tee(original, messages)
+        tasks.map(c, "wordjobs.identity", "input", "mapped")
+    finally:
+        sys.stderr = original
+    assert any("ssh-1" in m and "retrying in" in m for m in messages)
+    assert (sshd_cluster.homes / "ssh-1" / "data" / "mapped" / "_SUCCESS").exists()
+
+
+class _Tee:
+    def __init__(self, stream, lines):
+        self.stream, self.lines = stream, lines
+
+    def write(self, text):
+        self.lines.append(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def test_a_user_error_is_never_retried(ssh_workers, sshd_cluster, tmp_path, capsys):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS, retries=3, retry_delay=5)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["boom\tx"] * 10)), "booms")
+    started = time.time()
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.raises_on_boom", "booms", "out")
+    assert "no booms allowed" in failure.value.message
+    assert time.time() - started < 5
+    assert "retrying" not in capsys.readouterr().err
+
+
+def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    assert mounted.returncode == 0, f"this test mounts a small tmpfs and needs root: {mounted.stderr!r}"
+    try:
+        workers = [{"name": "small", "local": "yes", "home": str(mount / "home")}]
+        c = make_context(1, workers=workers)
+        tasks.setup(c)
+        tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(10)])), "input")
+        with pytest.raises(Exit) as failure:
+            tasks.map(c, "wordjobs.big_output", "input", "huge")
+        assert "no space left on the device" in failure.value.message
+        assert "Traceback" not in failure.value.message
+        assert not (mount / "home" / "data" / "huge").exists()
+        assert list((mount / "home" / "tmp").iterdir()) == []
+        tasks.map(c, "wordjobs.identity", "input", "small-output")
+        tasks.merge(c, "input", str(tmp_path / "input.tsv"))
+        assert len((tmp_path / "input.tsv").read_text().splitlines()) == 10
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_homes_and_data_files_are_private_to_their_owner(tmp_path):
+    c = make_context(1)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a\t1"])), "text")
+    tasks.map(c, "wordjobs.identity", "text", "pairs")
+    (home,) = local_homes()
+    assert home.stat().st_mode & 0o777 == 0o700
+    for path in (home / "data" / "pairs").resolve().iterdir():
+        assert path.stat().st_mode & 0o077 == 0, f"{path.name} is readable by others"
+
+
+def test_delete_refuses_a_dataset_link_pointing_outside_the_home(tmp_path):
+    c = make_context(1)
+    tasks.setup(c)
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (home,) = local_homes()
+    os.symlink(outside, home / "data" / "evil")
+    with pytest.raises(Exit) as failure:
+        tasks.delete(c, "evil")
+    assert "outside the reductio home" in failure.value.message
+    assert (outside / "keep.txt").read_text() == "mine"
