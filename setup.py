@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["reductio", "reductio.*"]),
     package_data={"reductio.example": ["sample-words.txt"]},
     python_requires=">=3.9",
-    install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4", "setuptools>=70.1"],
+    install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4", "setuptools>=70.1", "tqdm>=4.60"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "build>=1"]},
     entry_points={"console_scripts": ["reductio = reductio.cli:program.run"]},
     classifiers=[

@@ -7,6 +7,7 @@ and how bytes reach it (a pipe, or an SSH exec channel: transport.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import socket
@@ -26,6 +27,7 @@ from reductio.protocol import parse_reply, shell_path, worker_command
 from reductio.transport import LocalStream, SshStream
 
 T = TypeVar("T")
+log = logging.getLogger("reductio")
 _REDUCTIO_PARENT = str(Path(reductio.__file__).resolve().parent.parent)
 KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.reductio/known_hosts")
 
@@ -43,8 +45,11 @@ class Worker:
         """The shell words that start the worker's Python with reductio importable."""
         raise NotImplementedError
 
-    def run(self, command: str):
-        """Run a shell command; return invoke's Result (small output only)."""
+    def run(self, command: str, err_stream=None):
+        """Run a shell command; return invoke's Result (small output only).
+
+        With ``err_stream``, stderr is also written there as it arrives (progress).
+        """
         raise NotImplementedError
 
     def open_command(self, command: str, mode: str):
@@ -52,10 +57,12 @@ class Worker:
         raise NotImplementedError
 
     def command(self, step: str, params: dict) -> str:
-        """The shell command that runs ``step`` on this worker, every value quoted."""
-        return worker_command(self.python(), step, dict(params, home=self.home))
+        """The shell command that runs ``step`` on this worker, every value quoted (shown by --debug)."""
+        command = worker_command(self.python(), step, dict(params, home=self.home))
+        log.debug("%s: %s", self.name, command)
+        return command
 
-    def step(self, step: str, params: dict) -> dict:
+    def step(self, step: str, params: dict, err_stream=None) -> dict:
         """Run a control step and return its result, retrying only when the worker was unreachable.
 
         Every step is safe to repeat with the same attempt id: outputs are
@@ -64,7 +71,7 @@ class Worker:
         retries, delay = self.retries
         for round_ in range(retries + 1):
             try:
-                result = self.run(self.command(step, dict(params, exit_on_eof=True)))
+                result = self.run(self.command(step, dict(params, exit_on_eof=True)), err_stream)
                 return parse_reply(result.stderr, result.exited)
             except WorkerUnreachable as err:
                 if round_ == retries:
@@ -107,8 +114,8 @@ class LocalWorker(Worker):
     def python(self) -> str:
         return f"PYTHONPATH={shlex.quote(self._pythonpath)} {shlex.quote(sys.executable)}"
 
-    def run(self, command: str):
-        return self._context.run(command, hide=True, warn=True, in_stream=False)
+    def run(self, command: str, err_stream=None):
+        return self._context.run(command, warn=True, in_stream=False, **_output(err_stream))
 
     def open_command(self, command: str, mode: str) -> LocalStream:
         return LocalStream(command, mode)
@@ -176,10 +183,10 @@ class SshWorker(Worker):
         if connection is not None:
             connection.close()
 
-    def run(self, command: str):
+    def run(self, command: str, err_stream=None):
         connection = self.connection()
         with self.reaching():
-            result = connection.run(command, hide=True, warn=True, in_stream=False)
+            result = connection.run(command, warn=True, in_stream=False, **_output(err_stream))
         if result.exited == -1:  # no exit status: the connection dropped, or a signal ended the command
             if connection.transport is None or not connection.transport.is_active():
                 raise WorkerUnreachable(f"lost the connection to {self.spec.host}:{self.spec.port or 22} during a command")
@@ -202,6 +209,13 @@ class SshWorker(Worker):
     def destination(self) -> dict:
         return {"kind": "ssh", "host": self.spec.host, "port": self.spec.port or 22,
                 "user": self.spec.username, "home": self.home, "python": f"{self.venv}/bin/python"}
+
+
+def _output(err_stream) -> dict:
+    """invoke run() options: capture everything; copy stderr to ``err_stream`` as it comes, if given."""
+    if err_stream is None:
+        return {"hide": True}
+    return {"hide": "out", "err_stream": err_stream}
 
 
 class _Reaching:
@@ -240,8 +254,9 @@ class _Reaching:
 class Cluster:
     """The ordered workers of one run: worker i owns partition i."""
 
-    def __init__(self, workers: List[Worker]) -> None:
+    def __init__(self, workers: List[Worker], config=None) -> None:
         self.workers = workers
+        self.config = config
 
     @classmethod
     def from_context(cls, c) -> "Cluster":
@@ -258,7 +273,7 @@ class Cluster:
         return cls([
             LocalWorker(spec, index, c.config, project) if spec.is_local else SshWorker(spec, index, c.config)
             for index, spec in enumerate(specs)
-        ])
+        ], c.config)
 
     def __len__(self) -> int:
         return len(self.workers)

@@ -39,10 +39,10 @@ class PartitionedOutput:
                 p = 0
             else:
                 p = zlib.crc32(line[: line.find("\t")].encode("utf-8")) % partitions
-            if is_sorted[p]:
-                if line < last[p]:
+            if is_sorted[p]:  # compared without the LF, as sort compares them
+                if line[:-1] < last[p]:
                     is_sorted[p] = False
-                last[p] = line
+                last[p] = line[:-1]
             batch = batches[p]
             batch.append(line)
             if len(batch) >= _BATCH:

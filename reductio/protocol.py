@@ -8,6 +8,7 @@ transport (a pipe, an SSH channel) and mix safely with other stderr:
 
     reductio-result: {...}   what the step made (files, counters)
     reductio-error: {...}    a ReductioError, rebuilt on the head
+    reductio-progress: {...} input lines done so far, and the total
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reductio.errors import ReductioError
 
 RESULT = "reductio-result: "
 ERROR = "reductio-error: "
+PROGRESS = "reductio-progress: "
 _TAIL = 20
 
 
@@ -54,7 +56,7 @@ def parse_reply(stderr: str, exit_code: int) -> dict:
         for line in reversed(lines):
             if line.startswith(RESULT):
                 return json.loads(line[len(RESULT):])
-    tail = [line for line in lines if not line.startswith(RESULT)][-_TAIL:]
+    tail = [line for line in lines if not line.startswith((RESULT, PROGRESS))][-_TAIL:]
     last = tail[-1] if tail else "no output"
     if exit_code == 127:
         raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))

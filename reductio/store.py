@@ -29,6 +29,7 @@ from typing import Dict, Iterable, List
 from reductio.errors import DatasetError
 
 MARKER = "_SUCCESS"
+STALE_AFTER = 3600
 CLUSTER_KEY = "cluster_key"
 KNOWN_HOSTS = "known_hosts"
 # A marker's "format": TEXT lines come from files or out.write and may lack a
@@ -158,14 +159,27 @@ class Home:
         return marker
 
     def clean(self) -> List[str]:
-        """Remove what crashed or abandoned steps left: unlocked attempt folders, unlinked versions."""
+        """Remove what crashed or abandoned steps left: unlinked versions, stale attempt folders.
+
+        An attempt folder is stale when no running step holds it and nothing
+        touched it for STALE_AFTER seconds, so another job's finished attempt,
+        waiting a moment for its publish, is never taken from under it.
+        """
         linked = {self._version_of(name) for name in self.datasets()}
         removed = []
+        now = time.time()
         for folder in [*self.tmp.iterdir(), *self.store.iterdir()]:
-            if folder.is_dir() and folder.resolve() not in linked and _unused(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder.name)
+            if not folder.is_dir() or folder.resolve() in linked or not _unused(folder):
+                continue
+            if folder.parent == self.tmp and now - folder.stat().st_mtime < STALE_AFTER:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
         return removed
+
+    def finished(self, attempt: str) -> None:
+        """Mark an attempt's run as done just now: the age ``clean`` counts from."""
+        os.utime(self.tmp / check_attempt(attempt))
 
     def discard(self, attempt: str) -> None:
         """Forget an unpublished attempt."""

@@ -18,18 +18,20 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from reductio import packaging, spread
+from reductio import packaging, shuffle, spread
 from reductio.cluster import Cluster, project_folder
-from reductio.errors import DatasetError, ReductioError, UserCodeError
+from reductio.errors import ReductioError, UserCodeError
 from reductio.gather import merge_to_file
-from reductio.job import Survey, common_source, digest_of, discard, new_attempt, publish, run_and_publish
+from reductio.feedback import log_step, report_step
+from reductio.report import read_log, render
+from reductio.job import Survey, digest_of, discard, new_attempt, publish, run_and_publish
 from reductio.steps import user_error, code_digest, load_function
 from reductio.store import RECORDS, TEXT, check_name
 from reductio.trust import install_trust
 
 __all__ = [
     "setup", "distribute", "load", "initialize", "map", "transform", "scatter",
-    "sort", "sort_unique", "reduce", "merge", "delete", "status",
+    "sort", "sort_unique", "reduce", "merge", "delete", "status", "report",
 ]
 
 _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -67,6 +69,16 @@ def _up_to_date(c, survey: Survey, facts: dict, target: str, force: bool) -> boo
         return False
     source = f" from {facts['source']}" if "source" in facts else ""
     _say(f"{facts['step']}: {target} is up to date{source}; skipped (--force redoes it)")
+    log_step(c.config, {"step": facts["step"], "target": target, "skipped": True, "finished": time.time()})
+    return True
+
+
+def _dry(c, cluster, step: str, params_for) -> bool:
+    """With -R/--dry: print the command each worker would run for this step, and run nothing."""
+    if not c.config.run.dry:
+        return False
+    for worker in cluster.workers:
+        print(f"{worker.name}: {worker.command(step, dict(params_for(worker), attempt='DRY-RUN'))}")
     return True
 
 
@@ -74,14 +86,6 @@ def _check_function(path: str) -> str:
     if not isinstance(path, str) or not _FUNCTION.fullmatch(path):
         raise UserCodeError(f"bad function path {path!r}: give package.module.function")
     return path
-
-
-def _total(results: dict, key: str) -> int:
-    return sum(r.get(key, 0) for r in results.values())
-
-
-def _lines_out(results: dict) -> int:
-    return sum(f["lines"] for r in results.values() for f in r["files"].values())
 
 
 @task
@@ -147,6 +151,8 @@ def load(c, path, target, force=False):
     check_name(target)
     files = spread.input_files(path)
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "receive", lambda w: {"name": "s00000.load"}):
+        return
     size = spread.block_size(files, len(cluster))
     started = time.time()
     listing = digest_of(f"{p.resolve()}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
@@ -161,7 +167,9 @@ def load(c, path, target, force=False):
                 spreader.write(block)
 
     received = _spread(cluster, target, "load", feed, facts)
-    _say(f"load: {path} -> {target}: {_count(received)} lines on {len(cluster)} worker(s) ({time.time() - started:.1f} s)")
+    seconds = time.time() - started
+    report_step(c.config, f"load: {path} -> {target} ({seconds:.1f} s)", "load", _arrivals(received),
+                {"path": str(path), "target": target, "seconds": seconds})
 
 
 @task(help={"function": "dotted path of function(out), run on the head; out.write_pair(k, v), out.write(line)",
@@ -187,8 +195,11 @@ def initialize(c, function, target, force=False):
             raise user_error(f"{function} raised", exc) from None
         out.flush()
 
+    started = time.time()
     received = _spread(cluster, target, "initialize", feed, facts)
-    _say(f"initialize: {function} -> {target}: {_count(received)} lines on {len(cluster)} worker(s)")
+    seconds = time.time() - started
+    report_step(c.config, f"initialize: {function} -> {target} ({seconds:.1f} s)", "initialize",
+                _arrivals(received), {"function": function, "target": target, "seconds": seconds})
 
 
 def _spread(cluster, target: str, origin: str, feed, facts: dict) -> dict:
@@ -210,8 +221,11 @@ def _spread(cluster, target: str, origin: str, feed, facts: dict) -> dict:
     return received
 
 
-def _count(received: dict) -> int:
-    return sum(f["lines"] for files in received.values() for f in files.values())
+def _arrivals(received: dict) -> dict:
+    """Per-worker counters of what a load or initialize delivered."""
+    return {name: {"counters": {"lines in": sum(f["lines"] for f in files.values()),
+                                "bytes in": sum(f["bytes"] for f in files.values())}}
+            for name, files in received.items()}
 
 
 def _function_step(c, step: str, function: str, source: str, target: str, force: bool) -> None:
@@ -220,6 +234,10 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
+    params_for = lambda w: {"function": function, "source": source, "partitions": len(cluster),  # noqa: E731
+                            "origin": f"w{w.index:05d}"}
+    if _dry(c, cluster, step, params_for):
+        return
     started = time.time()
     survey = Survey(cluster, step, target, source, function)
     facts = {"step": step, "function": function, "code": survey.code, "source": source,
@@ -227,13 +245,10 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
              "partitions": len(cluster)}
     if _up_to_date(c, survey, facts, target, force):
         return
-    results = run_and_publish(
-        cluster, step,
-        lambda w: {"function": function, "source": source, "partitions": len(cluster), "origin": f"w{w.index:05d}"},
-        target, facts,
-    )
-    _say(f"{step}: {function} {source} -> {target}: {_total(results, 'lines_in')} lines in,"
-         f" {_lines_out(results)} out ({time.time() - started:.1f} s)")
+    results = run_and_publish(cluster, step, params_for, target, facts)
+    seconds = time.time() - started
+    report_step(c.config, f"{step}: {function} {source} -> {target} ({seconds:.1f} s)", step, results,
+                {"function": function, "source": source, "target": target, "seconds": seconds})
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(key, value), yields (key, value) pairs",
@@ -268,62 +283,19 @@ def scatter(c, source, target, force=False):
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "send", lambda w: {"source": source, "destinations": shuffle.destinations(cluster, w),
+                                           "self": w.index}):
+        return
     survey = Survey(cluster, "scatter", target, source)
     facts = {"step": "scatter", "source": source, "source_attempt": survey.source["attempt"],
              "format": survey.source["format"], "partitions": len(cluster)}
     if _up_to_date(c, survey, facts, target, force):
         return
-    attempt = new_attempt()
     started = time.time()
-    try:
-        results = cluster.each("scatter", lambda w: w.step(
-            "send", {"attempt": attempt, "source": source, "destinations": _destinations(cluster, w),
-                     "self": w.index}))
-        if common_source(results, source)["attempt"] != facts["source_attempt"]:
-            raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
-        expected = {w.name: {} for w in cluster.workers}
-        for result in results.values():
-            for index, files in result["sent"].items():
-                expected[cluster.workers[int(index)].name].update(files)
-        relayed = cluster.each("scatter (relay)", lambda w: _relay(cluster, w, source, attempt, results[w.name]["relay"]),
-                               [w for w in cluster.workers if results[w.name]["relay"]])
-        for files_by_worker in relayed.values():
-            for name, files in files_by_worker.items():
-                expected[name].update(files)
-        publish(cluster, attempt, target, expected, facts, "scatter")
-    except BaseException:
-        discard(cluster, attempt)
-        raise
-    moved = sum(f["bytes"] for files in expected.values() for f in files.values())
-    _say(f"scatter: {source} -> {target}: {moved} bytes ({time.time() - started:.1f} s)")
-
-
-def _destinations(cluster, sender) -> list:
-    """Where ``sender`` sends each partition: an SSH worker cannot reach a local one, so the head relays."""
-    return [
-        {"kind": "relay"} if (w.is_local and not sender.is_local) else w.destination()
-        for w in cluster.workers
-    ]
-
-
-def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
-    """Carry files from an SSH worker to local workers through the head, streaming."""
-    received = {}
-    for index, files in relay.items():
-        destination = cluster.workers[int(index)]
-        for name, expected in files.items():
-            incoming = sender.open("read", {"source": source, "name": name}, "r")
-            outgoing = destination.open("receive", {"attempt": attempt, "name": name, "expected": expected}, "w")
-            try:
-                for block in iter(lambda: incoming.read(1 << 20), b""):
-                    outgoing.write(block)
-            except BaseException:
-                incoming.kill()
-                outgoing.kill()
-                raise
-            incoming.finish()
-            received.setdefault(destination.name, {}).update(outgoing.finish()["files"])
-    return received
+    results = shuffle.scatter(cluster, source, target, facts)
+    moved = sum(r["counters"]["bytes in"] for r in results.values())
+    report_step(c.config, f"scatter: {source} -> {target}: {moved:,} bytes moved ({time.time() - started:.1f} s)",
+                "scatter", results, {"source": source, "target": target, "seconds": time.time() - started})
 
 
 def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
@@ -331,16 +303,19 @@ def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
     check_name(target)
     cluster = Cluster.from_context(c)
     step = "sort_unique" if unique else "sort"
+    params_for = lambda w: {"source": source, "unique": unique, "origin": f"w{w.index:05d}"}  # noqa: E731
+    if _dry(c, cluster, "sort", params_for):
+        return
     started = time.time()
     survey = Survey(cluster, step, target, source)
     facts = {"step": step, "source": source, "source_attempt": survey.source["attempt"],
              "format": survey.source["format"], "partitions": survey.source["partitions"]}
     if _up_to_date(c, survey, facts, target, force):
         return
-    results = run_and_publish(
-        cluster, "sort", lambda w: {"source": source, "unique": unique, "origin": f"w{w.index:05d}"}, target, facts,
-    )
-    _say(f"{step}: {source} -> {target}: {_lines_out(results)} lines ({time.time() - started:.1f} s)")
+    results = run_and_publish(cluster, "sort", params_for, target, facts)
+    seconds = time.time() - started
+    report_step(c.config, f"{step}: {source} -> {target} ({seconds:.1f} s)", step, results,
+                {"source": source, "target": target, "seconds": seconds})
 
 
 @task(help={"source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE})
@@ -363,8 +338,25 @@ def merge(c, source, path):
     """Bring source from every worker to the head, merged in sorted order into one local file."""
     check_name(source)
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "cat", lambda w: {"source": source, "attempt": "DRY-RUN"}):
+        return
+    started = time.time()
     size = merge_to_file(cluster, source, path)
-    _say(f"merge: {source} -> {path} ({size} bytes)")
+    seconds = time.time() - started
+    _say(f"merge: {source} -> {path} ({size:,} bytes, {seconds:.1f} s)")
+    log_step(c.config, {"step": "merge", "source": source, "target": str(path), "seconds": seconds,
+                        "finished": time.time()})
+
+
+@task(help={"log": "the job log to read (what reductio: log: names)",
+            "output": "the HTML file to write (default reductio-report.html)"})
+@_reported
+def report(c, log="", output="reductio-report.html"):
+    """Write an HTML report of a job log: a bar chart of seconds per step and worker, and the counters."""
+    path = log or (c.config.get("reductio") or {}).get("log") or "reductio-log.jsonl"
+    records = read_log(path)
+    Path(output).write_text(render(records), encoding="utf-8")
+    _say(f"report: {len(records)} step(s) from {path} -> {output}")
 
 
 @task(help={"source": "name of the dataset to remove"})
@@ -373,6 +365,8 @@ def delete(c, source):
     """Remove a dataset on every worker."""
     check_name(source)
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "delete", lambda w: {"name": source}):
+        return
     results = cluster.each("delete", lambda w: w.step("delete", {"name": source}))
     held = [name for name, r in results.items() if r["deleted"]]
     _say(f"delete: {source} removed from {len(held)} of {len(cluster)} worker(s)")
@@ -381,16 +375,18 @@ def delete(c, source):
 @task
 @_reported
 def status(c):
-    """List each worker's datasets with their file count, lines and bytes."""
+    """List each worker's datasets: marker, the step that made them and from what, files, lines, bytes."""
     cluster = Cluster.from_context(c)
     results = cluster.each("status", lambda w: w.step("status", {}))
-    rows = [("worker", "dataset", "step", "files", "lines", "bytes")]
+    rows = [("worker", "dataset", "marker", "made by", "from", "files", "lines", "bytes", "published")]
     for name, result in results.items():
         for dataset, facts in result["datasets"].items():
             if "error" in facts:
-                rows.append((name, dataset, "INCOMPLETE", "-", "-", facts["error"]))
+                rows.append((name, dataset, "MISSING", "-", "-", "-", "-", "-", facts["error"]))
             else:
-                rows.append((name, dataset, facts["step"], str(facts["files"]), str(facts["lines"]), str(facts["bytes"])))
+                made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(facts["published"]))
+                rows.append((name, dataset, "ok", facts["step"], facts["from"], f"{facts['files']:,}",
+                             f"{facts['lines']:,}", f"{facts['bytes']:,}", made))
     if len(rows) == 1:
         _say("status: no datasets on any worker")
         return

@@ -14,16 +14,21 @@ import errno
 import hashlib
 import heapq
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
+import time
+import traceback
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Dict, List
 
 from reductio.errors import DatasetError, ReductioError, UserCodeError
 from reductio.output import PartitionedOutput
-from reductio.protocol import ERROR, RESULT, emit, parse_reply, shell_path, worker_command
+from reductio.counters import snapshot
+from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
 from reductio.records import read_lines, split_record
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import check_sorted, code_digest, load_function, map_lines, reduce_lines, transform_lines
@@ -33,16 +38,38 @@ _CHUNK = 1 << 20
 
 
 class _Position:
-    """Where the step is reading, for error messages."""
+    """Where the step is reading: for error messages and progress reports."""
 
     file = "?"
     line = 0
+    finished = 0  # lines of the files already read
+
+    def at_file(self, path: Path) -> None:
+        self.finished += self.line
+        self.file, self.line = path.name, 0
+
+    @property
+    def done(self) -> int:
+        return self.finished + self.line
+
+
+class _Progress(threading.Thread):
+    """Every ``interval`` seconds, a protocol line saying how many input lines are done."""
+
+    def __init__(self, position: _Position, total: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.position, self.total, self.interval = position, total, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            emit(PROGRESS, {"done": self.position.done, "total": self.total})
 
 
 def _records(files: List[Path], position: _Position, text: bool):
     """(key, value) per line; in a text dataset a line with no tab is a key with an empty value."""
     for path in files:
-        position.file, position.line = path.name, 0
+        position.at_file(path)
         for lineno, line in enumerate(read_lines(path), 1):
             position.line = lineno
             if text:
@@ -54,22 +81,45 @@ def _records(files: List[Path], position: _Position, text: bool):
 
 def _raw_lines(files: List[Path], position: _Position):
     for path in files:
-        position.file, position.line = path.name, 0
+        position.at_file(path)
         for lineno, line in enumerate(read_lines(path), 1):
             position.line = lineno
             yield line
 
 
 def _sorted_records(files: List[Path], position: _Position, text: bool):
-    """Records of sorted files, merged into one sorted stream and checked on the way."""
-    streams = [check_sorted(_raw_lines([path], position), path.name) for path in files]
-    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
-    for line in merged:
-        if text:
-            key, _, value = line.partition("\t")
-            yield key, value
-        else:
-            yield split_record(line, Path(position.file), position.line)
+    """Records of sorted files, merged into one sorted stream and checked on the way.
+
+    heapq.merge reads ahead, so each line carries its own file and line
+    number, and ``position`` follows what is consumed, not what is read.
+    """
+    if len(files) == 1:
+        lines = check_sorted(_raw_lines(files, position), files[0].name)
+        for line in lines:
+            yield _record(line, files[0], position.line, text)
+        return
+    streams = [_numbered(path) for path in files]
+    for consumed, (line, path, lineno) in enumerate(heapq.merge(*streams, key=_first), 1):
+        position.file, position.line, position.finished = path.name, lineno, consumed - lineno
+        yield _record(line, path, lineno, text)
+
+
+def _numbered(path: Path):
+    """(line, path, line number) of one sorted file, checked as it is read."""
+    own = _Position()
+    for line in check_sorted(_raw_lines([path], own), path.name):
+        yield line, path, own.line
+
+
+def _first(item):
+    return item[0]
+
+
+def _record(line: str, path: Path, lineno: int, text: bool):
+    if text:
+        key, _, value = line.partition("\t")
+        return key, value
+    return split_record(line, path, lineno)
 
 
 def _source(home: Home, source: str):
@@ -87,6 +137,9 @@ def _run_function_step(params: dict, make_lines) -> dict:
     output = PartitionedOutput(folder, int(params["partitions"]), params["origin"])
     position = _Position()
     text = marker.get("format") == TEXT
+    started = time.time()
+    progress = _Progress(position, _lines_of(marker), float(params.get("progress", 1.0)))
+    progress.start()
     try:
         output.write_all(make_lines(function, function_path, files, position, text))
     except UserCodeError as err:
@@ -96,7 +149,23 @@ def _run_function_step(params: dict, make_lines) -> dict:
     except BaseException:
         output.abandon()
         raise
-    return {"files": output.close(), "source": _about(marker), "lines_in": _lines_of(marker)}
+    finally:
+        progress.stopped.set()
+    written = output.close()
+    return {"files": written, "source": _about(marker),
+            "counters": _counters(marker, written, position.done, started)}
+
+
+def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: float) -> dict:
+    """The built-in counters of a step on one worker, and the user's."""
+    counters = {
+        "lines in": lines_in,
+        "lines out": sum(entry["lines"] for entry in written.values()),
+        "bytes in": sum(entry["bytes"] for entry in marker["files"].values()),
+        "bytes out": sum(entry["bytes"] for entry in written.values()),
+        "seconds": round(time.time() - started, 3),
+    }
+    return dict(counters, **{f"user: {name}": count for name, count in snapshot().items()})
 
 
 def _about(marker: dict) -> dict:
@@ -134,11 +203,12 @@ def step_sort(params: dict) -> dict:
     sort_tmp = folder / ".sort-tmp"
     sort_tmp.mkdir(exist_ok=True)
     output = folder / f"sorted.{params['origin']}"
+    started = time.time()
     _run_sort(sort_argv(files, sort_tmp, output=output, unique=bool(params.get("unique"))))
     sort_tmp.rmdir()
-    lines = None if params.get("unique") else _lines_of(marker)
-    return {"files": {output.name: file_facts(output, lines=lines, is_sorted=True)},
-            "source": _about(marker), "lines_in": _lines_of(marker)}
+    written = {output.name: file_facts(output, is_sorted=True)}
+    return {"files": written, "source": _about(marker),
+            "counters": _counters(marker, written, _lines_of(marker), started)}
 
 
 def step_cat(params: dict) -> dict:
@@ -330,6 +400,8 @@ def step_status(params: dict) -> dict:
             "lines": sum(entry["lines"] for entry in files),
             "bytes": sum(entry["bytes"] for entry in files),
             "step": marker.get("step", "?"),
+            "from": marker.get("source") or marker.get("path") or marker.get("function") or "",
+            "published": marker.get("published", 0),
         }
     return {"datasets": datasets}
 
@@ -367,6 +439,7 @@ def main(argv: List[str] = None) -> int:
     params = json.loads(argv[1])
     if params.pop("exit_on_eof", False):
         threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+    started = time.time()
     try:
         try:
             result = STEPS[argv[0]](params)
@@ -374,9 +447,35 @@ def main(argv: List[str] = None) -> int:
             raise _environment_error(err) from err
     except ReductioError as err:
         emit(ERROR, err.to_dict())
+        _log(params, f"{argv[0]} failed after {time.time() - started:.1f} s: {err}\n{err.details}".rstrip())
         return 1
+    except BaseException:
+        _log(params, f"{argv[0]} crashed after {time.time() - started:.1f} s:\n{traceback.format_exc()}")
+        raise
+    if argv[0] in _WRITING and (Home(params["home"]).tmp / params["attempt"]).is_dir():
+        Home(params["home"]).finished(params["attempt"])
     emit(RESULT, result)
+    if argv[0] not in ("check", "status"):
+        _log(params, f"{argv[0]} done in {time.time() - started:.1f} s")
     return 0
+
+
+_WRITING = ("map", "transform", "reduce", "sort", "receive", "send")
+
+
+def _log(params: dict, text: str) -> None:
+    """Keep a line about each step in HOME/logs/steps.log (rotated at 1 MB, 3 old files kept)."""
+    home = params.get("home")
+    if not home or not Home(home).data.is_dir():
+        return
+    folder = Home(home).root / "logs"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    handler = RotatingFileHandler(folder / "steps.log", maxBytes=1 << 20, backupCount=3, encoding="utf-8")
+    attempt = params.get("attempt", "-")
+    record = logging.LogRecord("reductio", logging.INFO, __file__, 0, f"{attempt} {text}", None, None)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.emit(record)
+    handler.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,180 @@
+"""What the head shows during and after a step: live progress, counters, skew, the job log.
+
+Workers report progress as protocol lines on the stderr the head already
+reads (no extra ports). On a terminal each worker gets a tqdm bar; anywhere
+else (CI, logs) one plain line sums the step up every few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Dict, Optional
+
+from reductio.protocol import PROGRESS
+
+DEFAULT_INTERVAL = 2.0
+SKEW_RATIO = 1.5
+SKEW_MINIMUM = 1000
+
+
+def settings(config) -> dict:
+    return (config.get("reductio") if config is not None else None) or {}
+
+
+def interval(config) -> float:
+    """Seconds between progress reports (``reductio: progress_interval``)."""
+    return float(settings(config).get("progress_interval", DEFAULT_INTERVAL))
+
+
+class Display:
+    """Live progress of one step over all workers."""
+
+    def __init__(self, step: str, workers, every: float, stream=None) -> None:
+        self.step, self.every = step, every
+        self.stream = stream or sys.stderr
+        self.done: Dict[str, int] = {}
+        self.total: Dict[str, int] = {}
+        self.started = time.time()
+        self.lock = threading.Lock()
+        self.bars = None
+        self.last_line = time.time()
+        if _is_terminal(self.stream):
+            from tqdm import tqdm
+
+            self.bars = {w.name: tqdm(desc=f"{step} {w.name}", unit=" lines", unit_scale=True, position=i,
+                                      leave=False, file=self.stream, dynamic_ncols=True)
+                         for i, w in enumerate(workers)}
+
+    def sink(self, worker_name: str) -> "_Sink":
+        """A file-like object for one worker's stderr that picks out its progress lines."""
+        return _Sink(self, worker_name)
+
+    def update(self, worker: str, done: int, total: int) -> None:
+        with self.lock:
+            self.done[worker], self.total[worker] = done, total
+            if self.bars is not None:
+                bar = self.bars[worker]
+                bar.total = total
+                bar.update(done - bar.n)
+            elif time.time() - self.last_line >= self.every:
+                self.last_line = time.time()
+                self.stream.write(f"reductio: {self.step}: {self.describe()}\n")
+                self.stream.flush()
+
+    def describe(self) -> str:
+        """One line: share done, per worker, rate and ETA."""
+        done, total = sum(self.done.values()), sum(self.total.values())
+        elapsed = max(time.time() - self.started, 1e-6)
+        rate = done / elapsed
+        share = f"{100 * done / total:.0f}%" if total else "?"
+        parts = ", ".join(f"{w} {100 * d / self.total[w]:.0f}%" if self.total[w] else f"{w} -"
+                          for w, d in sorted(self.done.items()))
+        eta = f", ETA {(total - done) / rate:.0f} s" if rate and total else ""
+        return f"{share} of {total} lines ({parts}), {rate:,.0f} lines/s{eta}"
+
+    def close(self) -> None:
+        if self.bars is not None:
+            for bar in self.bars.values():
+                bar.close()
+
+
+class _Sink:
+    """Receives a worker's stderr as it arrives; forwards progress lines to the display."""
+
+    def __init__(self, display: Display, worker: str) -> None:
+        self.display, self.worker, self.pending = display, worker, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.startswith(PROGRESS):
+                report = json.loads(line[len(PROGRESS):])
+                self.display.update(self.worker, report["done"], report["total"])
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def summary(step: str, results: Dict[str, dict]) -> str:
+    """A worker x counter table of a step, with totals and the user's counters."""
+    counters = {name: result.get("counters") or {} for name, result in results.items()}
+    columns = [key for key in ("lines in", "lines out", "bytes in", "bytes out", "seconds")
+               if any(key in c for c in counters.values())]
+    if not columns:
+        return ""
+    totals = {key: sum(c.get(key, 0) for c in counters.values()) for key in columns}
+    totals["seconds"] = max((c.get("seconds", 0) for c in counters.values()), default=0)
+    rows = [["worker"] + columns]
+    rows += [[name] + [_number(c.get(key, 0)) for key in columns] for name, c in counters.items()]
+    rows.append(["total"] + [_number(totals[key]) for key in columns])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) + 1)]
+    lines = ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    user = user_totals(results)
+    lines += [f"  {name}: {count:,}" for name, count in sorted(user.items())]
+    return "\n".join(lines)
+
+
+def user_totals(results: Dict[str, dict]) -> Dict[str, int]:
+    """User counters summed over the workers."""
+    totals: Dict[str, int] = {}
+    for result in results.values():
+        for key, value in (result.get("counters") or {}).items():
+            if key.startswith("user: "):
+                totals[key[len("user: "):]] = totals.get(key[len("user: "):], 0) + value
+    return totals
+
+
+def skew(step: str, results: Dict[str, dict]) -> Optional[str]:
+    """A warning when one worker's share of a step's lines is far above a fair share."""
+    if len(results) < 2:
+        return None
+    for key in ("lines in", "lines out"):
+        counts = {name: (r.get("counters") or {}).get(key, 0) for name, r in results.items()}
+        total = sum(counts.values())
+        if total < SKEW_MINIMUM:
+            continue
+        name, most = max(counts.items(), key=lambda item: item[1])
+        fair = total / len(counts)
+        if most > SKEW_RATIO * fair:
+            return (f"warning: skew in {step}: {name} has {100 * most / total:.0f}% of the {key}"
+                    f" (a fair share is {100 / len(counts):.0f}%); it sets the pace of the next steps")
+    return None
+
+
+def log_step(config, record: dict) -> None:
+    """Append one JSON line about a step to the job log (``reductio: log: PATH``), if configured."""
+    path = settings(config).get("log")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _number(value) -> str:
+    return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def report_step(config, headline: str, step: str, results: Dict[str, dict], record: dict) -> None:
+    """After a step: its headline, the counter table, a skew warning if any, and a job-log line."""
+    print(f"reductio: {headline}", flush=True)
+    table = summary(step, results)
+    if table:
+        print(table, flush=True)
+    warning = skew(step, results)
+    if warning:
+        print(f"reductio: {warning}", file=sys.stderr, flush=True)
+    log_step(config, dict(record, step=step, finished=time.time(),
+                          workers={name: r.get("counters") or {} for name, r in results.items()},
+                          user=user_totals(results)))

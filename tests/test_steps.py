@@ -1,0 +1,297 @@
+"""Map, transform and reduce as generators over in-memory records; loading functions; sort checks."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import reductio
+from reductio.errors import InputError, UserCodeError
+from reductio.steps import Output, check_sorted, load_function, map_lines, reduce_lines, transform_lines
+
+WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
+PACKAGE_DIR = str(Path(reductio.__file__).resolve().parent)
+
+
+@pytest.fixture
+def wordjobs(monkeypatch):
+    monkeypatch.syspath_prepend(str(WORDJOBS))
+    import wordjobs
+
+    return wordjobs
+
+
+def _frames(details: str):
+    """The file names of the traceback frames in a UserCodeError's details."""
+    return re.findall(r'File "([^"]+)", line \d+, in (\S+)', details)
+
+
+def _assert_only_user_frames(details: str, function_name: str) -> None:
+    frames = _frames(details)
+    assert frames, details
+    assert function_name in [name for _, name in frames], details
+    for filename, _ in frames:
+        assert not str(Path(filename).resolve()).startswith(PACKAGE_DIR), details
+    assert PACKAGE_DIR not in details
+
+
+def _records(lines):
+    return [tuple(line.split("\t", 1)) for line in lines]
+
+
+def test_map_lines_yields_a_record_line_per_pair_the_mapper_yields(wordjobs):
+    text = ["the quick brown fox", "jumps over the lazy dog", "", "the end"]
+    out = list(map_lines(wordjobs.words, "wordjobs.words", [(line, "") for line in text]))
+    assert all(line.endswith("\n") for line in out)
+    expected = Counter(word for line in text for word in line.split())
+    assert Counter(line[:-1].split("\t")[0] for line in out) == expected
+    assert set(line[:-1].split("\t")[1] for line in out) == {"1"}
+
+
+def test_map_lines_keeps_tabs_in_values_and_the_order_of_the_input(wordjobs):
+    records = [("b", "x\ty"), ("a", ""), ("", "empty key")]
+    assert list(map_lines(wordjobs.identity, "wordjobs.identity", records)) == [
+        "b\tx\ty\n", "a\t\n", "\tempty key\n",
+    ]
+
+
+def test_map_lines_treats_a_mapper_returning_none_as_yielding_nothing(wordjobs):
+    assert list(map_lines(wordjobs.returns_none, "wordjobs.returns_none", [("a", "1"), ("b", "2")])) == []
+
+
+def test_map_lines_accepts_a_mapper_returning_a_list():
+    assert list(map_lines(lambda k, v: [(v, k)], "swap", [("a", "1")])) == ["1\ta\n"]
+
+
+def test_map_lines_is_lazy():
+    seen = []
+
+    def records():
+        for i in range(1000):
+            seen.append(i)
+            yield str(i), ""
+
+    lines = map_lines(lambda k, v: [(k, v)], "ident", records())
+    assert next(lines) == "0\t\n"
+    assert seen == [0]
+
+
+@pytest.mark.parametrize(
+    "function, message",
+    [
+        ("yields_int", "wordjobs.yields_int yielded a value of type int"),
+        ("yields_triple", "wordjobs.yields_triple yielded ('a', 'b', 'extra'), not a (key, value) pair"),
+        ("yields_tab_key", "wordjobs.yields_tab_key yielded a key holding a tab or newline"),
+        ("yields_newline_value", "wordjobs.yields_newline_value yielded a value holding a tab or newline"),
+    ],
+)
+def test_map_lines_refuses_a_bad_yield_naming_the_function(wordjobs, function, message):
+    with pytest.raises(UserCodeError) as caught:
+        list(map_lines(getattr(wordjobs, function), f"wordjobs.{function}", [("a", "b")]))
+    assert str(caught.value).startswith(message)
+
+
+def test_a_mapper_exception_becomes_a_user_code_error_with_only_the_users_frames(wordjobs):
+    records = [("fine", "1"), ("boom", "2"), ("never", "3")]
+    lines = map_lines(wordjobs.raises_on_boom, "wordjobs.raises_on_boom", records)
+    assert next(lines) == "fine\t1\n"
+    with pytest.raises(UserCodeError) as caught:
+        next(lines)
+    error = caught.value
+    assert str(error) == "wordjobs.raises_on_boom raised ValueError: no booms allowed"
+    assert "no booms allowed" in error.details
+    assert error.details.startswith("Traceback (user code):")
+    _assert_only_user_frames(error.details, "raises_on_boom")
+    assert any(Path(f).resolve() == (WORDJOBS / "wordjobs" / "__init__.py").resolve()
+               for f, _ in _frames(error.details))
+
+
+def _helper_that_divides(n):
+    return 1 / n
+
+
+def _exploding_reducer(key, values):
+    for value in values:
+        yield key, str(_helper_that_divides(int(value)))
+
+
+def test_a_reducer_exception_names_the_key_and_keeps_the_users_nested_frames():
+    records = [("a", "1"), ("b", "2"), ("c", "0")]
+    with pytest.raises(UserCodeError) as caught:
+        list(reduce_lines(_exploding_reducer, "tests.explode", records))
+    error = caught.value
+    assert str(error).startswith("tests.explode raised on key 'c' ZeroDivisionError:")
+    _assert_only_user_frames(error.details, "_exploding_reducer")
+    assert "_helper_that_divides" in [name for _, name in _frames(error.details)]
+    assert "ZeroDivisionError" in error.details.splitlines()[-1]
+
+
+def test_a_transform_exception_becomes_a_user_code_error_with_only_the_users_frames():
+    def shout(line, out):
+        if line == "bad":
+            raise KeyError("no bad lines")
+        out.write(line.upper())
+
+    lines = transform_lines(shout, "tests.shout", ["ok", "bad"])
+    assert next(lines) == "OK\n"
+    with pytest.raises(UserCodeError) as caught:
+        next(lines)
+    assert str(caught.value) == "tests.shout raised KeyError: 'no bad lines'"
+    _assert_only_user_frames(caught.value.details, "shout")
+
+
+def test_transform_lines_yields_what_the_function_wrote_pairs_and_text(wordjobs):
+    out = list(transform_lines(wordjobs.split_words, "wordjobs.split_words", ["a b", "", "c\tz"]))
+    assert out == ["a\t1\n", "b\t1\n", "raw:a b\n", "raw:\n", "c\t1\n", "z\t1\n", "raw:c\tz\n"]
+
+
+def test_transform_lines_refuses_a_bad_write_naming_the_function():
+    def writes_bytes(line, out):
+        out.write(line.encode())
+
+    with pytest.raises(UserCodeError, match="^tests.bytes wrote a bytes; out.write takes str$"):
+        list(transform_lines(writes_bytes, "tests.bytes", ["x"]))
+
+
+def test_output_collects_pairs_and_lines():
+    out = Output("tests.out")
+    out.write_pair("k", "v\tw")
+    out.write("text line\n")
+    assert out.written == ["k\tv\tw\n", "text line\n"]
+    with pytest.raises(UserCodeError, match="tests.out yielded a value of type int"):
+        out.write_pair("k", 1)
+
+
+def test_reduce_lines_calls_the_reducer_once_per_run_of_equal_keys(wordjobs):
+    words = "b a c a b a d".split()
+    lines = sorted(f"{word}\t{n}" for n, word in enumerate(words, 1))
+    out = list(reduce_lines(wordjobs.total, "wordjobs.total", _records(lines)))
+    expected = Counter()
+    for n, word in enumerate(words, 1):
+        expected[word] += n
+    assert out == [f"{word}\t{expected[word]}\n" for word in sorted(expected)]
+
+
+def test_reduce_gives_values_as_a_lazy_iterator():
+    consumed = []
+
+    def records():
+        for key, value in [("a", "1"), ("a", "2"), ("a", "3"), ("b", "4")]:
+            consumed.append(value)
+            yield key, value
+
+    calls = []
+
+    def reducer(key, values):
+        calls.append((key, type(values), list(consumed)))
+        assert iter(values) is values  # an iterator, not a list
+        yield key, ",".join(values)
+
+    out = list(reduce_lines(reducer, "tests.lazy", records()))
+    assert out == ["a\t1,2,3\n", "b\t4\n"]
+    assert not issubclass(calls[0][1], (list, tuple))
+    assert calls[0][2] == ["1"]  # only the first record was read when the reducer started
+
+
+def test_a_reducer_consuming_only_the_first_value_still_gets_every_following_key(wordjobs):
+    lines = sorted(["a\t1", "a\t2", "a\t3", "b\t9", "c\t5", "c\t6", "d\t7"])
+    out = list(reduce_lines(wordjobs.first_value, "wordjobs.first_value", _records(lines)))
+    assert out == ["a\t1\n", "b\t9\n", "c\t5\n", "d\t7\n"]
+
+
+def test_a_reducer_consuming_no_value_still_gets_every_key():
+    lines = sorted(["a\t1", "a\t2", "b\t3", "b\t4", "c\t5"])
+    out = list(reduce_lines(lambda key, values: [(key, "seen")], "tests.none", _records(lines)))
+    assert out == ["a\tseen\n", "b\tseen\n", "c\tseen\n"]
+
+
+def test_keys_that_are_prefixes_of_other_keys_group_correctly_in_sorted_order(wordjobs):
+    pairs = [("a", "1"), ("ab", "2"), ("a\x01", "3"), ("a", "4"), ("", "5"), ("ab", "6"),
+             ("a\x01", "7"), ("a b", "8"), ("a", "10"), ("\u00e4", "11"), ("a\x01b", "12")]
+    lines = sorted(f"{key}\t{value}" for key, value in pairs)
+    out = list(reduce_lines(wordjobs.total, "wordjobs.total", _records(lines)))
+    keys = [line.split("\t")[0] for line in out]
+    assert len(keys) == len(set(keys)), out
+    expected = Counter()
+    for key, value in pairs:
+        expected[key] += int(value)
+    assert dict(line[:-1].split("\t") for line in out) == {k: str(v) for k, v in expected.items()}
+
+
+def test_reduce_lines_treats_a_reducer_returning_none_as_yielding_nothing():
+    assert list(reduce_lines(lambda k, vs: None, "tests.none", [("a", "1")])) == []
+
+
+def test_load_function_imports_a_dotted_path(wordjobs):
+    assert load_function("wordjobs.words") is wordjobs.words
+    assert load_function("os.path.join") is __import__("os").path.join
+
+
+def test_load_function_refuses_a_path_without_a_dot():
+    with pytest.raises(UserCodeError) as caught:
+        load_function("words")
+    assert str(caught.value) == "function 'words' is not a dotted path like 'package.module.function'"
+
+
+def test_load_function_refuses_a_missing_module():
+    with pytest.raises(UserCodeError) as caught:
+        load_function("no_such_module_here.words")
+    message = str(caught.value)
+    assert message.startswith("function 'no_such_module_here.words' does not import")
+    assert "ModuleNotFoundError" in message
+    assert "no_such_module_here" in message
+
+
+def test_load_function_refuses_a_missing_attribute(wordjobs):
+    with pytest.raises(UserCodeError) as caught:
+        load_function("wordjobs.no_such_function")
+    assert str(caught.value) == "function 'wordjobs.no_such_function': module 'wordjobs' has no function 'no_such_function'"
+
+
+def test_load_function_refuses_something_that_is_not_callable(wordjobs):
+    with pytest.raises(UserCodeError) as caught:
+        load_function("wordjobs.not_a_function")
+    assert str(caught.value) == "function 'wordjobs.not_a_function': module 'wordjobs' has no function 'not_a_function'"
+
+
+def test_load_function_reports_an_error_raised_while_importing_the_users_module(tmp_path, monkeypatch):
+    (tmp_path / "brokenjobs_x1.py").write_text("def helper():\n    raise RuntimeError('setup failed')\n\nhelper()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "brokenjobs_x1", raising=False)
+    with pytest.raises(UserCodeError) as caught:
+        load_function("brokenjobs_x1.anything")
+    error = caught.value
+    assert str(error) == "function 'brokenjobs_x1.anything' does not import RuntimeError: setup failed"
+    _assert_only_user_frames(error.details, "helper")
+    assert "importlib" not in error.details
+    sys.modules.pop("brokenjobs_x1", None)
+
+
+def test_check_sorted_passes_sorted_lines_through_unchanged():
+    lines = sorted(["b", "a", "a", "a\tx", "a\x01", "\u00fc", "\U0001f600", ""])
+    assert list(check_sorted(iter(lines), "p00000.w0")) == lines
+
+
+def test_check_sorted_raises_an_input_error_naming_file_and_line_when_out_of_order():
+    lines = ["a\t1", "b\t2", "a\t3", "c\t4"]
+    checked = check_sorted(iter(lines), "p00001.w2")
+    assert next(checked) == "a\t1"
+    assert next(checked) == "b\t2"
+    with pytest.raises(InputError) as caught:
+        next(checked)
+    message = str(caught.value)
+    assert message.startswith("p00001.w2 line 3: input is not sorted")
+    assert "'a\\t3'" in message and "'b\\t2'" in message
+
+
+def test_check_sorted_uses_code_point_order_like_c_locale_sort():
+    # "a\tx" sorts before "a b" in byte order (tab 0x09 < space 0x20)
+    with pytest.raises(InputError, match="line 2"):
+        list(check_sorted(iter(["a b", "a\tx"]), "f"))
+    # "Z" (0x5a) sorts before "a" (0x61), whatever a locale would say
+    with pytest.raises(InputError, match="line 2"):
+        list(check_sorted(iter(["a", "Z"]), "f"))
