@@ -34,6 +34,7 @@ class Display:
 
     def __init__(self, step: str, workers, every: float, stream=None) -> None:
         self.step, self.every = step, every
+        self.expected = len(workers)
         self.stream = stream or sys.stderr
         self.done: Dict[str, int] = {}
         self.total: Dict[str, int] = {}
@@ -72,6 +73,8 @@ class Display:
         share = f"{100 * done / total:.0f}%" if total else "?"
         parts = ", ".join(f"{w} {100 * d / self.total[w]:.0f}%" if self.total[w] else f"{w} -"
                           for w, d in sorted(self.done.items()))
+        if len(self.total) < self.expected:
+            return f"{parts}; waiting for the first report of {self.expected - len(self.total)} more worker(s)"
         eta = f", ETA {(total - done) / rate:.0f} s" if rate and total else ""
         return f"{share} of {total} lines ({parts}), {rate:,.0f} lines/s{eta}"
 

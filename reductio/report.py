@@ -32,7 +32,7 @@ def read_log(path: str) -> List[dict]:
 def render(records: List[dict]) -> str:
     """The HTML page for these step records."""
     steps = [r for r in records if not r.get("skipped")]
-    workers = sorted({name for r in steps for name in r.get("workers", {})})
+    workers = sorted({name for r in steps for name in _per_worker(r)})
     colour = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(workers)}
     chart = _chart(steps, workers, colour)
     legend = " ".join(f'<span class="key" style="background:{colour[w]}"></span>{html.escape(w)}' for w in workers)

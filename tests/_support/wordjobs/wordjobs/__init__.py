@@ -107,3 +107,26 @@ def gather(key, values):
 def big_output(key, value):
     """Yields a megabyte per record: for filling a small disk."""
     yield key, "x" * (1 << 20)
+
+
+def slow_identity(key, value):
+    """identity at about a thousand records a second: long enough to watch."""
+    import time
+
+    time.sleep(0.001)
+    yield key, value
+
+
+def counted_words(key, value):
+    """words, incrementing user counters on the way."""
+    from reductio.counters import increment
+
+    increment("records")
+    for word in (value or key).split():
+        increment("long words" if len(word) > 4 else "short words")
+        yield word, "1"
+
+
+def one_key(key, value):
+    """Every record under one key: all the data ends on one worker."""
+    yield "same", value

@@ -1,0 +1,135 @@
+"""What a user sees: progress during a step, counters and tables after it, logs, report, dry runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import WORDJOBS, make_context, write_lines
+from reductio import tasks
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_progress_lines_appear_during_a_run_on_the_ssh_cluster(ssh_workers, tmp_path, capsys):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS, progress_interval=0.2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(3000)])), "input")
+    capsys.readouterr()
+    tasks.map(c, "wordjobs.slow_identity", "input", "out")
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reductio: map: ")]
+    whole = [line for line in progress if "waiting for" not in line]
+    assert len(whole) >= 2, progress
+    assert all(" of 3000 lines (ssh-0 " in line and ", ssh-1 " in line and "lines/s" in line for line in whole)
+    shares = [int(line.split("reductio: map: ")[1].split("%")[0]) for line in whole]
+    assert shares == sorted(shares) and shares[0] < 100
+
+
+def test_counters_add_up_to_the_true_line_counts_and_user_counters_round_trip(tmp_path, capsys):
+    lines = ["alpha be", "gamma delta epsilon", "", "zeta"] * 250
+    c = make_context(3, log=str(tmp_path / "job.jsonl"))
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    capsys.readouterr()
+    tasks.map(c, "wordjobs.counted_words", "text", "pairs")
+    out = capsys.readouterr().out
+    words = [word for line in lines for word in line.split()]
+    total = [row.split() for row in out.splitlines() if row.strip().startswith("total")][0]
+    assert total[1:3] == [f"{len(lines):,}", f"{len(words):,}"]
+    assert f"records: {len(lines):,}" in out
+    assert f"long words: {sum(len(w) > 4 for w in words):,}" in out
+    assert f"short words: {sum(len(w) <= 4 for w in words):,}" in out
+
+    (record,) = [json.loads(line) for line in (tmp_path / "job.jsonl").read_text().splitlines()
+                 if json.loads(line)["step"] == "map"]
+    assert record["user"] == {"records": len(lines), "long words": sum(len(w) > 4 for w in words),
+                              "short words": sum(len(w) <= 4 for w in words)}
+    assert sum(w["lines in"] for w in record["workers"].values()) == len(lines)
+    assert set(record["workers"]) == {"local-0", "local-1", "local-2"}
+
+
+def test_a_step_whose_input_sits_on_one_worker_warns_of_skew(tmp_path, capsys):
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(4000)])), "input")
+    tasks.map(c, "wordjobs.one_key", "input", "pairs")
+    capsys.readouterr()
+    tasks.scatter(c, "pairs", "here")
+    err = capsys.readouterr().err
+    assert "warning: skew in scatter" in err and "100% of the lines in" in err
+
+
+def test_the_report_renders_the_steps_in_headless_chromium(tmp_path):
+    log = tmp_path / "job.jsonl"
+    c = make_context(2, log=str(log))
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a b c", "b c", "c"])), "text")
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "wordjobs.total", "sorted", "counts")
+    tasks.merge(c, "counts", str(tmp_path / "counts.tsv"))
+    tasks.load(c, str(tmp_path / "in.txt"), "text")  # skipped: up to date
+    page = tmp_path / "report.html"
+    tasks.report(c, output=str(page))
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed for this test: apt-get install chromium"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for step in ("load → text", "map → pairs", "scatter → here", "sort → sorted", "reduce → counts", "merge →"):
+        assert step in dom.stdout, step
+    assert dom.stdout.count('class="bar"') == 5 * 2 + 1  # five steps on two workers, merge on the head
+    assert "skipped" in dom.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=900,700", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 5000
+
+
+def test_each_worker_keeps_a_log_of_its_steps_with_the_error_of_a_failed_one(tmp_path):
+    c = make_context(1)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["ok\t1", "boom\t2"])), "input")
+    with pytest.raises(Exception):
+        tasks.map(c, "wordjobs.raises_on_boom", "input", "out")
+    log = (Path(os.environ["HOME"]) / ".reductio" / "local" / "worker-0" / "logs" / "steps.log").read_text()
+    assert "receive done in" in log
+    assert "map failed after" in log and "no booms allowed" in log
+
+
+def _cli(args, home, **kwargs):
+    env = dict(os.environ, HOME=str(home))
+    return subprocess.run(["reductio", "-f", str(WORDJOBS / "fabfile.py"), *args], capture_output=True, text=True,
+                          env=env, **kwargs)
+
+
+def test_dry_run_prints_each_worker_command_and_runs_nothing(tmp_path, isolated_home):
+    done = _cli(["setup", "load", str(write_lines(tmp_path / "in.txt", ["a"])), "text"], isolated_home)
+    assert done.returncode == 0, done.stderr
+    dry = _cli(["-R", "map", "wordjobs.words", "text", "pairs"], isolated_home)
+    assert dry.returncode == 0, dry.stderr
+    commands = [line for line in dry.stdout.splitlines() if "-m reductio.worker map" in line]
+    assert [line.split(":")[0] for line in commands] == ["local-0", "local-1"]
+    assert not list((isolated_home / ".reductio" / "local").glob("*/data/pairs"))
+
+
+def test_debug_shows_the_exact_worker_commands(tmp_path, isolated_home):
+    done = _cli(["--debug", "setup", "load", str(write_lines(tmp_path / "in.txt", ["a"])), "text"], isolated_home)
+    assert done.returncode == 0, done.stderr
+    assert "-m reductio.worker receive" in done.stderr and "-m reductio.worker prepare" in done.stderr
+
+
+def test_a_failing_task_exits_1_with_one_message_and_no_traceback(isolated_home):
+    done = _cli(["setup", "map", "wordjobs.words", "missing", "pairs"], isolated_home)
+    assert done.returncode == 1
+    assert "no dataset 'missing'" in done.stderr
+    assert "Traceback" not in done.stderr
