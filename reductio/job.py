@@ -25,13 +25,13 @@ def new_attempt() -> str:
 class Survey:
     """What every worker says before a step: its target's marker, its source's version, the code."""
 
-    def __init__(self, cluster: Cluster, what: str, target: str, source: str = None, function: str = None):
-        params = {"target": target, "source": source, "function": function}
+    def __init__(self, cluster: Cluster, what: str, target: str, source: str = None, functions=()):
+        params = {"target": target, "source": source, "functions": list(functions)}
         self.checks = cluster.each(f"{what} (check)", lambda w: w.step("check", params))
         self.source = common_source(self.checks, source) if source else None
         codes = {check["code"] for check in self.checks.values()}
         if len(codes) > 1:
-            raise DatasetError(f"workers run different versions of {function}; run distribute")
+            raise DatasetError(f"workers run different versions of {', '.join(functions)}; run distribute")
         self.code = codes.pop() if codes else None
 
     def current(self, facts: dict) -> bool:

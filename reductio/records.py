@@ -44,6 +44,12 @@ def split_record(line: str, path: Path, lineno: int) -> Tuple[str, str]:
 
 def format_record(pair, function: str) -> str:
     """The line for one yielded pair; a bad pair is a UserCodeError naming ``function``."""
+    key, value = check_pair(pair, function)
+    return f"{key}\t{value}\n"
+
+
+def check_pair(pair, function: str):
+    """``(key, value)`` of a yielded pair, refusing what the format cannot hold (see module doc)."""
     try:
         key, value = pair
     except (TypeError, ValueError):
@@ -60,7 +66,7 @@ def format_record(pair, function: str) -> str:
             f"{function} yielded a {where} holding a tab or newline ({_preview(pair)});"
             " keys may hold neither, values no newline"
         )
-    return f"{key}\t{value}\n"
+    return key, value
 
 
 def format_line(text, function: str) -> str:

@@ -14,10 +14,10 @@ import itertools
 import os
 import sys
 import traceback
-from typing import Callable, Iterable, Iterator, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Tuple
 
 from reductio.errors import InputError, UserCodeError
-from reductio.records import format_line, format_record
+from reductio.records import check_pair, format_line, format_record
 
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,6 +59,59 @@ def map_lines(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -
             raise
         except Exception as exc:
             raise user_error(f"{name} raised", exc) from None
+
+
+def map_pairs(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -> Iterator[Tuple[str, str]]:
+    """Like map_lines, yielding checked ``(key, value)`` pairs instead of lines (for a combiner)."""
+    for key, value in records:
+        try:
+            pairs = mapper(key, value)
+            if pairs is None:
+                continue
+            for pair in pairs:
+                yield check_pair(pair, name)
+        except UserCodeError:
+            raise
+        except Exception as exc:
+            raise user_error(f"{name} raised", exc) from None
+
+
+def combine_lines(reducer: Callable, name: str, pairs: Iterable[Tuple[str, str]], limit: int) -> Iterator[str]:
+    """Pre-aggregate pairs with ``reducer`` in bounded memory: a combiner.
+
+    Values are gathered per key until ``limit`` values are held, then
+    ``reducer(key, values)`` runs once per held key and its pairs are
+    yielded. Correct when the reducer can take its own output as input
+    (counts, sums, minima, sets), as Hadoop's and mrjob's combiners.
+    """
+    held: Dict[str, list] = {}
+    count = 0
+    for key, value in pairs:
+        values = held.get(key)
+        if values is None:
+            held[key] = [value]
+        else:
+            values.append(value)
+        count += 1
+        if count >= limit:
+            yield from _combined(reducer, name, held)
+            held.clear()
+            count = 0
+    yield from _combined(reducer, name, held)
+
+
+def _combined(reducer: Callable, name: str, held: Dict[str, list]) -> Iterator[str]:
+    for key, values in held.items():
+        try:
+            pairs = reducer(key, iter(values))
+            if pairs is None:
+                continue
+            for pair in pairs:
+                yield format_record(pair, name)
+        except UserCodeError:
+            raise
+        except Exception as exc:
+            raise user_error(f"{name} raised on key {key!r}", exc) from None
 
 
 def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iterator[str]:

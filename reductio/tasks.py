@@ -228,21 +228,28 @@ def _arrivals(received: dict) -> dict:
             for name, files in received.items()}
 
 
-def _function_step(c, step: str, function: str, source: str, target: str, force: bool) -> None:
+def _function_step(c, step: str, function: str, source: str, target: str, force: bool, combine: str = "") -> None:
     """map, transform and reduce: run the function on every worker, partition its output."""
-    _check_function(function)
+    functions = [_check_function(function)] + ([_check_function(combine)] if combine else [])
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
-    params_for = lambda w: {"function": function, "source": source, "partitions": len(cluster),  # noqa: E731
-                            "origin": f"w{w.index:05d}"}
+
+    limit = (c.config.get("reductio") or {}).get("combine_limit")
+
+    def params_for(worker):
+        return {"function": function, "combine": combine, "combine_limit": limit, "source": source,
+                "partitions": len(cluster), "origin": f"w{worker.index:05d}"}
+
     if _dry(c, cluster, step, params_for):
         return
     started = time.time()
-    survey = Survey(cluster, step, target, source, function)
+    survey = Survey(cluster, step, target, source, functions)
     facts = {"step": step, "function": function, "code": survey.code, "source": source,
              "source_attempt": survey.source["attempt"], "format": TEXT if step == "transform" else RECORDS,
              "partitions": len(cluster)}
+    if combine:
+        facts["combine"] = combine
     if _up_to_date(c, survey, facts, target, force):
         return
     results = run_and_publish(cluster, step, params_for, target, facts)
@@ -252,11 +259,16 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(key, value), yields (key, value) pairs",
-            "source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE})
+            "source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE,
+            "combine": "dotted path of a reducer that pre-aggregates map output on each worker (a combiner)"})
 @_reported
-def map(c, function, source, target, force=False):  # noqa: A001 - the product's name for it
-    """Call function(key, value) on every record; each yielded pair goes to the partition owning its key."""
-    _function_step(c, "map", function, source, target, force)
+def map(c, function, source, target, force=False, combine=""):  # noqa: A001 - the product's name for it
+    """Call function(key, value) on every record; each yielded pair goes to the partition owning its key.
+
+    With ``combine``, the pairs are first pre-aggregated by that reducer in
+    bounded memory (see README "Combiners").
+    """
+    _function_step(c, "map", function, source, target, force, combine)
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(line, out)",
@@ -303,7 +315,10 @@ def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
     check_name(target)
     cluster = Cluster.from_context(c)
     step = "sort_unique" if unique else "sort"
-    params_for = lambda w: {"source": source, "unique": unique, "origin": f"w{w.index:05d}"}  # noqa: E731
+
+    def params_for(worker):
+        return {"source": source, "unique": unique, "origin": f"w{worker.index:05d}"}
+
     if _dry(c, cluster, "sort", params_for):
         return
     started = time.time()

@@ -31,7 +31,9 @@ from reductio.counters import snapshot
 from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
 from reductio.records import read_lines, split_record
 from reductio.sorting import sort_argv, sort_env
-from reductio.steps import check_sorted, code_digest, load_function, map_lines, reduce_lines, transform_lines
+from reductio.steps import (
+    check_sorted, code_digest, combine_lines, load_function, map_lines, map_pairs, reduce_lines, transform_lines,
+)
 from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, file_facts, partition_of_file
 
 _CHUNK = 1 << 20
@@ -177,10 +179,19 @@ def _lines_of(marker: dict) -> int:
     return sum(entry["lines"] for entry in marker["files"].values())
 
 
+COMBINE_LIMIT = 100_000
+
+
 def step_map(params: dict) -> dict:
-    return _run_function_step(
-        params, lambda fn, name, files, pos, text: map_lines(fn, name, _records(files, pos, text))
-    )
+    combine = params.get("combine")
+    if not combine:
+        return _run_function_step(
+            params, lambda fn, name, files, pos, text: map_lines(fn, name, _records(files, pos, text))
+        )
+    reducer = load_function(combine)
+    limit = int(params.get("combine_limit") or COMBINE_LIMIT)
+    return _run_function_step(params, lambda fn, name, files, pos, text: combine_lines(
+        reducer, combine, map_pairs(fn, name, _records(files, pos, text)), limit))
 
 
 def step_transform(params: dict) -> dict:
@@ -360,7 +371,8 @@ def step_check(params: dict) -> dict:
     except DatasetError:
         pass
     source = _about(home.marker(check_name(params["source"]))) if params.get("source") else None
-    code = code_digest(params["function"]) if params.get("function") else None
+    functions = params.get("functions") or []
+    code = "-".join(code_digest(path) for path in functions) if functions else None
     return {"target": target, "source": source, "code": code}
 
 

@@ -28,11 +28,13 @@ def words_file(words):
 
 @task(help={"words": f"the words file, one word per line (default {WORDS}, else a bundled sample)",
             "output": "where to write the table (default bigrams.tsv)",
-            "top": "how many of the most frequent bigrams to print"})
-def bigrams(c, words="", output="bigrams.tsv", top=10):
+            "top": "how many of the most frequent bigrams to print",
+            "combine": "pre-aggregate counts on each worker before the scatter (a combiner)"})
+def bigrams(c, words="", output="bigrams.tsv", top=10, combine=False):
     """Count letter bigrams in the words file into a key<TAB>count table on the head."""
     load(c, words_file(words), "words")
-    map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs")
+    map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs",
+        combine="reductio.example.bigrams.count" if combine else "")
     scatter(c, "pairs", "pairs-here")
     sort(c, "pairs-here", "pairs-sorted")
     reduce(c, "reductio.example.bigrams.count", "pairs-sorted", "counts")

@@ -130,3 +130,8 @@ def counted_words(key, value):
 def one_key(key, value):
     """Every record under one key: all the data ends on one worker."""
     yield "same", value
+
+
+def first_value_raising(key, values):
+    """A reducer that fails: for combiner error tests."""
+    raise RuntimeError(f"cannot combine {key}")

@@ -1,0 +1,61 @@
+"""A combiner changes how much data moves, never the answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_context, write_lines
+from reductio import tasks
+from reductio.steps import combine_lines
+
+
+def run_wordcount(c, source, output, combine=""):
+    tasks.load(c, str(source), "text")
+    tasks.map(c, "wordjobs.words", "text", "pairs", combine=combine)
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "wordjobs.total", "sorted", "counts")
+    tasks.merge(c, "counts", str(output))
+    return output.read_bytes()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("limit", [None, 7])
+def test_wordcount_with_a_combiner_equals_wordcount_without(workers, limit, tmp_path, capsys):
+    lines = [" ".join(f"w{(i * j) % 53}" for j in range(1, 9)) for i in range(400)] + ["", "ünï ünï"]
+    source = write_lines(tmp_path / "in.txt", lines)
+    c = make_context(workers, combine_limit=limit)
+    tasks.setup(c)
+    plain = run_wordcount(c, source, tmp_path / "plain.tsv")
+    capsys.readouterr()
+    combined = run_wordcount(c, source, tmp_path / "combined.tsv", combine="wordjobs.total")
+    assert combined == plain
+    map_total = [row.split() for row in capsys.readouterr().out.splitlines() if row.strip().startswith("total")][0]
+    words = sum(len(line.split()) for line in lines)
+    assert int(map_total[2].replace(",", "")) < words  # fewer pairs left the map than words went in
+
+
+def test_the_combiner_holds_at_most_limit_values_before_it_flushes():
+    calls = []
+
+    def total(key, values):
+        values = list(values)
+        calls.append(len(values))
+        yield key, str(sum(int(v) for v in values))
+
+    pairs = [("a", "1")] * 25 + [("b", "2")] * 5
+    lines = list(combine_lines(total, "total", iter(pairs), limit=10))
+    assert max(calls) <= 10
+    assert sum(int(line.split("\t")[1]) for line in lines if line.startswith("a\t")) == 25
+    assert sum(int(line.split("\t")[1]) for line in lines if line.startswith("b\t")) == 10
+
+
+def test_a_combiner_that_raises_is_named_with_the_key(tmp_path):
+    c = make_context(1)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["boom"])), "text")
+    from invoke import Exit
+
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.words", "text", "pairs", combine="wordjobs.first_value_raising")
+    assert "wordjobs.first_value_raising raised on key 'boom'" in failure.value.message
