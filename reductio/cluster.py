@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, TypeVar
 import invoke
 
 import reductio
-from reductio.config import WorkerSpec, load_workers
+from reductio.config import WorkerSpec, load_workers, settings
 from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerUnreachable
 from reductio.protocol import parse_reply, shell_path, worker_command
 from reductio.transport import LocalStream, SshStream
@@ -136,9 +136,9 @@ class SshWorker(Worker):
         super().__init__(spec, index)
         self._config = config
         self.venv = f"{spec.home.rstrip('/')}/venv"
-        settings = config.get("reductio") or {}
+        found = settings(config)
         try:
-            self.retries = (int(settings.get("retries", 3)), float(settings.get("retry_delay", 1.0)))
+            self.retries = (int(found.get("retries", 3)), float(found.get("retry_delay", 1.0)))
         except (TypeError, ValueError):
             raise ConfigError("reductio.retries must be a whole number and reductio.retry_delay seconds") from None
 

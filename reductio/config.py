@@ -52,17 +52,17 @@ def load_workers(config) -> List[WorkerSpec]:
     4. otherwise ``reductio: local_workers:`` (default: the number of cores)
        local workers with homes under ``~/.reductio/local/``.
     """
-    settings = _settings(config)
+    found = settings(config)
     if config is not None:
         check_no_secrets(config)
-    if settings.get("workers"):
+    if found.get("workers"):
         log.debug("workers from the reductio config key")
-        return _checked([_from_mapping(entry, f"worker {i}") for i, entry in enumerate(settings["workers"])])
+        return _checked([_from_mapping(entry, f"worker {i}") for i, entry in enumerate(found["workers"])])
     for path in (Path(WORKERS_CFG), Path(os.path.expanduser(DEFAULT_HOME)) / WORKERS_CFG):
         if path.is_file():
             log.debug("workers from %s", path)
             return _checked(read_workers_cfg(path))
-    count = settings.get("local_workers") or os.cpu_count() or 1
+    count = found.get("local_workers") or os.cpu_count() or 1
     try:
         count = int(count)
     except (TypeError, ValueError):
@@ -162,10 +162,11 @@ def _checked(specs: List[WorkerSpec]) -> List[WorkerSpec]:
     return specs
 
 
-def _settings(config) -> dict:
-    settings = config.get("reductio") if config is not None else None
-    if settings is None:
+def settings(config) -> dict:
+    """The ``reductio:`` key of invoke/Fabric config: the one place reductio's settings are read."""
+    found = config.get("reductio") if config is not None else None
+    if found is None:
         return {}
-    if not hasattr(settings, "get"):
-        raise ConfigError(f"the reductio config key must be a mapping, not {settings!r}")
-    return settings
+    if not hasattr(found, "get"):
+        raise ConfigError(f"the reductio config key must be a mapping, not {found!r}")
+    return found

@@ -13,15 +13,12 @@ import threading
 import time
 from typing import Dict, Optional
 
+from reductio.config import settings
 from reductio.protocol import PROGRESS
 
 DEFAULT_INTERVAL = 2.0
 SKEW_RATIO = 1.5
 SKEW_MINIMUM = 1000
-
-
-def settings(config) -> dict:
-    return (config.get("reductio") if config is not None else None) or {}
 
 
 def interval(config) -> float:

@@ -20,12 +20,13 @@ from invoke import Exit, task
 
 from reductio import packaging, shuffle, spread
 from reductio.cluster import Cluster, project_folder
+from reductio.config import settings
 from reductio.errors import ReductioError, UserCodeError
-from reductio.gather import merge_to_file
 from reductio.feedback import log_step, report_step
-from reductio.report import read_log, render
+from reductio.gather import merge_to_file
 from reductio.job import Survey, digest_of, discard, new_attempt, publish, run_and_publish
-from reductio.steps import user_error, code_digest, load_function
+from reductio.report import read_log, render
+from reductio.steps import code_digest, load_function, user_error
 from reductio.store import RECORDS, TEXT, check_name
 from reductio.trust import install_trust
 
@@ -63,7 +64,7 @@ def _say(text: str) -> None:
 
 def _up_to_date(c, survey: Survey, facts: dict, target: str, force: bool) -> bool:
     """True (with a one-line notice) if the target was made from the same source, code and settings."""
-    if force or (c.config.get("reductio") or {}).get("force"):
+    if force or settings(c.config).get("force"):
         return False
     if not survey.current(facts):
         return False
@@ -129,7 +130,7 @@ def distribute(c):
     if project is None:
         _say(f"distribute: no setup.py or pyproject.toml at or above {folder}; nothing to install on SSH workers")
         return
-    wheelhouse = (c.config.get("reductio") or {}).get("wheelhouse")
+    wheelhouse = settings(c.config).get("wheelhouse")
     with tempfile.TemporaryDirectory(prefix="reductio-sdist-") as scratch:
         sdist = packaging.build_sdist(project, Path(scratch))
         updated = packaging.deploy(cluster, "project", sdist, Path(os.path.expanduser(wheelhouse)) if wheelhouse else None)
@@ -235,7 +236,7 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     check_name(target)
     cluster = Cluster.from_context(c)
 
-    limit = (c.config.get("reductio") or {}).get("combine_limit")
+    limit = settings(c.config).get("combine_limit")
 
     def params_for(worker):
         return {"function": function, "combine": combine, "combine_limit": limit, "source": source,
@@ -368,7 +369,7 @@ def merge(c, source, path):
 @_reported
 def report(c, log="", output="reductio-report.html"):
     """Write an HTML report of a job log: a bar chart of seconds per step and worker, and the counters."""
-    path = log or (c.config.get("reductio") or {}).get("log") or "reductio-log.jsonl"
+    path = log or settings(c.config).get("log") or "reductio-log.jsonl"
     records = read_log(path)
     Path(output).write_text(render(records), encoding="utf-8")
     _say(f"report: {len(records)} step(s) from {path} -> {output}")
