@@ -54,6 +54,13 @@ def map_lines(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -
             if pairs is None:
                 continue
             for pair in pairs:
+                # The common case inline (the hot path); format_record checks the rest and says what is wrong.
+                if type(pair) is tuple and len(pair) == 2:
+                    out_key, out_value = pair
+                    if (type(out_key) is str and type(out_value) is str and "\t" not in out_key
+                            and "\n" not in out_key and "\n" not in out_value):
+                        yield out_key + "\t" + out_value + "\n"
+                        continue
                 yield format_record(pair, name)
         except UserCodeError:
             raise
@@ -69,6 +76,12 @@ def map_pairs(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -
             if pairs is None:
                 continue
             for pair in pairs:
+                if type(pair) is tuple and len(pair) == 2:  # the common case inline, as in map_lines
+                    out_key, out_value = pair
+                    if (type(out_key) is str and type(out_value) is str and "\t" not in out_key
+                            and "\n" not in out_key and "\n" not in out_value):
+                        yield pair
+                        continue
                 yield check_pair(pair, name)
         except UserCodeError:
             raise
