@@ -208,7 +208,8 @@ class SshWorker(Worker):
 
     def destination(self) -> dict:
         return {"kind": "ssh", "host": self.spec.host, "port": self.spec.port or 22,
-                "user": self.spec.username, "home": self.home, "python": f"{self.venv}/bin/python"}
+                "user": self.spec.username, "home": self.home, "python": f"{self.venv}/bin/python",
+                "compress": bool(settings(self._config).get("compress"))}
 
 
 def _output(err_stream) -> dict:

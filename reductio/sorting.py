@@ -9,10 +9,12 @@ reduce checks its input. Whole lines are compared, so all lines of one key
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 SORT_BUFFER = "256M"
+_SIZE = re.compile(r"\d+[%bKMGT]?")
 
 
 def sort_env() -> Dict[str, str]:
@@ -28,13 +30,21 @@ def sort_argv(
     output: Path = None,
     unique: bool = False,
     merge_only: bool = False,
+    buffer: str = None,
+    parallel: int = None,
 ) -> List[str]:
     """argv to sort ``inputs`` (or merge already sorted ones) into ``output`` or stdout.
 
     Temp files go to ``temp_dir`` inside the worker's home, never /tmp, so a
-    big sort cannot fill a small system disk; ``-S`` bounds the memory used.
+    big sort cannot fill a small system disk; ``-S`` bounds the memory used
+    (``buffer``, default SORT_BUFFER); ``parallel`` sets sort's threads.
     """
-    argv = ["sort", "-S", SORT_BUFFER, "-T", str(temp_dir)]
+    buffer = buffer or SORT_BUFFER
+    if not _SIZE.fullmatch(str(buffer)):
+        raise ValueError(f"sort buffer {buffer!r} is not a size like 256M or 10%")
+    argv = ["sort", "-S", str(buffer), "-T", str(temp_dir)]
+    if parallel:
+        argv.append(f"--parallel={int(parallel)}")
     if merge_only:
         argv.append("-m")
     if unique:

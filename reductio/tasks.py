@@ -317,8 +317,11 @@ def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
     cluster = Cluster.from_context(c)
     step = "sort_unique" if unique else "sort"
 
+    found = settings(c.config)
+
     def params_for(worker):
-        return {"source": source, "unique": unique, "origin": f"w{worker.index:05d}"}
+        return {"source": source, "unique": unique, "origin": f"w{worker.index:05d}",
+                "buffer": found.get("sort_buffer"), "parallel": found.get("sort_parallel")}
 
     if _dry(c, cluster, "sort", params_for):
         return

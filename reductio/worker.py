@@ -215,7 +215,12 @@ def step_sort(params: dict) -> dict:
     sort_tmp.mkdir(exist_ok=True)
     output = folder / f"sorted.{params['origin']}"
     started = time.time()
-    _run_sort(sort_argv(files, sort_tmp, output=output, unique=bool(params.get("unique"))))
+    try:
+        argv = sort_argv(files, sort_tmp, output=output, unique=bool(params.get("unique")),
+                         buffer=params.get("buffer"), parallel=params.get("parallel"))
+    except ValueError as err:
+        raise ReductioError(str(err)) from None
+    _run_sort(argv)
     sort_tmp.rmdir()
     written = {output.name: file_facts(output, is_sorted=True)}
     return {"files": written, "source": _about(marker),
@@ -335,6 +340,8 @@ def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str, expe
         "-o", f"UserKnownHostsFile={home.root / KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
         "-p", str(destination["port"]),
     ]
+    if destination.get("compress"):
+        argv += ["-o", "Compression=yes"]
     if destination.get("user"):
         argv += ["-l", destination["user"]]
     argv += [destination["host"], remote]
