@@ -357,3 +357,17 @@ def test_delete_refuses_a_dataset_link_pointing_outside_the_home(tmp_path):
         tasks.delete(c, "evil")
     assert "outside the reductio home" in failure.value.message
     assert (outside / "keep.txt").read_text() == "mine"
+
+
+def test_a_ten_megabyte_line_goes_through_load_map_sort_reduce_and_merge_whole(tmp_path):
+    big = "v" * (10 * 1024 * 1024)
+    data = write_lines(tmp_path / "in.txt", ["small\tx", f"big\t{big}", "tiny\ty"])
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(data), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "wordjobs.first_value", "sorted", "firsts")
+    tasks.merge(c, "firsts", str(tmp_path / "out.tsv"))
+    assert (tmp_path / "out.tsv").read_text() == f"big\t{big}\nsmall\tx\ntiny\ty\n"
