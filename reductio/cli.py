@@ -7,7 +7,8 @@
 current folder upwards (like ``fab -c``) or as a path to a .py file. invoke's
 own ``-f`` (``--config``) keeps its long name. ``-H host1,user@host2:2222``
 makes those hosts the cluster for this run; ``--force`` redoes every step
-even when its target is up to date.
+even when its target is up to date. Tasks answer to their Python names
+(``do_stuff``, ``sort_unique``) as well as invoke's dashed ones.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from fabric import Config, Executor
 from fabric.main import Fab
 from invoke import Argument, Exit
+from invoke.parser import Parser
 
 from reductio import __version__
 from reductio.config import workers_from_hosts
@@ -64,6 +66,16 @@ class Reductio(Fab):
                     fabfile = fabfile[:-3]
             self.args.collection.value = fabfile
         super().load_collection()
+
+
+    def _make_parser(self) -> Parser:
+        """Accept a task's Python name too: ``do_stuff`` as well as invoke's ``do-stuff``."""
+        contexts = self.collection.to_contexts(ignore_unknown_help=self.config.tasks.ignore_unknown_help)
+        for context in contexts:
+            underscored = context.name.replace("-", "_")
+            if underscored != context.name:
+                context.aliases = (*context.aliases, underscored)
+        return Parser(initial=self.initial_context, contexts=contexts)
 
 
 def make_program() -> Reductio:
