@@ -69,6 +69,7 @@ def reductio_sdist(out: Path) -> Path:
     """
     package = Path(reductio.__file__).resolve().parent
     name = f"reductio-{reductio.__version__}"
+    out.mkdir(parents=True, exist_ok=True)
     sdist = out / f"{name}.tar.gz"
     with tarfile.open(sdist, "w:gz") as archive:
         for path in sorted(package.rglob("*")):
