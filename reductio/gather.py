@@ -24,10 +24,13 @@ def merge_to_file(cluster, source: str, path: str) -> int:
     target = Path(path).expanduser().resolve()
     if target.is_dir():
         raise ReductioError(f"merge target {target} is a folder; give a file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
     attempt = new_attempt()
     work = target.parent / f".reductio-merge-{attempt}"
-    work.mkdir(mode=0o700)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work.mkdir(mode=0o700)
+    except OSError as err:
+        raise ReductioError(f"cannot write the merge into {target.parent}: {err.strerror or err}") from None
     try:
         results = cluster.each("merge", lambda w: _fetch(w, source, attempt, work / f"part-{w.index:05d}"))
         common_source(results, source)

@@ -47,7 +47,11 @@ def text_blocks(path: Path, size: int) -> Iterator[bytes]:
     """
     opener = gzip.open if path.name.endswith(".gz") else open
     offset = 0
-    with opener(path, "rb") as data:
+    try:
+        data = opener(path, "rb")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
+    with data:
         while True:
             try:
                 block = data.read(size)
