@@ -18,7 +18,7 @@ from reductio.protocol import PROGRESS
 
 DEFAULT_INTERVAL = 2.0
 SKEW_RATIO = 1.5
-SKEW_MINIMUM = 1000
+SKEW_MINIMUM = 10_000  # lines; below this a step is too short for skew to matter
 
 
 def interval(config) -> float:

@@ -14,6 +14,7 @@ import itertools
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Tuple
 
 from reductio.errors import InputError, UserCodeError
@@ -42,7 +43,7 @@ def code_digest(path: str) -> str:
     function = load_function(path)
     module = sys.modules.get(getattr(function, "__module__", ""), None)
     filename = getattr(module, "__file__", None)
-    data = open(filename, "rb").read() if filename and os.path.exists(filename) else path.encode()
+    data = Path(filename).read_bytes() if filename and os.path.exists(filename) else path.encode()
     return hashlib.sha256(data).hexdigest()[:16]
 
 

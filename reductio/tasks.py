@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -179,6 +180,9 @@ def load(c, path, target, force=False):
 def initialize(c, function, target, force=False):
     """Run an input generator on the head and spread what it writes over the workers."""
     check_name(target)
+    folder = project_folder(c)
+    if folder not in sys.path:  # the head imports the project as the local workers do
+        sys.path.insert(0, folder)
     generate = load_function(_check_function(function))
     cluster = Cluster.from_context(c)
     facts = {"step": "initialize", "function": function, "code": code_digest(function), "format": TEXT,

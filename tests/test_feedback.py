@@ -57,7 +57,7 @@ def test_counters_add_up_to_the_true_line_counts_and_user_counters_round_trip(tm
 def test_a_step_whose_input_sits_on_one_worker_warns_of_skew(tmp_path, capsys):
     c = make_context(2)
     tasks.setup(c)
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(4000)])), "input")
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(12000)])), "input")
     tasks.map(c, "wordjobs.one_key", "input", "pairs")
     capsys.readouterr()
     tasks.scatter(c, "pairs", "here")
