@@ -40,3 +40,18 @@ def test_the_readme_job_runs_as_written_with_reductio_and_fab(tmp_path, isolated
                             env=env, capture_output=True, text=True)
     assert forced.returncode == 0, forced.stderr
     assert "skipped" not in forced.stdout
+
+
+def test_list_shows_every_task_with_a_line_of_help_and_help_shows_a_tasks_arguments():
+    listing = subprocess.run(["reductio", "-f", str(REPO / "fabfile.py"), "--list"], capture_output=True, text=True)
+    assert listing.returncode == 0
+    for name in ("setup", "distribute", "load", "initialize", "map", "transform", "scatter", "sort",
+                 "sort-unique", "reduce", "merge", "delete", "status", "report", "bigrams"):
+        line = [row for row in listing.stdout.splitlines() if row.strip().startswith(name + " ")]
+        assert line and len(line[0].split()) > 1, name
+    help_map = subprocess.run(["reductio", "-f", str(REPO / "fabfile.py"), "--help", "map"],
+                              capture_output=True, text=True)
+    assert help_map.returncode == 0
+    for flag, words in (("--function", "dotted path"), ("--source", "dataset to read"),
+                        ("--target", "dataset to write"), ("--combine", "combiner"), ("--force", "up to date")):
+        assert flag in help_map.stdout and words in help_map.stdout, flag

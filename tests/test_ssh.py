@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, make_context, write_lines
+from conftest import SUPPORT, WORDJOBS, make_context, write_lines
 from reductio import tasks
 from reductio.example.bigrams import letter_pairs
 
@@ -193,3 +193,17 @@ def test_reductio_command_line_runs_the_example_on_the_ssh_cluster(ssh_workers, 
     assert done.returncode == 0, done.stderr
     assert "ssh-0, ssh-1" in done.stdout
     assert read_table(tmp_path / "cli.tsv") == bigram_table(words)
+
+
+def test_distribute_installs_dependencies_from_a_wheelhouse_on_ssh_workers(ssh_workers, sshd_cluster, tmp_path):
+    from reductio import packaging
+
+    wheelhouse = tmp_path / "wheels"
+    packaging.build_wheel(packaging.build_sdist(SUPPORT / "tinydep", tmp_path / "sdist"), wheelhouse)
+    ssh_workers(2)
+    c = make_context(project=SUPPORT / "depjob", wheelhouse=str(wheelhouse))
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["quiet\t1", "calm\t2"])), "text")
+    tasks.map(c, "depjob.shouted", "text", "loud")
+    tasks.merge(c, "loud", str(tmp_path / "loud.tsv"))
+    assert (tmp_path / "loud.tsv").read_text() == "CALM\t2\nQUIET\t1\n"

@@ -140,3 +140,32 @@ def test_a_function_path_that_does_not_import_or_yields_a_bad_pair_is_a_clear_er
         assert expected in failure.value.message, function
         assert "Traceback (most recent call last)" not in failure.value.message
     assert not any((h / "data" / "out").exists() for h in homes())
+
+
+def test_load_stops_at_invalid_utf8_naming_the_file_and_byte_offset(c, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nalso fine\nbro\xffken\n")
+    with pytest.raises(Exit) as failure:
+        tasks.load(c, str(bad), "text")
+    assert f"{bad}: invalid UTF-8 at byte offset 18" in failure.value.message
+    assert not any((h / "data" / "text").exists() for h in homes())
+
+
+def test_load_turns_crlf_into_lf_and_ends_the_last_line(c, tmp_path):
+    crlf = tmp_path / "dos.txt"
+    crlf.write_bytes(b"a\tone\r\nb\ttwo\r\nc\tthree")
+    tasks.load(c, str(crlf), "text")
+    tasks.merge(c, "text", str(tmp_path / "out.txt"))
+    assert (tmp_path / "out.txt").read_bytes() == b"a\tone\nb\ttwo\nc\tthree\n"
+
+
+def test_an_empty_input_file_makes_an_empty_dataset_and_an_empty_result(c, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    tasks.load(c, str(empty), "text")
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "wordjobs.total", "sorted", "counts")
+    tasks.merge(c, "counts", str(tmp_path / "out.tsv"))
+    assert (tmp_path / "out.tsv").read_bytes() == b""
