@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from pathlib import Path
 from typing import Dict, Iterator, List
 
 from reductio.errors import InputError, ReductioError, StepFailed
+from reductio.job import discard, new_attempt, publish
 from reductio.steps import Output
 
 MAX_BLOCK = 1 << 20
@@ -69,6 +69,31 @@ def text_blocks(path: Path, size: int) -> Iterator[bytes]:
             if not block.endswith(b"\n"):
                 block += b"\n"
             yield block.replace(b"\r\n", b"\n")
+
+
+def spread(cluster, target: str, origin: str, feed, facts: dict) -> Dict[str, dict]:
+    """Let ``feed(spreader)`` write blocks, then publish the shards as ``target`` everywhere or nowhere."""
+    attempt = new_attempt()
+    try:
+        spreader = Spreader(cluster, attempt, origin)
+        try:
+            feed(spreader)
+        except BaseException:
+            spreader.abandon()
+            raise
+        received = spreader.finish()
+        publish(cluster, attempt, target, received, facts, origin)
+    except BaseException:
+        discard(cluster, attempt)
+        raise
+    return received
+
+
+def arrivals(received: Dict[str, dict]) -> Dict[str, dict]:
+    """Per-worker counters of what a spread delivered."""
+    return {name: {"counters": {"lines in": sum(f["lines"] for f in files.values()),
+                                "bytes in": sum(f["bytes"] for f in files.values())}}
+            for name, files in received.items()}
 
 
 class Spreader:
@@ -147,7 +172,3 @@ class SpreadingOutput(Output):
             self.spreader.write("".join(self.written).encode("utf-8"))
             self.written.clear()
             self.pending = 0
-
-
-def ensure_parent(path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

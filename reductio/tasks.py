@@ -25,7 +25,7 @@ from reductio.config import settings
 from reductio.errors import ReductioError, UserCodeError
 from reductio.feedback import log_step, report_step
 from reductio.gather import merge_to_file
-from reductio.job import Survey, digest_of, discard, new_attempt, publish, run_and_publish
+from reductio.job import Survey, digest_of, run_and_publish
 from reductio.report import read_log, render
 from reductio.steps import code_digest, load_function, user_error
 from reductio.store import RECORDS, TEXT, check_name
@@ -168,9 +168,9 @@ def load(c, path, target, force=False):
             for block in spread.text_blocks(file, size):
                 spreader.write(block)
 
-    received = _spread(cluster, target, "load", feed, facts)
+    received = spread.spread(cluster, target, "load", feed, facts)
     seconds = time.time() - started
-    report_step(c.config, f"load: {path} -> {target} ({seconds:.1f} s)", "load", _arrivals(received),
+    report_step(c.config, f"load: {path} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
                 {"path": str(path), "target": target, "seconds": seconds})
 
 
@@ -201,36 +201,10 @@ def initialize(c, function, target, force=False):
         out.flush()
 
     started = time.time()
-    received = _spread(cluster, target, "initialize", feed, facts)
+    received = spread.spread(cluster, target, "initialize", feed, facts)
     seconds = time.time() - started
     report_step(c.config, f"initialize: {function} -> {target} ({seconds:.1f} s)", "initialize",
-                _arrivals(received), {"function": function, "target": target, "seconds": seconds})
-
-
-def _spread(cluster, target: str, origin: str, feed, facts: dict) -> dict:
-    """Open a Spreader, let ``feed`` fill it, then publish the shards as ``target``."""
-    attempt = new_attempt()
-    spreader = None
-    try:
-        spreader = spread.Spreader(cluster, attempt, origin)
-        try:
-            feed(spreader)
-        except BaseException:
-            spreader.abandon()
-            raise
-        received = spreader.finish()
-        publish(cluster, attempt, target, received, facts, origin)
-    except BaseException:
-        discard(cluster, attempt)
-        raise
-    return received
-
-
-def _arrivals(received: dict) -> dict:
-    """Per-worker counters of what a load or initialize delivered."""
-    return {name: {"counters": {"lines in": sum(f["lines"] for f in files.values()),
-                                "bytes in": sum(f["bytes"] for f in files.values())}}
-            for name, files in received.items()}
+                spread.arrivals(received), {"function": function, "target": target, "seconds": seconds})
 
 
 def _function_step(c, step: str, function: str, source: str, target: str, force: bool, combine: str = "") -> None:
