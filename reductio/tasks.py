@@ -95,6 +95,8 @@ def _check_function(path: str) -> str:
 def setup(c):
     """Prepare every worker (home, Python environment, reductio, cluster key), then distribute."""
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "prepare", lambda w: {}):
+        return
     remote = [w for w in cluster.workers if not w.is_local]
     if remote:
         cluster.each("setup", packaging.ensure_venv, remote)
@@ -119,6 +121,8 @@ def distribute(c):
     folder of wheels when configured (README: "Code on the workers").
     """
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "prepare", lambda w: {}):
+        return
     folder = project_folder(c)
     results = cluster.each("distribute", lambda w: w.step("prepare", {}))
     local = [w for w in cluster.workers if w.is_local]
@@ -185,6 +189,8 @@ def initialize(c, function, target, force=False):
         sys.path.insert(0, folder)
     generate = load_function(_check_function(function))
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "receive", lambda w: {"name": "s00000.initialize"}):
+        return
     facts = {"step": "initialize", "function": function, "code": code_digest(function), "format": TEXT,
              "partitions": None, "workers": len(cluster)}
     if _up_to_date(c, Survey(cluster, "initialize", target), facts, target, force):
@@ -374,6 +380,8 @@ def delete(c, source):
 def status(c):
     """List each worker's datasets: marker, the step that made them and from what, files, lines, bytes."""
     cluster = Cluster.from_context(c)
+    if _dry(c, cluster, "status", lambda w: {}):
+        return
     results = cluster.each("status", lambda w: w.step("status", {}))
     rows = [("worker", "dataset", "marker", "made by", "from", "files", "lines", "bytes", "published")]
     for name, result in results.items():

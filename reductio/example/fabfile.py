@@ -39,6 +39,8 @@ def bigrams(c, words="", output="bigrams.tsv", top=10, combine=False):
     sort(c, "pairs-here", "pairs-sorted")
     reduce(c, "reductio.example.bigrams.count", "pairs-sorted", "counts")
     merge(c, "counts", output)
+    if c.config.run.dry:  # -R: the commands were printed, nothing ran
+        return
     with open(output, encoding="utf-8") as table:
         rows = [line.rstrip("\n").split("\t") for line in table]
     rows.sort(key=lambda row: (-int(row[1]), row[0]))
