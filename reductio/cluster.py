@@ -109,7 +109,7 @@ class LocalWorker(Worker):
         config.runners.local = _ClosingLocal
         self._context = invoke.Context(config=config)
         paths = [project, _REDUCTIO_PARENT, os.environ.get("PYTHONPATH", "")]
-        self._pythonpath = os.pathsep.join(p for p in paths if p)
+        self._pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
 
     def python(self) -> str:
         return f"PYTHONPATH={shlex.quote(self._pythonpath)} {shlex.quote(sys.executable)}"
