@@ -31,7 +31,7 @@ def read_lines(path: Path) -> Iterator[str]:
             for line in lines:
                 yield line[:-1] if line.endswith("\n") else line
         except UnicodeDecodeError:
-            raise _decode_error(path) from None
+            raise decode_error(path) from None
 
 
 def split_record(line: str, path: Path, lineno: int) -> Tuple[str, str]:
@@ -84,7 +84,7 @@ def key_of(line: str) -> str:
     return line.partition("\t")[0]
 
 
-def _decode_error(path: Path) -> InputError:
+def decode_error(path: Path) -> InputError:
     """Find the first invalid UTF-8 byte of ``path``: the slow path, taken only on error."""
     offset = 0
     with open(path, "rb") as raw:

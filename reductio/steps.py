@@ -166,12 +166,15 @@ def check_sorted(lines: Iterable[str], where: str) -> Iterator[str]:
     previous = ""
     for lineno, line in enumerate(lines, 1):
         if line < previous:
-            raise InputError(
-                f"{where} line {lineno}: input is not sorted ({line[:40]!r} after {previous[:40]!r});"
-                " run sort on it first"
-            )
+            raise unsorted(where, lineno, line, previous)
         previous = line
         yield line
+
+
+def unsorted(where: str, lineno: int, line: str, previous: str) -> InputError:
+    """The error for a line found out of sort order."""
+    return InputError(f"{where} line {lineno}: input is not sorted ({line[:40]!r} after {previous[:40]!r});"
+                      " run sort on it first")
 
 
 class Output:

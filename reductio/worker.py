@@ -29,10 +29,11 @@ from reductio.errors import DatasetError, ReductioError, UserCodeError
 from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
 from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
-from reductio.records import read_lines, split_record
+from reductio.records import decode_error, open_text, read_lines, split_record
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import (
     check_sorted, code_digest, combine_lines, load_function, map_lines, map_pairs, reduce_lines, transform_lines,
+    unsorted,
 )
 from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, file_facts, partition_of_file
 
@@ -96,14 +97,37 @@ def _sorted_records(files: List[Path], position: _Position, text: bool):
     number, and ``position`` follows what is consumed, not what is read.
     """
     if len(files) == 1:
-        lines = check_sorted(_raw_lines(files, position), files[0].name)
-        for line in lines:
-            yield _record(line, files[0], position.line, text)
+        yield from _sorted_file(files[0], position, text)
         return
     streams = [_numbered(path) for path in files]
     for consumed, (line, path, lineno) in enumerate(heapq.merge(*streams, key=_first), 1):
         position.file, position.line, position.finished = path.name, lineno, consumed - lineno
         yield _record(line, path, lineno, text)
+
+
+def _sorted_file(path: Path, position: _Position, text: bool):
+    """Records of one sorted file: read_lines, check_sorted and split_record fused into one loop.
+
+    reduce reads every line this way, so the loop is kept flat; the
+    shared functions still phrase every error.
+    """
+    position.at_file(path)
+    previous = ""
+    with open_text(path) as lines:
+        try:
+            for lineno, line in enumerate(lines, 1):
+                if line[-1:] == "\n":
+                    line = line[:-1]
+                position.line = lineno
+                if line < previous:
+                    raise unsorted(path.name, lineno, line, previous)
+                previous = line
+                key, tab, value = line.partition("\t")
+                if not tab and not text:
+                    split_record(line, path, lineno)  # raises the InputError naming file and line
+                yield key, value
+        except UnicodeDecodeError:
+            raise decode_error(path) from None
 
 
 def _numbered(path: Path):
