@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 SORT_BUFFER = "256M"
+MERGE_BUFFER = "32M"  # merging sorted inputs streams them: a big buffer buys nothing
 _SIZE = re.compile(r"\d+[%bKMGT]?")
 
 
@@ -39,7 +40,7 @@ def sort_argv(
     big sort cannot fill a small system disk; ``-S`` bounds the memory used
     (``buffer``, default SORT_BUFFER); ``parallel`` sets sort's threads.
     """
-    buffer = buffer or SORT_BUFFER
+    buffer = buffer or (MERGE_BUFFER if merge_only else SORT_BUFFER)
     if not _SIZE.fullmatch(str(buffer)):
         raise ValueError(f"sort buffer {buffer!r} is not a size like 256M or 10%")
     argv = ["sort", "-S", str(buffer), "-T", str(temp_dir)]
