@@ -207,3 +207,18 @@ def test_distribute_installs_dependencies_from_a_wheelhouse_on_ssh_workers(ssh_w
     tasks.map(c, "depjob.shouted", "text", "loud")
     tasks.merge(c, "loud", str(tmp_path / "loud.tsv"))
     assert (tmp_path / "loud.tsv").read_text() == "CALM\t2\nQUIET\t1\n"
+
+
+def test_a_key_the_worker_does_not_accept_is_one_line_naming_the_worker(ssh_workers, tmp_path):
+    from sshd import keygen
+
+    config = ssh_workers(1)
+    keygen(tmp_path / "stranger")
+    config.write_text(config.read_text().replace(
+        [line for line in config.read_text().splitlines() if line.startswith("key_filename")][0],
+        f"key_filename = {tmp_path / 'stranger'}"))
+    with pytest.raises(Exit) as failure:
+        tasks.status(make_context(project=WORDJOBS, retries=0))
+    assert "ssh-0: authentication to 127.0.0.1:" in failure.value.message
+    assert "check key_filename or ssh-agent" in failure.value.message
+    assert "Traceback" not in failure.value.message
