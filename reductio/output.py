@@ -1,9 +1,10 @@
 """A step's output on one worker: one file per partition, in the attempt folder.
 
-Each formatted line goes to the partition that owns its key. Lines are
-gathered per partition and written in batches, hashed on the way (SHA-256,
-checked wherever the file travels); the files record whether their lines
-came out sorted, so merge can skip a sort it does not need.
+Each formatted line goes to the partition that owns its key. The partition
+of a key is remembered (a bounded cache), lines are gathered per partition
+and encoded and written in batches, hashed on the way (SHA-256, checked
+wherever the file travels); the files record whether their lines came out
+sorted, so merge can skip a sort it does not need.
 """
 
 from __future__ import annotations
@@ -11,72 +12,83 @@ from __future__ import annotations
 import hashlib
 import zlib
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Callable, Dict, Iterable
 
+from reductio.errors import UserCodeError
 from reductio.store import file_facts, partition_file
 
-_BATCH = 8192  # lines held over all partitions before they are written
+BATCH = 8192  # lines held over all partitions before they are written
+REMEMBERED = 10_000  # keys whose partition is remembered: enough for skewed keys, cheap when keys are many
 
 
 class PartitionedOutput:
-    """Write lines into ``partitions`` files named for ``origin`` inside ``folder``."""
+    """Write lines into ``partitions`` files named for ``origin`` inside ``folder``.
+
+    ``routes`` maps a key to the append of its partition's batch; hot loops
+    read it directly (``routes.get(key) or route(key)``), count the lines
+    they append and call ``flush`` every BATCH lines.
+    """
 
     def __init__(self, folder: Path, partitions: int, origin: str) -> None:
         self.paths = [folder / partition_file(p, origin) for p in range(partitions)]
         self.files = [open(path, "wb") for path in self.paths]
         self.digests = [hashlib.sha256() for _ in range(partitions)]
         self.batches = [[] for _ in range(partitions)]
+        self.appends = [batch.append for batch in self.batches]
+        self.routes: Dict[str, Callable] = {}
         self.lines = [0] * partitions
         self.sorted = [True] * partitions
-        self.last = [b""] * partitions
-        self.tracking = True
+        self.last = [""] * partitions
+
+    def route(self, key: str) -> Callable:
+        """The append of the batch of the partition owning ``key`` (partition.partition_of, inlined).
+
+        The first REMEMBERED keys are remembered: with skewed keys the
+        frequent ones come early, and memory stays bounded whatever the key
+        count. map_into inlines this.
+        """
+        # surrogatepass: a lone surrogate still gets a partition; flush then refuses the line, saying why.
+        append = self.appends[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.appends)]
+        if len(self.routes) < REMEMBERED:
+            self.routes[key] = append
+        return append
 
     def write_all(self, lines: Iterable[str]) -> None:
-        """Route every line to its partition: the hot loop of map and reduce.
-
-        Each line is encoded once; its key's bytes choose the partition
-        (the same CRC-32 as partition.partition_of, inlined for speed).
-        """
-        partitions = len(self.files)
-        crc32 = zlib.crc32
-        appends = [batch.append for batch in self.batches]
+        """Route every formatted line (LF-terminated) to its partition: the key is all before the first tab."""
+        routes, route, flush = self.routes, self.route, self.flush
         pending = 0
         for line in lines:
-            data = line.encode("utf-8")
-            p = crc32(data[: data.find(b"\t")]) % partitions if partitions > 1 else 0
-            appends[p](data)
-            if self.tracking:
-                self._track(p, data)
+            key = line[: line.find("\t")]  # no tab: find is -1, the key is the line without its LF
+            (routes.get(key) or route(key))(line)
             pending += 1
-            if pending >= _BATCH:
-                self._flush_all()
+            if pending >= BATCH:
+                flush()
                 pending = 0
 
-    def _track(self, p: int, data: bytes) -> None:
-        """Keep note of whether partition p is still in sort's order (bytes, without the LF)."""
-        if self.sorted[p]:
-            if data[:-1] < self.last[p]:
-                self.sorted[p] = False
-                self.tracking = any(self.sorted)
-            self.last[p] = data[:-1]
+    def flush(self) -> None:
+        """Encode and write every partition's batch."""
+        for p, batch in enumerate(self.batches):
+            if batch:
+                if self.sorted[p]:
+                    self._track(p, batch)
+                data = _encode("".join(batch))
+                self.files[p].write(data)
+                self.digests[p].update(data)
+                self.lines[p] += len(batch)
+                batch.clear()
 
-    def _flush_all(self) -> None:
-        for p in range(len(self.files)):
-            self._flush(p)
-
-    def _flush(self, p: int) -> None:
-        batch = self.batches[p]
-        if batch:
-            data = b"".join(batch)
-            self.files[p].write(data)
-            self.digests[p].update(data)
-            self.lines[p] += len(batch)
-            batch.clear()
+    def _track(self, p: int, batch: list) -> None:
+        """Keep note of whether partition p is still in sort's order (code point order, without the LF)."""
+        keys = [line[:-1] for line in batch]
+        if keys[0] < self.last[p] or keys != sorted(keys):
+            self.sorted[p] = False
+        else:
+            self.last[p] = keys[-1]
 
     def close(self) -> Dict[str, dict]:
         """Flush and close every file; return the marker facts for each."""
-        for p, out in enumerate(self.files):
-            self._flush(p)
+        self.flush()
+        for out in self.files:
             out.close()
         return {
             path.name: file_facts(path, self.lines[p], self.digests[p].hexdigest(), self.sorted[p])
@@ -87,3 +99,12 @@ class PartitionedOutput:
         """Close without caring about the files: the attempt is being discarded."""
         for out in self.files:
             out.close()
+
+
+def _encode(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        around = text[max(0, err.start - 30): err.end + 30]
+        raise UserCodeError(f"yielded text that is not valid Unicode (a lone surrogate) near {around!r};"
+                            " keys and values must be encodable as UTF-8") from None

@@ -1,9 +1,10 @@
-"""Map, transform and reduce as generators over records: the logic, no I/O.
+"""Map, reduce, a combiner and transform over records: the logic, no file I/O.
 
-Each step takes an iterator of inputs and yields output lines, calling the
-user's function lazily, so a shard streams through in bounded memory. Any
-exception the user's code raises becomes a UserCodeError carrying the
-user's own frames; reductio's frames are trimmed away.
+map, reduce and the combiner share one flat hot loop (call_into) that calls
+the user's function lazily and routes what it yields into a partitioned
+output, so a shard streams through in bounded memory. transform yields
+lines. Any exception the user's code raises becomes a UserCodeError carrying
+the user's own frames; reductio's frames are trimmed away.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import importlib
 import itertools
+import operator
 import os
 import sys
 import traceback
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Tuple
 
-from reductio.errors import InputError, UserCodeError
+from reductio.errors import InputError, ReductioError, UserCodeError
+from reductio.output import BATCH, REMEMBERED
 from reductio.records import check_pair, format_line, format_record
 
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -47,85 +51,116 @@ def code_digest(path: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def map_lines(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -> Iterator[str]:
-    """Call ``mapper(key, value)`` per record; yield the lines of the pairs it yields."""
-    for key, value in records:
+def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_key: bool = False) -> None:
+    """Call ``function(a, b)`` per item of ``calls`` and route each pair it yields into ``output``.
+
+    The hot loop of map, reduce and a combiner, kept flat: the common
+    well-formed pair is checked inline (its key once, when the output first
+    routes it) and appended to its partition's batch; anything else goes
+    through format_record, which says what is wrong. ``on_key``: name the
+    key in the error when the function raises (reducers).
+    """
+    routes, appends, flush, crc32 = output.routes, output.appends, output.flush, zlib.crc32
+    pending = 0
+    for key, value in calls:
         try:
-            pairs = mapper(key, value)
+            pairs = function(key, value)
             if pairs is None:
                 continue
             for pair in pairs:
-                # The common case inline (the hot path); format_record checks the rest and says what is wrong.
                 if type(pair) is tuple and len(pair) == 2:
                     out_key, out_value = pair
-                    if (type(out_key) is str and type(out_value) is str and "\t" not in out_key
-                            and "\n" not in out_key and "\n" not in out_value):
-                        yield out_key + "\t" + out_value + "\n"
-                        continue
-                yield format_record(pair, name)
-        except UserCodeError:
+                    if type(out_key) is str and type(out_value) is str and "\n" not in out_value:
+                        append = routes.get(out_key)
+                        if append is None:
+                            if "\t" in out_key or "\n" in out_key:
+                                format_record(pair, name)  # raises, saying what is wrong
+                            # output.route, inlined: a method call per new key costs as much as the lookup
+                            append = appends[crc32(out_key.encode("utf-8", "surrogatepass")) % len(appends)]
+                            if len(routes) < REMEMBERED:
+                                routes[out_key] = append
+                        append(out_key + "\t" + out_value + "\n")
+                    else:
+                        _write_checked(output, pair, name)
+                else:
+                    _write_checked(output, pair, name)
+                pending += 1
+                if pending >= BATCH:
+                    flush()
+                    pending = 0
+        except (ReductioError, OSError):
             raise
         except Exception as exc:
-            raise user_error(f"{name} raised", exc) from None
+            raise user_error(f"{name} raised on key {key!r}" if on_key else f"{name} raised", exc) from None
 
 
-def map_pairs(mapper: Callable, name: str, records: Iterable[Tuple[str, str]]) -> Iterator[Tuple[str, str]]:
-    """Like map_lines, yielding checked ``(key, value)`` pairs instead of lines (for a combiner)."""
-    for key, value in records:
-        try:
-            pairs = mapper(key, value)
-            if pairs is None:
-                continue
-            for pair in pairs:
-                if type(pair) is tuple and len(pair) == 2:  # the common case inline, as in map_lines
-                    out_key, out_value = pair
-                    if (type(out_key) is str and type(out_value) is str and "\t" not in out_key
-                            and "\n" not in out_key and "\n" not in out_value):
-                        yield pair
-                        continue
-                yield check_pair(pair, name)
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise user_error(f"{name} raised", exc) from None
+def _write_checked(output, pair, name: str) -> None:
+    """call_into's slow path: format_record refuses a bad pair, saying why; a good one is routed."""
+    line = format_record(pair, name)
+    output.route(line[: line.index("\t")])(line)
 
 
-def combine_lines(reducer: Callable, name: str, pairs: Iterable[Tuple[str, str]], limit: int) -> Iterator[str]:
-    """Pre-aggregate pairs with ``reducer`` in bounded memory: a combiner.
+def map_into(mapper: Callable, name: str, records: Iterable[Tuple[str, str]], output) -> None:
+    """Call ``mapper(key, value)`` per record; its pairs go into ``output``."""
+    call_into(mapper, name, records, output)
+
+
+def reduce_into(reducer: Callable, name: str, records: Iterable[Tuple[str, str]], output) -> None:
+    """Call ``reducer(key, values)`` once per run of equal keys, values a lazy iterator; pairs into ``output``."""
+    groups = ((key, map(_value, group)) for key, group in itertools.groupby(records, _key))
+    call_into(reducer, name, groups, output, on_key=True)
+
+
+def combine_into(
+    mapper: Callable, name: str, records: Iterable[Tuple[str, str]], reducer: Callable, reducer_name: str,
+    limit: int, output,
+) -> None:
+    """Map, pre-aggregating the pairs with ``reducer`` in bounded memory (a combiner), into ``output``.
 
     Values are gathered per key until ``limit`` values are held, then
     ``reducer(key, values)`` runs once per held key and its pairs are
-    yielded. Correct when the reducer can take its own output as input
+    written. Correct when the reducer can take its own output as input
     (counts, sums, minima, sets), as Hadoop's and mrjob's combiners.
+    The loop is call_into's, holding values instead of writing lines.
     """
     held: Dict[str, list] = {}
     count = 0
-    for key, value in pairs:
-        values = held.get(key)
-        if values is None:
-            held[key] = [value]
-        else:
-            values.append(value)
-        count += 1
-        if count >= limit:
-            yield from _combined(reducer, name, held)
-            held.clear()
-            count = 0
-    yield from _combined(reducer, name, held)
-
-
-def _combined(reducer: Callable, name: str, held: Dict[str, list]) -> Iterator[str]:
-    for key, values in held.items():
+    for key, value in records:
         try:
-            pairs = reducer(key, iter(values))
+            pairs = mapper(key, value)
             if pairs is None:
                 continue
             for pair in pairs:
-                yield format_record(pair, name)
-        except UserCodeError:
+                if type(pair) is tuple and len(pair) == 2:
+                    out_key, out_value = pair
+                    if type(out_key) is str and type(out_value) is str and "\n" not in out_value:
+                        values = held.get(out_key)
+                        if values is not None:
+                            values.append(out_value)
+                        else:
+                            if "\t" in out_key or "\n" in out_key:
+                                check_pair(pair, name)  # raises, saying what is wrong
+                            held[out_key] = [out_value]
+                    else:
+                        out_key, out_value = check_pair(pair, name)
+                        held.setdefault(out_key, []).append(out_value)
+                else:
+                    out_key, out_value = check_pair(pair, name)
+                    held.setdefault(out_key, []).append(out_value)
+                count += 1
+                if count >= limit:
+                    _flush_held(reducer, reducer_name, held, output)
+                    count = 0
+        except (ReductioError, OSError):
             raise
         except Exception as exc:
-            raise user_error(f"{name} raised on key {key!r}", exc) from None
+            raise user_error(f"{name} raised", exc) from None
+    _flush_held(reducer, reducer_name, held, output)
+
+
+def _flush_held(reducer: Callable, name: str, held: Dict[str, list], output) -> None:
+    call_into(reducer, name, ((key, iter(values)) for key, values in held.items()), output, on_key=True)
+    held.clear()
 
 
 def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iterator[str]:
@@ -140,22 +175,6 @@ def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iter
             raise user_error(f"{name} raised", exc) from None
         yield from out.written
         out.written.clear()
-
-
-def reduce_lines(reducer: Callable, name: str, records: Iterable[Tuple[str, str]]) -> Iterator[str]:
-    """Call ``reducer(key, values)`` once per run of equal keys, values as a lazy iterator."""
-    for key, group in itertools.groupby(records, key=_first):
-        values = (value for _, value in group)
-        try:
-            pairs = reducer(key, values)
-            if pairs is None:
-                continue
-            for pair in pairs:
-                yield format_record(pair, name)
-        except (UserCodeError, InputError):
-            raise
-        except Exception as exc:
-            raise user_error(f"{name} raised on key {key!r}", exc) from None
 
 
 def check_sorted(lines: Iterable[str], where: str) -> Iterator[str]:
@@ -191,8 +210,8 @@ class Output:
         self.written.append(format_line(text, self.name))
 
 
-def _first(record):
-    return record[0]
+_key = operator.itemgetter(0)  # of a (key, value) record; C, not a Python call per line
+_value = operator.itemgetter(1)
 
 
 def user_error(what: str, exc: BaseException) -> UserCodeError:

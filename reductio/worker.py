@@ -32,8 +32,7 @@ from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_
 from reductio.records import decode_error, open_text, read_lines, split_record
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import (
-    check_sorted, code_digest, combine_lines, load_function, map_lines, map_pairs, reduce_lines, transform_lines,
-    unsorted,
+    check_sorted, code_digest, combine_into, load_function, map_into, reduce_into, transform_lines, unsorted,
 )
 from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, file_facts, partition_of_file
 
@@ -93,12 +92,16 @@ def _raw_lines(files: List[Path], position: _Position):
 def _sorted_records(files: List[Path], position: _Position, text: bool):
     """Records of sorted files, merged into one sorted stream and checked on the way.
 
+    One file (the usual case, after sort) is read by _sorted_file directly.
     heapq.merge reads ahead, so each line carries its own file and line
     number, and ``position`` follows what is consumed, not what is read.
     """
     if len(files) == 1:
-        yield from _sorted_file(files[0], position, text)
-        return
+        return _sorted_file(files[0], position, text)
+    return _merged_records(files, position, text)
+
+
+def _merged_records(files: List[Path], position: _Position, text: bool):
     streams = [_numbered(path) for path in files]
     for consumed, (line, path, lineno) in enumerate(heapq.merge(*streams, key=_first), 1):
         position.file, position.line, position.finished = path.name, lineno, consumed - lineno
@@ -153,8 +156,9 @@ def _source(home: Home, source: str):
     return marker, home.files(source, marker)
 
 
-def _run_function_step(params: dict, make_lines) -> dict:
-    """Shared body of map, transform and reduce: read source, write partitions."""
+def _run_function_step(params: dict, write) -> dict:
+    """Shared body of map, transform and reduce: read source, ``write(function, path, files, position, text,
+    output)`` the partitions."""
     home = Home(params["home"])
     marker, files = _source(home, params["source"])
     function_path = params["function"]
@@ -167,7 +171,8 @@ def _run_function_step(params: dict, make_lines) -> dict:
     progress = _Progress(position, _lines_of(marker), float(params.get("progress", 1.0)))
     progress.start()
     try:
-        output.write_all(make_lines(function, function_path, files, position, text))
+        write(function, function_path, files, position, text, output)
+        written = output.close()
     except UserCodeError as err:
         output.abandon()
         where = f"{position.file} line {position.line}" if position.line else position.file
@@ -177,7 +182,6 @@ def _run_function_step(params: dict, make_lines) -> dict:
         raise
     finally:
         progress.stopped.set()
-    written = output.close()
     return {"files": written, "source": _about(marker),
             "counters": _counters(marker, written, position.done, started)}
 
@@ -209,25 +213,22 @@ COMBINE_LIMIT = 100_000
 def step_map(params: dict) -> dict:
     combine = params.get("combine")
     if not combine:
-        return _run_function_step(
-            params, lambda fn, name, files, pos, text: map_lines(fn, name, _records(files, pos, text))
-        )
+        return _run_function_step(params, lambda fn, name, files, pos, text, output: map_into(
+            fn, name, _records(files, pos, text), output))
     reducer = load_function(combine)
     limit = int(params.get("combine_limit") or COMBINE_LIMIT)
-    return _run_function_step(params, lambda fn, name, files, pos, text: combine_lines(
-        reducer, combine, map_pairs(fn, name, _records(files, pos, text)), limit))
+    return _run_function_step(params, lambda fn, name, files, pos, text, output: combine_into(
+        fn, name, _records(files, pos, text), reducer, combine, limit, output))
 
 
 def step_transform(params: dict) -> dict:
-    return _run_function_step(
-        params, lambda fn, name, files, pos, text: transform_lines(fn, name, _raw_lines(files, pos))
-    )
+    return _run_function_step(params, lambda fn, name, files, pos, text, output: output.write_all(
+        transform_lines(fn, name, _raw_lines(files, pos))))
 
 
 def step_reduce(params: dict) -> dict:
-    return _run_function_step(
-        params, lambda fn, name, files, pos, text: reduce_lines(fn, name, _sorted_records(files, pos, text))
-    )
+    return _run_function_step(params, lambda fn, name, files, pos, text, output: reduce_into(
+        fn, name, _sorted_records(files, pos, text), output))
 
 
 def step_sort(params: dict) -> dict:
@@ -324,6 +325,7 @@ def step_send(params: dict) -> dict:
         )
     sent: Dict[str, dict] = {}
     relay: Dict[str, dict] = {}
+    started = time.time()
     for path in files:
         index = partition_of_file(path.name)
         destination = params["destinations"][index]
@@ -333,7 +335,7 @@ def step_send(params: dict) -> dict:
             continue
         facts = _send_file(home, path, destination, params["attempt"], index == params["self"], expected)
         sent.setdefault(str(index), {})[path.name] = facts
-    return {"sent": sent, "relay": relay, "source": _about(marker)}
+    return {"sent": sent, "relay": relay, "source": _about(marker), "seconds": round(time.time() - started, 3)}
 
 
 def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool, expected: dict) -> dict:

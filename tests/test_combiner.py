@@ -6,7 +6,9 @@ import pytest
 
 from conftest import make_context, write_lines
 from reductio import tasks
-from reductio.steps import combine_lines
+from reductio.output import PartitionedOutput
+from reductio.steps import combine_into
+from reductio.store import partition_file
 
 
 def run_wordcount(c, source, output, combine=""):
@@ -35,7 +37,7 @@ def test_wordcount_with_a_combiner_equals_wordcount_without(workers, limit, tmp_
     assert int(map_total[2].replace(",", "")) < words  # fewer pairs left the map than words went in
 
 
-def test_the_combiner_holds_at_most_limit_values_before_it_flushes():
+def test_the_combiner_holds_at_most_limit_values_before_it_flushes(tmp_path):
     calls = []
 
     def total(key, values):
@@ -44,7 +46,10 @@ def test_the_combiner_holds_at_most_limit_values_before_it_flushes():
         yield key, str(sum(int(v) for v in values))
 
     pairs = [("a", "1")] * 25 + [("b", "2")] * 5
-    lines = list(combine_lines(total, "total", iter(pairs), limit=10))
+    output = PartitionedOutput(tmp_path, 1, "test")
+    combine_into(lambda k, v: [(k, v)], "ident", iter(pairs), total, "total", 10, output)
+    output.close()
+    lines = (tmp_path / partition_file(0, "test")).read_text().splitlines()
     assert max(calls) <= 10
     assert sum(int(line.split("\t")[1]) for line in lines if line.startswith("a\t")) == 25
     assert sum(int(line.split("\t")[1]) for line in lines if line.startswith("b\t")) == 10

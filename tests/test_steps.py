@@ -1,4 +1,4 @@
-"""Map, transform and reduce as generators over in-memory records; loading functions; sort checks."""
+"""Map, transform and reduce over in-memory records (map into a real output folder); loading functions; sort checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 
 import reductio
 from reductio.errors import InputError, UserCodeError
-from reductio.steps import Output, check_sorted, load_function, map_lines, reduce_lines, transform_lines
+from reductio.output import BATCH, PartitionedOutput
+from reductio.steps import Output, check_sorted, load_function, map_into, reduce_into, transform_lines
+from reductio.store import partition_file
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
 PACKAGE_DIR = str(Path(reductio.__file__).resolve().parent)
@@ -43,41 +45,56 @@ def _records(lines):
     return [tuple(line.split("\t", 1)) for line in lines]
 
 
-def test_map_lines_yields_a_record_line_per_pair_the_mapper_yields(wordjobs):
+def mapped(folder: Path, mapper, name: str, records, step=map_into) -> list:
+    """The lines ``step`` (map_into, reduce_into) writes for ``records`` into a one-partition output in ``folder``."""
+    output = PartitionedOutput(folder, 1, "test")
+    try:
+        step(mapper, name, records, output)
+        output.close()
+    except BaseException:
+        output.abandon()
+        raise
+    text = (folder / partition_file(0, "test")).read_text(encoding="utf-8")
+    return [line + "\n" for line in text.split("\n")[:-1]]
+
+
+def test_map_writes_a_record_line_per_pair_the_mapper_yields(wordjobs, tmp_path):
     text = ["the quick brown fox", "jumps over the lazy dog", "", "the end"]
-    out = list(map_lines(wordjobs.words, "wordjobs.words", [(line, "") for line in text]))
-    assert all(line.endswith("\n") for line in out)
+    out = mapped(tmp_path, wordjobs.words, "wordjobs.words", [(line, "") for line in text])
     expected = Counter(word for line in text for word in line.split())
     assert Counter(line[:-1].split("\t")[0] for line in out) == expected
     assert set(line[:-1].split("\t")[1] for line in out) == {"1"}
 
 
-def test_map_lines_keeps_tabs_in_values_and_the_order_of_the_input(wordjobs):
-    records = [("b", "x\ty"), ("a", ""), ("", "empty key")]
-    assert list(map_lines(wordjobs.identity, "wordjobs.identity", records)) == [
-        "b\tx\ty\n", "a\t\n", "\tempty key\n",
+def test_map_keeps_tabs_in_values_and_the_order_of_the_input(wordjobs, tmp_path):
+    records = [("b", "x\ty"), ("a", ""), ("", "empty key"), ("b", "again")]
+    assert mapped(tmp_path, wordjobs.identity, "wordjobs.identity", records) == [
+        "b\tx\ty\n", "a\t\n", "\tempty key\n", "b\tagain\n",
     ]
 
 
-def test_map_lines_treats_a_mapper_returning_none_as_yielding_nothing(wordjobs):
-    assert list(map_lines(wordjobs.returns_none, "wordjobs.returns_none", [("a", "1"), ("b", "2")])) == []
+def test_map_treats_a_mapper_returning_none_as_yielding_nothing(wordjobs, tmp_path):
+    assert mapped(tmp_path, wordjobs.returns_none, "wordjobs.returns_none", [("a", "1"), ("b", "2")]) == []
 
 
-def test_map_lines_accepts_a_mapper_returning_a_list():
-    assert list(map_lines(lambda k, v: [(v, k)], "swap", [("a", "1")])) == ["1\ta\n"]
+def test_map_accepts_a_mapper_returning_a_list_and_pairs_as_lists(tmp_path):
+    assert mapped(tmp_path, lambda k, v: [(v, k), [k, v]], "swap", [("a", "1")]) == ["1\ta\n", "a\t1\n"]
 
 
-def test_map_lines_is_lazy():
-    seen = []
+def test_map_writes_as_it_goes_holding_at_most_a_batch_of_lines(tmp_path):
+    output = PartitionedOutput(tmp_path, 2, "test")
+    sizes = []
 
     def records():
-        for i in range(1000):
-            seen.append(i)
+        for i in range(3 * BATCH):
+            if i % BATCH == 0:
+                sizes.append(sum(path.stat().st_size for path in output.paths))
             yield str(i), ""
 
-    lines = map_lines(lambda k, v: [(k, v)], "ident", records())
-    assert next(lines) == "0\t\n"
-    assert seen == [0]
+    map_into(lambda k, v: [(k, v)], "ident", records(), output)
+    output.close()
+    assert sizes[0] == 0 and sizes[1] > 0 and sizes[2] > sizes[1]
+    assert sum(output.lines) == 3 * BATCH
 
 
 @pytest.mark.parametrize(
@@ -89,18 +106,27 @@ def test_map_lines_is_lazy():
         ("yields_newline_value", "wordjobs.yields_newline_value yielded a value holding a tab or newline"),
     ],
 )
-def test_map_lines_refuses_a_bad_yield_naming_the_function(wordjobs, function, message):
+def test_map_refuses_a_bad_yield_naming_the_function(wordjobs, function, message, tmp_path):
     with pytest.raises(UserCodeError) as caught:
-        list(map_lines(getattr(wordjobs, function), f"wordjobs.{function}", [("a", "b")]))
+        mapped(tmp_path, getattr(wordjobs, function), f"wordjobs.{function}", [("a", "b")])
     assert str(caught.value).startswith(message)
 
 
-def test_a_mapper_exception_becomes_a_user_code_error_with_only_the_users_frames(wordjobs):
+def test_map_refuses_a_bad_key_even_after_good_pairs_with_other_keys(tmp_path):
+    records = [("a", "1"), ("b", "2"), ("a\tb", "3")]
+    with pytest.raises(UserCodeError, match="yielded a key holding a tab or newline"):
+        mapped(tmp_path, lambda k, v: [(k, v)], "tests.ident", records)
+
+
+def test_map_refuses_a_lone_surrogate_saying_it_is_not_valid_unicode(tmp_path):
+    with pytest.raises(UserCodeError, match="not valid Unicode"):
+        mapped(tmp_path, lambda k, v: [(k, v)], "tests.ident", [("ok", "1"), ("bad\udcff", "2")])
+
+
+def test_a_mapper_exception_becomes_a_user_code_error_with_only_the_users_frames(wordjobs, tmp_path):
     records = [("fine", "1"), ("boom", "2"), ("never", "3")]
-    lines = map_lines(wordjobs.raises_on_boom, "wordjobs.raises_on_boom", records)
-    assert next(lines) == "fine\t1\n"
     with pytest.raises(UserCodeError) as caught:
-        next(lines)
+        mapped(tmp_path, wordjobs.raises_on_boom, "wordjobs.raises_on_boom", records)
     error = caught.value
     assert str(error) == "wordjobs.raises_on_boom raised ValueError: no booms allowed"
     assert "no booms allowed" in error.details
@@ -119,10 +145,10 @@ def _exploding_reducer(key, values):
         yield key, str(_helper_that_divides(int(value)))
 
 
-def test_a_reducer_exception_names_the_key_and_keeps_the_users_nested_frames():
+def test_a_reducer_exception_names_the_key_and_keeps_the_users_nested_frames(tmp_path):
     records = [("a", "1"), ("b", "2"), ("c", "0")]
     with pytest.raises(UserCodeError) as caught:
-        list(reduce_lines(_exploding_reducer, "tests.explode", records))
+        mapped(tmp_path, _exploding_reducer, "tests.explode", records, step=reduce_into)
     error = caught.value
     assert str(error).startswith("tests.explode raised on key 'c' ZeroDivisionError:")
     _assert_only_user_frames(error.details, "_exploding_reducer")
@@ -166,17 +192,17 @@ def test_output_collects_pairs_and_lines():
         out.write_pair("k", 1)
 
 
-def test_reduce_lines_calls_the_reducer_once_per_run_of_equal_keys(wordjobs):
+def test_reduce_calls_the_reducer_once_per_run_of_equal_keys(wordjobs, tmp_path):
     words = "b a c a b a d".split()
     lines = sorted(f"{word}\t{n}" for n, word in enumerate(words, 1))
-    out = list(reduce_lines(wordjobs.total, "wordjobs.total", _records(lines)))
+    out = mapped(tmp_path, wordjobs.total, "wordjobs.total", _records(lines), step=reduce_into)
     expected = Counter()
     for n, word in enumerate(words, 1):
         expected[word] += n
     assert out == [f"{word}\t{expected[word]}\n" for word in sorted(expected)]
 
 
-def test_reduce_gives_values_as_a_lazy_iterator():
+def test_reduce_gives_values_as_a_lazy_iterator(tmp_path):
     consumed = []
 
     def records():
@@ -191,29 +217,29 @@ def test_reduce_gives_values_as_a_lazy_iterator():
         assert iter(values) is values  # an iterator, not a list
         yield key, ",".join(values)
 
-    out = list(reduce_lines(reducer, "tests.lazy", records()))
+    out = mapped(tmp_path, reducer, "tests.lazy", records(), step=reduce_into)
     assert out == ["a\t1,2,3\n", "b\t4\n"]
     assert not issubclass(calls[0][1], (list, tuple))
     assert calls[0][2] == ["1"]  # only the first record was read when the reducer started
 
 
-def test_a_reducer_consuming_only_the_first_value_still_gets_every_following_key(wordjobs):
+def test_a_reducer_consuming_only_the_first_value_still_gets_every_following_key(wordjobs, tmp_path):
     lines = sorted(["a\t1", "a\t2", "a\t3", "b\t9", "c\t5", "c\t6", "d\t7"])
-    out = list(reduce_lines(wordjobs.first_value, "wordjobs.first_value", _records(lines)))
+    out = mapped(tmp_path, wordjobs.first_value, "wordjobs.first_value", _records(lines), step=reduce_into)
     assert out == ["a\t1\n", "b\t9\n", "c\t5\n", "d\t7\n"]
 
 
-def test_a_reducer_consuming_no_value_still_gets_every_key():
+def test_a_reducer_consuming_no_value_still_gets_every_key(tmp_path):
     lines = sorted(["a\t1", "a\t2", "b\t3", "b\t4", "c\t5"])
-    out = list(reduce_lines(lambda key, values: [(key, "seen")], "tests.none", _records(lines)))
+    out = mapped(tmp_path, lambda key, values: [(key, "seen")], "tests.none", _records(lines), step=reduce_into)
     assert out == ["a\tseen\n", "b\tseen\n", "c\tseen\n"]
 
 
-def test_keys_that_are_prefixes_of_other_keys_group_correctly_in_sorted_order(wordjobs):
+def test_keys_that_are_prefixes_of_other_keys_group_correctly_in_sorted_order(wordjobs, tmp_path):
     pairs = [("a", "1"), ("ab", "2"), ("a\x01", "3"), ("a", "4"), ("", "5"), ("ab", "6"),
              ("a\x01", "7"), ("a b", "8"), ("a", "10"), ("\u00e4", "11"), ("a\x01b", "12")]
     lines = sorted(f"{key}\t{value}" for key, value in pairs)
-    out = list(reduce_lines(wordjobs.total, "wordjobs.total", _records(lines)))
+    out = mapped(tmp_path, wordjobs.total, "wordjobs.total", _records(lines), step=reduce_into)
     keys = [line.split("\t")[0] for line in out]
     assert len(keys) == len(set(keys)), out
     expected = Counter()
@@ -222,8 +248,8 @@ def test_keys_that_are_prefixes_of_other_keys_group_correctly_in_sorted_order(wo
     assert dict(line[:-1].split("\t") for line in out) == {k: str(v) for k, v in expected.items()}
 
 
-def test_reduce_lines_treats_a_reducer_returning_none_as_yielding_nothing():
-    assert list(reduce_lines(lambda k, vs: None, "tests.none", [("a", "1")])) == []
+def test_reduce_treats_a_reducer_returning_none_as_yielding_nothing(tmp_path):
+    assert mapped(tmp_path, lambda k, vs: None, "tests.none", [("a", "1")], step=reduce_into) == []
 
 
 def test_load_function_imports_a_dotted_path(wordjobs):
