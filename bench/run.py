@@ -48,6 +48,7 @@ def main() -> None:
         os.execv(str(PY), [str(PY), __file__, *sys.argv[1:]])
     skip = set(filter(None, args.skip.split(",")))
     results = []
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for size_text in args.sizes.split(","):
         size = parse_size(size_text)
         corpus = make_corpus(size_text, size)
@@ -57,13 +58,26 @@ def main() -> None:
             for name, command in contenders(workload, mapper, awk, corpus, skipped):
                 print(f"== {size_text} {workload} {name}", flush=True)
                 result = measure(name, command, args.timeout)
-                result.update(size=size_text, workload=workload)
+                result.update(size=size_text, workload=workload, run=started)
                 output = read_output(name, result) if result["status"] == "ok" else None
                 result["identical"] = None if output is None else output == reference
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "output"}), flush=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
-    write_results(results)
+    write_results(keep(results))
+
+
+def keep(results: list) -> list:
+    """This run's rows, and those of earlier runs (bench/out/results.json) for sizes this run did not measure.
+
+    Ratios are only ever taken within one size, so within one run; across
+    sizes only memory is compared, which the machine's noise barely moves.
+    """
+    saved = OUT / "results.json"
+    sizes = {r["size"] for r in results}
+    earlier = [r for r in json.loads(saved.read_text()) if r["size"] not in sizes] if saved.exists() else []
+    merged = sorted(earlier + results, key=lambda r: parse_size(r["size"]))
+    saved.write_text(json.dumps(merged, indent=1))
+    return merged
 
 
 def parse_size(text: str) -> int:
@@ -131,19 +145,20 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set):
         "mrjob": (f"{env_py} {BENCH / 'mrjob_job.py'} -r local --num-cores 2 --no-combiner --mapper-name {mapper} "
                   f"{corpus} > {out / 'mrjob'}"),
     }
-    if workload == "shuffle-heavy":
-        for name in ("reductio local +combiner", "mrjob +combiner", "mrjob", "dask.bag"):
-            table.pop(name)
     for name, command in table.items():
         if not any(word and word in name for word in skip):
             yield name, command
 
 
 def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine: bool) -> str:
+    """The job as a user runs it, with a job log (``reductio: log:``) for per-step seconds and bytes."""
     home = OUT / f"home-{kind}"
+    log = output.with_suffix(".jsonl")
+    config = output.with_suffix(".config.json")
+    config.write_text(json.dumps({"reductio": {"log": str(log)}}))
     flags = f"--corpus {corpus} --output {output} --mapper jobs.{mapper}" + (" --combine" if combine else "")
-    return (f"cd {home / 'work'} && HOME={home} {VENV / 'bin' / 'reductio'} -f {BENCH / 'fabfile.py'} "
-            f"--force job {flags}")
+    return (f"rm -f {log} && cd {home / 'work'} && HOME={home} {VENV / 'bin' / 'reductio'} --config {config}"
+            f" -f {BENCH / 'fabfile.py'} --force job {flags}")
 
 
 def measure(name: str, command: str, timeout: float) -> dict:
@@ -208,7 +223,7 @@ def measure(name: str, command: str, timeout: float) -> dict:
         "cpu": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
         "peak_rss_mb": round(peak / 2**20, 1), "head_rss_mb": round(head_peak / 2**20, 1) if head_peak else None,
         "reductio_rss_mb": round(ours_peak / 2**20, 1) if ours_peak else None,
-        "steps": _steps("".join(stdout)),
+        "steps": _steps(command),
     }
 
 
@@ -231,10 +246,23 @@ def _ssh_workers() -> list:
     return found
 
 
-def _steps(stdout: str) -> dict:
+def _steps(command: str) -> dict:
+    """Per reductio step, from its job log: seconds, and bytes in, out and (scatter) crossed, over all workers."""
+    found = re.search(r"--config (\S+)\.config\.json", command)
+    log = Path(found.group(1) + ".jsonl") if found else None
+    if log is None or not log.exists():
+        return {}
     steps = {}
-    for match in re.finditer(r"^reductio: (\w+): .*\((\d+\.\d+) s\)$", stdout, re.M):
-        steps[match.group(1)] = float(match.group(2))
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        workers = (record.get("workers") or {}).values()
+        entry = {"seconds": round(record.get("seconds") or 0, 2)}
+        for counter in ("bytes in", "bytes out", "bytes crossed"):
+            if any(counter in w for w in workers):
+                entry[counter] = sum(w.get(counter, 0) for w in workers)
+        if record["step"] == "scatter":
+            entry["send seconds"] = max((w.get("seconds", 0) for w in workers), default=0)
+        steps[record["step"]] = entry
     return steps
 
 
@@ -300,27 +328,104 @@ def write_results(results: list) -> None:
                          capture_output=True, text=True).stdout.strip()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = ["# Benchmark results", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `python3 bench/run.py`;"
+             f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python3 bench/run.py {' '.join(sys.argv[1:])}`"
+             " (with the rows of earlier runs for the sizes it did not measure);"
              f" {os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()},"
              f" {subprocess.run(['sort', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}.",
              "", "Ratios are to `reductio local` of the same workload and size (below 1: faster than reductio).", ""]
     for (size, workload) in dict.fromkeys((r["size"], r["workload"]) for r in results):
         rows = [r for r in results if r["size"] == size and r["workload"] == workload]
         base = next((r["wall"] for r in rows if r["name"] == "reductio local" and r["status"] == "ok"), None)
-        lines += [f"## {workload}, {size}", "",
+        lines += [f"## {workload}, {size}", "", f"Measured {rows[0].get('run', '?')}.", "",
                   "| contender | status | identical | wall s | ratio | CPU s | peak RSS MB | reductio proc. RSS MB |"
-                  " head RSS MB | steps (s) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  " head RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             ratio = f"{r['wall'] / base:.2f}" if base and r["status"] == "ok" else "-"
-            steps = ", ".join(f"{k} {v}" for k, v in r["steps"].items())
             identical = {True: "yes", False: "**NO**", None: "-"}[r["identical"]]
-            lines.append(f"| {r['name']} | {r['status']} | {identical} | {r['wall']} | {ratio} | {r['cpu']} |"
-                         f" {r['peak_rss_mb']} | {r['reductio_rss_mb'] or '-'} | {r['head_rss_mb'] or '-'} | {steps} |")
+            lines.append(f"| {_cell(r['name'])} | {r['status']} | {identical} | {r['wall']} | {ratio} | {r['cpu']} |"
+                         f" {r['peak_rss_mb']} | {r['reductio_rss_mb'] or '-'} | {r['head_rss_mb'] or '-'} |")
+        lines += ["", "reductio's steps (from the job log; MB over all workers):", "",
+                  "| contender | step | seconds | MB in | MB out | MB crossed |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            for step, entry in r["steps"].items():
+                mb = {k: f"{entry[k] / 1e6:.1f}" if k in entry else "-" for k in ("bytes in", "bytes out", "bytes crossed")}
+                lines.append(f"| {_cell(r['name'])} | {step} | {entry['seconds']} | {mb['bytes in']} | {mb['bytes out']} |"
+                             f" {mb['bytes crossed']} |")
         lines.append("")
+    lines += targets(results)
     (BENCH / "RESULTS.md").write_text("\n".join(lines) + "\n")
     for cluster in _SSHD:
         cluster.stop()
+
+
+HEAD_NOISE = 0.05  # "the head does not grow": within what one Python process varies by from run to run
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def targets(results: list) -> list:
+    """The issue's targets, each assessed from this run's rows: measured value and met or not."""
+    def row(size, workload, name):
+        return next((r for r in results if (r["size"], r["workload"], r["name"]) == (size, workload, name)
+                     and r["status"] == "ok"), None)
+
+    lines = ["## Targets, assessed from this run", "",
+             "| size | target | measured | met? |", "|---|---|---|---|"]
+
+    def add(size, target, measured, met):
+        lines.append(f"| {size} | {_cell(target)} | {measured} | {'yes' if met else '**no**'} |")
+
+    sizes = list(dict.fromkeys(r["size"] for r in results))
+    for size in sizes:
+        plain, combined = row(size, "bigrams", "reductio local"), row(size, "bigrams", "reductio local +combiner")
+        for peer, target, limit in (("dask.bag", "bigrams +combiner faster than dask.bag", 1.0),
+                                    ("mrjob +combiner", "bigrams +combiner >= 10x faster than mrjob +combiner", 10.0),
+                                    ("awk hash", "bigrams +combiner within 1.5x of awk hash", 1 / 1.5)):
+            other = row(size, "bigrams", peer)
+            if combined and other:
+                speedup = other["wall"] / combined["wall"]
+                add(size, target, f"{combined['wall']} s vs {other['wall']} s: reductio {speedup:.2f}x as fast",
+                    speedup > limit if limit == 1.0 else speedup >= limit)
+        for peer, target, limit in (("awk | sort | uniq -c", "bigrams without combiner <= 2x awk | sort | uniq", 0.5),
+                                    ("mrjob", "bigrams without combiner >= 3x faster than mrjob", 3.0)):
+            other = row(size, "bigrams", peer)
+            if plain and other:
+                speedup = other["wall"] / plain["wall"]
+                add(size, target, f"{plain['wall']} s vs {other['wall']} s: reductio {speedup:.2f}x as fast", speedup >= limit)
+        local, bare = row(size, "shuffle-heavy", "reductio local"), row(size, "shuffle-heavy", "sort (intermediate only)")
+        if local and bare and "sort" in local["steps"]:
+            ratio = local["steps"]["sort"]["seconds"] / bare["wall"]
+            add(size, "shuffle-heavy: sort step <= 1.3x bare sort",
+                f"{local['steps']['sort']['seconds']} s vs {bare['wall']} s ({ratio:.2f}x)", ratio <= 1.3)
+        for workload in ("bigrams", "shuffle-heavy"):
+            ssh, local = row(size, workload, "reductio ssh"), row(size, workload, "reductio local")
+            scatter = ssh and ssh["steps"].get("scatter")
+            if scatter and scatter.get("send seconds"):
+                rate = scatter["bytes crossed"] / 1e6 / scatter["send seconds"]
+                add(size, f"{workload}: scatter over loopback SSH >= 200 MB/s",
+                    f"{scatter['bytes crossed'] / 1e6:.0f} MB in {scatter['send seconds']} s of sending = {rate:.0f}"
+                    f" MB/s ({scatter['bytes crossed'] / 1e6 / scatter['seconds']:.0f} MB/s over the whole step)",
+                    rate >= 200)
+            if ssh and local:
+                extra = ssh["wall"] / local["wall"] - 1
+                add(size, f"{workload}: SSH workers at most 15% over local", f"{extra:+.0%}", extra <= 0.15)
+        ours = [r for r in results if r["size"] == size and r["name"].startswith("reductio") and r["status"] == "ok"]
+        if ours:
+            worst = max(ours, key=lambda r: r["reductio_rss_mb"] or 0)
+            add(size, "every reductio process <= 64 MB", f"largest {worst['reductio_rss_mb']} MB ({worst['name']},"
+                f" {worst['workload']})", (worst["reductio_rss_mb"] or 0) <= 64)
+    for small, large in ((a, b) for a in sizes for b in sizes if parse_size(b) == 5 * parse_size(a)):
+        for r in [r for r in results if r["size"] == small and r["name"].startswith("reductio")]:
+            bigger = row(large, r["workload"], r["name"])
+            if r["status"] == "ok" and bigger:
+                growth = bigger["reductio_rss_mb"] / r["reductio_rss_mb"] - 1
+                head = bigger["head_rss_mb"] / r["head_rss_mb"] - 1
+                add(f"{small} -> {large}", f"{r['workload']}, {r['name']}: memory flat (<= 10% growth), head flat",
+                    f"largest process {growth:+.0%}, head {head:+.0%}", growth <= 0.10 and head <= HEAD_NOISE)
+    return lines + [""]
 
 
 if __name__ == "__main__":
