@@ -6,6 +6,7 @@ what helps beyond that line (the user's traceback, a worker's stderr tail).
 
 from __future__ import annotations
 
+import errno
 from typing import Dict
 
 
@@ -65,3 +66,17 @@ _KINDS = {
     cls.__name__: cls
     for cls in (ReductioError, ConfigError, DatasetError, InputError, UserCodeError, WorkerUnreachable)
 }
+
+
+def environment_error(err: OSError, writing=None) -> Exception:
+    """A full disk or a refused path is the machine's state, not a bug: say so in one line.
+
+    Any other OSError is returned as it is (a bug keeps its traceback),
+    unless we know we were ``writing`` that path: then it is one line too.
+    """
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ReductioError(f"no space left on the device holding {err.filename or writing or 'the reductio home'};"
+                             " nothing was published and earlier datasets are intact")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or writing:
+        return ReductioError(f"cannot write {err.filename or writing}: {err.strerror}")
+    return err

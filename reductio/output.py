@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Dict, Iterable
 
-from reductio.errors import UserCodeError
+from reductio.errors import UserCodeError, environment_error
 from reductio.store import file_facts, partition_file
 
 BATCH = 8192  # lines held over all partitions before they are written
@@ -72,7 +72,10 @@ class PartitionedOutput:
                 if self.sorted[p]:
                     self._track(p, batch)
                 data = _encode("".join(batch))
-                self.files[p].write(data)
+                try:
+                    self.files[p].write(data)
+                except OSError as err:  # a ReductioError, so the hot loop never takes it for the user's
+                    raise environment_error(err, writing=self.paths[p]) from err
                 self.digests[p].update(data)
                 self.lines[p] += len(batch)
                 batch.clear()

@@ -88,7 +88,7 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
                 if pending >= BATCH:
                     flush()
                     pending = 0
-        except (ReductioError, OSError):
+        except ReductioError:
             raise
         except Exception as exc:
             raise user_error(f"{name} raised on key {key!r}" if on_key else f"{name} raised", exc) from None
@@ -151,7 +151,7 @@ def combine_into(
                 if count >= limit:
                     _flush_held(reducer, reducer_name, held, output)
                     count = 0
-        except (ReductioError, OSError):
+        except ReductioError:
             raise
         except Exception as exc:
             raise user_error(f"{name} raised", exc) from None

@@ -10,7 +10,6 @@ library.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import heapq
 import json
@@ -25,7 +24,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Dict, List
 
-from reductio.errors import DatasetError, ReductioError, UserCodeError
+from reductio.errors import DatasetError, ReductioError, UserCodeError, environment_error
 from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
 from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
@@ -465,16 +464,6 @@ def _exit_when_orphaned() -> None:
     os._exit(3)
 
 
-def _environment_error(err: OSError) -> Exception:
-    """A full disk or a refused path is the machine's state, not a bug: say so in one line."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ReductioError(f"no space left on the device holding {err.filename or 'the reductio home'};"
-                             " nothing was published and earlier datasets are intact")
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ReductioError(f"cannot write {err.filename}: {err.strerror}")
-    return err
-
-
 def main(argv: List[str] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in STEPS:
@@ -489,7 +478,7 @@ def main(argv: List[str] = None) -> int:
         try:
             result = STEPS[argv[0]](params)
         except OSError as err:
-            raise _environment_error(err) from err
+            raise environment_error(err) from err
     except ReductioError as err:
         emit(ERROR, err.to_dict())
         _log(params, f"{argv[0]} failed after {time.time() - started:.1f} s: {err}\n{err.details}".rstrip())

@@ -54,6 +54,24 @@ def test_counters_add_up_to_the_true_line_counts_and_user_counters_round_trip(tm
     assert set(record["workers"]) == {"local-0", "local-1", "local-2"}
 
 
+def test_scatter_counts_the_bytes_that_crossed_to_other_workers_leaving_out_each_own_partition(tmp_path):
+    c = make_context(3, log=str(tmp_path / "job.jsonl"))
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"w{i % 97} w{i % 13}" for i in range(3000)])), "text")
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    tasks.scatter(c, "pairs", "here")
+    home = Path(os.environ["HOME"]) / ".reductio" / "local"
+    made = {f"local-{i}": {p.name: p.stat().st_size for p in (home / f"worker-{i}" / "data" / "pairs").glob("p*")}
+            for i in range(3)}
+    records = {json.loads(line)["step"]: json.loads(line) for line in (tmp_path / "job.jsonl").read_text().splitlines()}
+    for i in range(3):
+        counters = records["scatter"]["workers"][f"local-{i}"]
+        own = sum(size for name, size in made[f"local-{i}"].items() if name.startswith(f"p{i:05d}."))
+        assert counters["bytes out"] == sum(made[f"local-{i}"].values())
+        assert counters["bytes crossed"] == counters["bytes out"] - own > 0
+        assert counters["seconds"] >= 0
+
+
 def test_a_step_whose_input_sits_on_one_worker_warns_of_skew(tmp_path, capsys):
     c = make_context(2)
     tasks.setup(c)

@@ -118,6 +118,14 @@ def test_map_refuses_a_bad_key_even_after_good_pairs_with_other_keys(tmp_path):
         mapped(tmp_path, lambda k, v: [(k, v)], "tests.ident", records)
 
 
+def test_an_os_error_in_the_mapper_is_the_users_error_not_a_disk_error(tmp_path):
+    def opens_missing(key, value):
+        yield key, open(tmp_path / "no-such-file").read()
+
+    with pytest.raises(UserCodeError, match="tests.opens raised FileNotFoundError"):
+        mapped(tmp_path, opens_missing, "tests.opens", [("a", "1")])
+
+
 def test_map_refuses_a_lone_surrogate_saying_it_is_not_valid_unicode(tmp_path):
     with pytest.raises(UserCodeError, match="not valid Unicode"):
         mapped(tmp_path, lambda k, v: [(k, v)], "tests.ident", [("ok", "1"), ("bad\udcff", "2")])
