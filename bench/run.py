@@ -63,7 +63,7 @@ def main() -> None:
                 result["identical"] = None if output is None else output == reference
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "output"}), flush=True)
-    write_results(keep(results))
+                write_results(keep(results))  # after every contender: a stopped run keeps what it measured
 
 
 def keep(results: list) -> list:
@@ -161,6 +161,9 @@ def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine
             f" -f {BENCH / 'fabfile.py'} --force job {flags}")
 
 
+POLL = 0.25  # seconds between memory samples: often enough for processes that live seconds, cheap on 2 cores
+
+
 def measure(name: str, command: str, timeout: float) -> dict:
     """Wall and CPU seconds, peak RSS of the largest process and of the head, and reductio's step times."""
     import psutil
@@ -191,21 +194,21 @@ def measure(name: str, command: str, timeout: float) -> dict:
             status = "timed out"
             break
         try:
-            family = [root] + root.children(recursive=True) + _ssh_workers()
+            family = [root] + root.children(recursive=True) + (_ssh_workers() if "ssh" in name else [])
             for member in family:
                 try:
                     rss = member.memory_info().rss
                 except psutil.Error:
                     continue
                 peak = max(peak, rss)
-                command = _command(member)
-                if "reductio.worker" in command or "bin/reductio" in command:  # Python, not sort
+                argv = _command(member)
+                if "reductio.worker" in argv or "bin/reductio" in argv:  # Python, not sort
                     ours_peak = max(ours_peak, rss)
-                if "bin/reductio" in command:
+                if "bin/reductio" in argv:
                     head_peak = max(head_peak, rss)
         except psutil.Error:
             pass
-        time.sleep(0.05)
+        time.sleep(POLL)
     process.wait()
     ended = time.time()
     reader.join(5)
@@ -355,8 +358,6 @@ def write_results(results: list) -> None:
         lines.append("")
     lines += targets(results)
     (BENCH / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    for cluster in _SSHD:
-        cluster.stop()
 
 
 HEAD_NOISE = 0.05  # "the head does not grow": within what one Python process varies by from run to run
