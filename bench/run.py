@@ -185,7 +185,7 @@ def measure(name: str, command: str, timeout: float) -> dict:
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    stdout = []
+    stdout = []  # drained so that a contender never blocks on a full pipe; steps come from the job log
     out_reader = threading.Thread(target=lambda: stdout.extend(process.stdout), daemon=True)
     out_reader.start()
     while process.poll() is None:
