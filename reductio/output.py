@@ -25,8 +25,9 @@ class PartitionedOutput:
     """Write lines into ``partitions`` files named for ``origin`` inside ``folder``.
 
     ``routes`` maps a key to the append of its partition's batch; hot loops
-    read it directly (``routes.get(key) or route(key)``), count the lines
-    they append and call ``flush`` every BATCH lines.
+    (write_all here, steps.call_into) look a key up there first, call
+    ``route`` for a key not found, count the lines they append and call
+    ``flush`` every BATCH lines.
     """
 
     def __init__(self, folder: Path, partitions: int, origin: str) -> None:
@@ -45,7 +46,7 @@ class PartitionedOutput:
 
         The first REMEMBERED keys are remembered: with skewed keys the
         frequent ones come early, and memory stays bounded whatever the key
-        count. map_into inlines this.
+        count. steps.call_into inlines this.
         """
         # surrogatepass: a lone surrogate still gets a partition; flush then refuses the line, saying why.
         append = self.appends[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.appends)]
