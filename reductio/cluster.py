@@ -279,6 +279,10 @@ class Cluster:
     def __len__(self) -> int:
         return len(self.workers)
 
+    def sharing(self, worker: Worker) -> int:
+        """How many of the cluster's workers run on ``worker``'s machine: they split its cores."""
+        return sum(1 for other in self.workers if _machine(other.spec) == _machine(worker.spec))
+
     def each(self, what: str, action: Callable[[Worker], T], workers: List[Worker] = None) -> Dict[str, T]:
         """Run ``action`` on every worker at once; StepFailed names each worker that failed."""
         workers = self.workers if workers is None else workers
@@ -312,6 +316,14 @@ class Cluster:
         for worker in self.workers:
             if not worker.is_local:
                 worker.hang_up()
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _machine(spec: WorkerSpec) -> str:
+    """The machine a worker runs on, as far as the head can tell ("" is this one)."""
+    return "" if spec.is_local or spec.host in _LOOPBACK else spec.host.lower()
 
 
 def project_folder(c) -> str:

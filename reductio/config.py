@@ -20,7 +20,7 @@ log = logging.getLogger("reductio")
 
 WORKERS_CFG = "workers.cfg"
 DEFAULT_HOME = "~/.reductio"
-_KEYS = {"host", "username", "port", "key_filename", "home", "python", "local", "authorized_keys"}
+_KEYS = {"host", "username", "port", "key_filename", "home", "python", "local", "authorized_keys", "processes"}
 _SECRETS = {"password", "passphrase", "connect_kwargs"}
 
 
@@ -36,6 +36,7 @@ class WorkerSpec:
     key_filename: Optional[str] = None
     python: Optional[str] = None
     authorized_keys: Optional[str] = None
+    processes: Optional[int] = None  # map/reduce processes; None: its cores over the workers sharing its machine
 
     @property
     def is_local(self) -> bool:
@@ -62,16 +63,21 @@ def load_workers(config) -> List[WorkerSpec]:
         if path.is_file():
             log.debug("workers from %s", path)
             return _checked(read_workers_cfg(path))
-    count = found.get("local_workers") or os.cpu_count() or 1
-    try:
-        count = int(count)
-    except (TypeError, ValueError):
-        raise ConfigError(f"reductio.local_workers must be a whole number, not {count!r}") from None
-    if count < 1:
-        raise ConfigError(f"reductio.local_workers must be at least 1, not {count}")
+    count = positive(found.get("local_workers") or os.cpu_count() or 1, "reductio.local_workers")
     root = os.path.expanduser(os.path.join(DEFAULT_HOME, "local"))
     log.debug("%d local workers under %s", count, root)
     return [WorkerSpec(name=f"local-{i}", home=os.path.join(root, f"worker-{i}")) for i in range(count)]
+
+
+def positive(value, what: str) -> int:
+    """A setting that must be a whole number of at least 1."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{what} must be at least 1, not {number}")
+    return number
 
 
 def workers_from_hosts(hosts: str) -> List[dict]:
@@ -131,13 +137,14 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
     local = str(entry.get("local", "")).lower() in ("1", "yes", "true", "on")
+    processes = positive(entry["processes"], f"{where}: processes") if entry.get("processes") not in (None, "") else None
     host = entry.get("host")
     if not local and not host:
         raise ConfigError(f"{where}: give a host, or local = yes for a local worker")
     name = str(entry.get("name") or host)
     home = str(entry.get("home") or (os.path.join(DEFAULT_HOME, "local", name) if local else DEFAULT_HOME))
     if local:
-        return WorkerSpec(name=name, home=os.path.abspath(os.path.expanduser(home)))
+        return WorkerSpec(name=name, home=os.path.abspath(os.path.expanduser(home)), processes=processes)
     try:
         port = int(entry["port"]) if entry.get("port") not in (None, "") else None
     except ValueError:
@@ -148,6 +155,7 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
         key_filename=os.path.expanduser(entry["key_filename"]) if entry.get("key_filename") else None,
         python=entry.get("python") or None,
         authorized_keys=entry.get("authorized_keys") or None,
+        processes=processes,
     )
 
 

@@ -10,7 +10,8 @@ Nothing is escaped: what a function yields is what lands on disk.
 
 from __future__ import annotations
 
-
+import io
+import os
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -24,9 +25,54 @@ def open_text(path: Path, mode: str = "r"):
     return open(path, mode, encoding="utf-8", newline="\n", buffering=READ_BUFFER)
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """Yield the lines of ``path`` without their LF; invalid UTF-8 is an InputError."""
-    with open_text(path) as lines:
+def open_slice(path: Path, start: int = 0, end: int = None):
+    """Read bytes ``start`` to ``end`` of a data file as UTF-8 text split on LF: one process's share of it."""
+    if not start and end is None:
+        return open_text(path)
+    return io.TextIOWrapper(io.BufferedReader(_Slice(path, start, end), READ_BUFFER), encoding="utf-8", newline="\n")
+
+
+class _Slice(io.RawIOBase):
+    """A byte range of a file as a raw stream that ends where the range ends."""
+
+    def __init__(self, path: Path, start: int, end: int = None) -> None:
+        super().__init__()
+        self._file = open(path, "rb", buffering=0)
+        self._left = (os.fstat(self._file.fileno()).st_size if end is None else end) - start
+        self._file.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._left <= 0:
+            return 0
+        with memoryview(buffer) as view:
+            count = self._file.readinto(view[: min(len(view), self._left)])
+        self._left -= count
+        return count
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def lines_before(path: Path, offset: int) -> int:
+    """How many lines of ``path`` end before byte ``offset``: a share's first line number, less one."""
+    count, left = 0, offset
+    with open(path, "rb") as data:
+        while left > 0:
+            block = data.read(min(left, READ_BUFFER))
+            if not block:
+                break
+            count += block.count(b"\n")
+            left -= len(block)
+    return count
+
+
+def read_lines(path: Path, start: int = 0, end: int = None) -> Iterator[str]:
+    """Yield the lines of ``path`` (bytes ``start`` to ``end``) without their LF; invalid UTF-8 is an InputError."""
+    with open_slice(path, start, end) as lines:
         try:
             for line in lines:
                 yield line[:-1] if line.endswith("\n") else line

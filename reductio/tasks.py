@@ -21,7 +21,7 @@ from invoke import Exit, task
 
 from reductio import packaging, shuffle, spread
 from reductio.cluster import Cluster, project_folder
-from reductio.config import settings
+from reductio.config import positive, settings
 from reductio.errors import ReductioError, UserCodeError
 from reductio.feedback import log_step, report_step
 from reductio.gather import merge_to_file
@@ -220,11 +220,14 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     check_name(target)
     cluster = Cluster.from_context(c)
 
-    limit = settings(c.config).get("combine_limit")
+    found = settings(c.config)
+    limit = found.get("combine_limit")
+    processes = positive(found["processes"], "reductio.processes") if found.get("processes") is not None else None
 
     def params_for(worker):
         return {"function": function, "combine": combine, "combine_limit": limit, "source": source,
-                "partitions": len(cluster), "origin": f"w{worker.index:05d}"}
+                "partitions": len(cluster), "origin": f"w{worker.index:05d}",
+                "processes": worker.spec.processes or processes, "sharing": cluster.sharing(worker)}
 
     if _dry(c, cluster, step, params_for):
         return

@@ -4,7 +4,8 @@ The head runs one such command per worker and step, locally or over SSH.
 Its result or error goes to stderr as protocol lines (protocol.py), so
 stdout stays free for data (``cat``) and stdin for data (``receive``).
 Any exception that is not a ReductioError is a bug in reductio and keeps
-its traceback. This module and the ones it imports use only the standard
+its traceback. map, transform and reduce may run as several such processes
+over shares of the input, started and added up here (shares.py). This module and the ones it imports use only the standard
 library.
 """
 
@@ -24,11 +25,13 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Dict, List
 
+from reductio import shares
 from reductio.errors import DatasetError, ReductioError, UserCodeError, environment_error
 from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
 from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
-from reductio.records import decode_error, open_text, read_lines, split_record
+from reductio.records import decode_error, lines_before, open_slice, read_lines, split_record
+from reductio.shares import Range
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import (
     check_sorted, code_digest, combine_into, load_function, map_into, reduce_into, transform_lines, unsorted,
@@ -42,16 +45,17 @@ class _Position:
     """Where the step is reading: for error messages and progress reports."""
 
     file = "?"
-    line = 0
+    line = 0  # the file's line number, counted from its start even in a share
+    first = 1  # the number of the first line read of this file
     finished = 0  # lines of the files already read
 
-    def at_file(self, path: Path) -> None:
-        self.finished += self.line
-        self.file, self.line = path.name, 0
+    def at_file(self, path: Path, first: int = 1) -> None:
+        self.finished = self.done
+        self.file, self.line, self.first = path.name, first - 1, first
 
     @property
     def done(self) -> int:
-        return self.finished + self.line
+        return self.finished + self.line - self.first + 1
 
 
 class _Progress(threading.Thread):
@@ -67,11 +71,12 @@ class _Progress(threading.Thread):
             emit(PROGRESS, {"done": self.position.done, "total": self.total})
 
 
-def _records(files: List[Path], position: _Position, text: bool):
+def _records(ranges: List[Range], position: _Position, text: bool):
     """(key, value) per line; in a text dataset a line with no tab is a key with an empty value."""
-    for path in files:
-        position.at_file(path)
-        for lineno, line in enumerate(read_lines(path), 1):
+    for path, start, end in ranges:
+        first = _first_line(path, start)
+        position.at_file(path, first)
+        for lineno, line in enumerate(read_lines(path, start, end), first):
             position.line = lineno
             if text:
                 key, _, value = line.partition("\t")
@@ -80,24 +85,31 @@ def _records(files: List[Path], position: _Position, text: bool):
                 yield split_record(line, path, lineno)
 
 
-def _raw_lines(files: List[Path], position: _Position):
-    for path in files:
-        position.at_file(path)
-        for lineno, line in enumerate(read_lines(path), 1):
+def _raw_lines(ranges: List[Range], position: _Position):
+    for path, start, end in ranges:
+        first = _first_line(path, start)
+        position.at_file(path, first)
+        for lineno, line in enumerate(read_lines(path, start, end), first):
             position.line = lineno
             yield line
 
 
-def _sorted_records(files: List[Path], position: _Position, text: bool):
+def _first_line(path: Path, start: int) -> int:
+    """The number of the line at byte ``start``, a line start: errors name lines as the whole file counts them."""
+    return lines_before(path, start) + 1 if start else 1
+
+
+def _sorted_records(ranges: List[Range], position: _Position, text: bool):
     """Records of sorted files, merged into one sorted stream and checked on the way.
 
-    One file (the usual case, after sort) is read by _sorted_file directly.
-    heapq.merge reads ahead, so each line carries its own file and line
-    number, and ``position`` follows what is consumed, not what is read.
+    One file or share of one (the usual case, after sort) is read by
+    _sorted_file directly. heapq.merge reads ahead, so each line carries its
+    own file and line number, and ``position`` follows what is consumed, not
+    what is read.
     """
-    if len(files) == 1:
-        return _sorted_file(files[0], position, text)
-    return _merged_records(files, position, text)
+    if len(ranges) == 1:
+        return _sorted_file(ranges[0], position, text)
+    return _merged_records([path for path, _, _ in ranges], position, text)
 
 
 def _merged_records(files: List[Path], position: _Position, text: bool):
@@ -107,17 +119,19 @@ def _merged_records(files: List[Path], position: _Position, text: bool):
         yield _record(line, path, lineno, text)
 
 
-def _sorted_file(path: Path, position: _Position, text: bool):
-    """Records of one sorted file: read_lines, check_sorted and split_record fused into one loop.
+def _sorted_file(part: Range, position: _Position, text: bool):
+    """Records of one sorted file (or share of one): read_lines, check_sorted and split_record fused into one loop.
 
     reduce reads every line this way, so the loop is kept flat; the
     shared functions still phrase every error.
     """
-    position.at_file(path)
+    path, start, end = part
+    first = _first_line(path, start)
+    position.at_file(path, first)
     previous = ""
-    with open_text(path) as lines:
+    with open_slice(path, start, end) as lines:
         try:
-            for lineno, line in enumerate(lines, 1):
+            for lineno, line in enumerate(lines, first):
                 if line[-1:] == "\n":
                     line = line[:-1]
                 position.line = lineno
@@ -135,7 +149,7 @@ def _sorted_file(path: Path, position: _Position, text: bool):
 def _numbered(path: Path):
     """(line, path, line number) of one sorted file, checked as it is read."""
     own = _Position()
-    for line in check_sorted(_raw_lines([path], own), path.name):
+    for line in check_sorted(_raw_lines([(path, 0, None)], own), path.name):
         yield line, path, own.line
 
 
@@ -155,11 +169,22 @@ def _source(home: Home, source: str):
     return marker, home.files(source, marker)
 
 
-def _run_function_step(params: dict, write) -> dict:
-    """Shared body of map, transform and reduce: read source, ``write(function, path, files, position, text,
-    output)`` the partitions."""
+def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> dict:
+    """Shared body of map, transform and reduce: read source, ``write(function, path, ranges, position, text,
+    output)`` the partitions; or, with several processes, have each do so for its share and add them up.
+
+    ``by_key``: the input is sorted and a key's lines must stay in one process.
+    """
     home = Home(params["home"])
     marker, files = _source(home, params["source"])
+    if "share" in params:
+        ranges = _share(params["share"], files)
+    else:
+        count = _processes(params)
+        cuts = shares.cut(files, count, by_key) if count > 1 and (len(files) == 1 or not by_key) else []
+        if len(cuts) > 1:
+            return _run_shares(step, params, marker, cuts)
+        ranges = [(path, 0, None) for path in files]
     function_path = params["function"]
     function = load_function(function_path)
     folder = home.attempt_dir(params["attempt"])
@@ -170,7 +195,7 @@ def _run_function_step(params: dict, write) -> dict:
     progress = _Progress(position, _lines_of(marker), float(params.get("progress", 1.0)))
     progress.start()
     try:
-        write(function, function_path, files, position, text, output)
+        write(function, function_path, ranges, position, text, output)
         written = output.close()
     except UserCodeError as err:
         output.abandon()
@@ -185,8 +210,44 @@ def _run_function_step(params: dict, write) -> dict:
             "counters": _counters(marker, written, position.done, started)}
 
 
-def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: float) -> dict:
-    """The built-in counters of a step on one worker, and the user's."""
+def _processes(params: dict) -> int:
+    """How many processes a step may use: as configured, else this machine's cores over the workers sharing it."""
+    if params.get("processes"):
+        return int(params["processes"])
+    return max(1, (os.cpu_count() or 1) // int(params.get("sharing") or 1))
+
+
+def _share(share: list, files: List[Path]) -> List[Range]:
+    """The byte ranges a share process was given, as paths of the source's files."""
+    by_name = {path.name: path for path in files}
+    if any(name not in by_name for name, _, _ in share):
+        raise DatasetError(f"share names files the dataset does not hold: {[name for name, _, _ in share]}")
+    return [(by_name[name], int(start), int(end)) for name, start, end in share]
+
+
+def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) -> dict:
+    """The step over several processes, one per share; their files, lines and counters added up."""
+    started = time.time()
+    done = shares.Progress(len(cuts))
+    progress = _Progress(done, _lines_of(marker), float(params.get("progress", 1.0)))
+    progress.start()
+    try:
+        results = shares.run(step, params, cuts, done)
+    finally:
+        progress.stopped.set()
+    written = {name: facts for result in results for name, facts in result["files"].items()}
+    user: Dict[str, int] = {}
+    for result in results:
+        for name, count in result["counters"].items():
+            if name.startswith("user: "):
+                user[name] = user.get(name, 0) + count
+    lines_in = sum(result["counters"]["lines in"] for result in results)
+    return {"files": written, "source": _about(marker),
+            "counters": _counters(marker, written, lines_in, started, user)}
+
+
+def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: float, user: dict = None) -> dict:
+    """The built-in counters of a step on one worker, and the user's (``user``: already added up)."""
     counters = {
         "lines in": lines_in,
         "lines out": sum(entry["lines"] for entry in written.values()),
@@ -194,7 +255,9 @@ def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: fl
         "bytes out": sum(entry["bytes"] for entry in written.values()),
         "seconds": round(time.time() - started, 3),
     }
-    return dict(counters, **{f"user: {name}": count for name, count in snapshot().items()})
+    if user is None:
+        user = {f"user: {name}": count for name, count in snapshot().items()}
+    return dict(counters, **user)
 
 
 def _about(marker: dict) -> dict:
@@ -212,22 +275,22 @@ COMBINE_LIMIT = 100_000
 def step_map(params: dict) -> dict:
     combine = params.get("combine")
     if not combine:
-        return _run_function_step(params, lambda fn, name, files, pos, text, output: map_into(
-            fn, name, _records(files, pos, text), output))
+        return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: map_into(
+            fn, name, _records(ranges, pos, text), output))
     reducer = load_function(combine)
     limit = int(params.get("combine_limit") or COMBINE_LIMIT)
-    return _run_function_step(params, lambda fn, name, files, pos, text, output: combine_into(
-        fn, name, _records(files, pos, text), reducer, combine, limit, output))
+    return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: combine_into(
+        fn, name, _records(ranges, pos, text), reducer, combine, limit, output))
 
 
 def step_transform(params: dict) -> dict:
-    return _run_function_step(params, lambda fn, name, files, pos, text, output: output.write_all(
-        transform_lines(fn, name, _raw_lines(files, pos))))
+    return _run_function_step("transform", params, lambda fn, name, ranges, pos, text, output: output.write_all(
+        transform_lines(fn, name, _raw_lines(ranges, pos))))
 
 
 def step_reduce(params: dict) -> dict:
-    return _run_function_step(params, lambda fn, name, files, pos, text, output: reduce_into(
-        fn, name, _sorted_records(files, pos, text), output))
+    return _run_function_step("reduce", params, lambda fn, name, ranges, pos, text, output: reduce_into(
+        fn, name, _sorted_records(ranges, pos, text), output), by_key=True)
 
 
 def step_sort(params: dict) -> dict:
@@ -489,7 +552,7 @@ def main(argv: List[str] = None) -> int:
     if argv[0] in _WRITING and (Home(params["home"]).tmp / params["attempt"]).is_dir():
         Home(params["home"]).finished(params["attempt"])
     emit(RESULT, result)
-    if argv[0] not in ("check", "status"):
+    if argv[0] not in ("check", "status") and "share" not in params:  # a share's worker logs the step
         _log(params, f"{argv[0]} done in {time.time() - started:.1f} s")
     return 0
 

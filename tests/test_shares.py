@@ -1,0 +1,153 @@
+"""Several processes per worker: shares cut at lines (and keys), and a job that gives the same answer."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from invoke import Exit
+
+from conftest import make_context, write_lines
+from reductio import tasks
+from reductio.cluster import Cluster
+from reductio.config import read_workers_cfg
+from reductio.errors import ConfigError, InputError
+from reductio.records import read_lines
+from reductio.shares import MIN_SHARE, cut
+
+
+def _bytes_of(share):
+    return b"".join(path.read_bytes()[start:end] for path, start, end in share)
+
+
+def test_shares_cover_every_byte_once_and_cut_only_at_line_starts(tmp_path):
+    random.seed(3)
+    files = []
+    for n, lines in enumerate((40_000, 0, 90_000, 7)):
+        files.append(write_lines(tmp_path / f"f{n}", (f"{random.random()}\t{'x' * random.randint(0, 80)}"
+                                                      for _ in range(lines))))
+    shares = cut(files, 4)
+    assert len(shares) == 4
+    assert b"".join(_bytes_of(share) for share in shares) == b"".join(path.read_bytes() for path in files)
+    for share in shares:
+        for path, start, _ in share:
+            assert start == 0 or path.read_bytes()[start - 1:start] == b"\n"
+    sizes = [len(_bytes_of(share)) for share in shares]
+    assert max(sizes) - min(sizes) < 200  # equal, give or take a line
+
+
+def test_small_input_stays_in_one_process(tmp_path):
+    path = write_lines(tmp_path / "f", ["a\t1"] * 1000)
+    assert cut([path], 8) == [[(path, 0, path.stat().st_size)]]
+    assert MIN_SHARE > path.stat().st_size
+
+
+def test_sorted_input_is_cut_between_keys_never_inside_one(tmp_path):
+    random.seed(4)
+    keys = sorted(f"k{random.randint(0, 3000):05d}" for _ in range(400_000))
+    path = write_lines(tmp_path / "sorted", (f"{key}\t1" for key in keys))
+    shares = cut([path], 3, by_key=True)
+    assert len(shares) == 3
+    seen = [{line.partition("\t")[0] for line in read_lines(p, start, end)} for (p, start, end), in shares]
+    assert sum(len(s) for s in seen) == len(set(keys))  # no key in two shares
+    assert b"".join(_bytes_of(share) for share in shares) == path.read_bytes()
+
+
+def test_one_key_bigger_than_a_share_stays_whole(tmp_path):
+    path = write_lines(tmp_path / "sorted", ["a\t1"] * 10 + ["big\t" + "v" * 50] * 60_000 + ["z\t1"] * 10)
+    shares = cut([path], 4, by_key=True)
+    assert len(shares) < 4
+    assert b"".join(_bytes_of(share) for share in shares) == path.read_bytes()
+    holding = [share for share in shares if b"big\t" in _bytes_of(share)]
+    assert len(holding) == 1
+
+
+def test_unsorted_lines_at_a_cut_are_refused_with_their_line_number(tmp_path):
+    lines = [f"k{i:07d}\t1" for i in range(300_000)]
+    lines[150_000], lines[150_001] = "k9\t1", "k0\t1"  # out of order near the middle, where a cut falls
+    path = write_lines(tmp_path / "sorted", lines)
+    with pytest.raises(InputError, match=r"sorted line 150002: input is not sorted"):
+        cut([path], 2, by_key=True)
+
+
+def _wordcount(c, source, output, combine=""):
+    tasks.setup(c)
+    tasks.load(c, str(source), "text", force=True)
+    tasks.map(c, "wordjobs.words", "text", "pairs", combine=combine, force=True)
+    tasks.scatter(c, "pairs", "here", force=True)
+    tasks.sort(c, "here", "sorted", force=True)
+    tasks.reduce(c, "wordjobs.total", "sorted", "counts", force=True)
+    tasks.merge(c, "counts", str(output))
+    return output.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """About 3.5 MB of words: enough for three shares of map and of reduce."""
+    random.seed(5)
+    lines = [" ".join(f"w{random.randint(0, 5000)}" for _ in range(10)) for _ in range(60_000)]
+    return write_lines(tmp_path_factory.mktemp("corpus") / "in.txt", lines)
+
+
+@pytest.mark.parametrize("combine", ["", "wordjobs.total"])
+def test_a_job_over_three_processes_per_worker_gives_the_one_process_answer(corpus, tmp_path, capsys, combine):
+    alone = _wordcount(make_context(1, processes=1), corpus, tmp_path / "one.tsv", combine)
+    c = make_context(1, processes=3)
+    shared = _wordcount(c, corpus, tmp_path / "three.tsv", combine)
+    assert shared == alone
+    out = capsys.readouterr().out
+    totals = [row.split() for row in out.splitlines() if row.strip().startswith("total")]
+    map_total, reduce_total = totals[-4], totals[-1]  # the second run's: map, scatter, sort, reduce
+    assert int(map_total[1].replace(",", "")) == 60_000  # map's processes read every line once
+    assert int(reduce_total[1].replace(",", "")) == (600_000 if not combine else int(map_total[2].replace(",", "")))
+    tasks.status(c)
+    files = {row.split()[1]: int(row.split()[5]) for row in capsys.readouterr().out.splitlines()[1:]}
+    assert files["pairs"] == 3  # map ran as three processes
+    assert files["counts"] == (3 if not combine else 1)  # and reduce too, unless combined below MIN_SHARE
+    assert files["sorted"] == 1
+
+
+def test_transform_over_three_processes_gives_the_one_process_answer(corpus, tmp_path):
+    answers = []
+    for processes in (1, 3):
+        c = make_context(1, processes=processes)
+        tasks.setup(c)
+        tasks.load(c, str(corpus), "text")
+        tasks.transform(c, "wordjobs.split_words", "text", "split", force=True)
+        tasks.merge(c, "split", str(tmp_path / f"{processes}.txt"))
+        answers.append((tmp_path / f"{processes}.txt").read_bytes())
+    assert answers[0] == answers[1] and answers[0].count(b"raw:") == 60_000
+
+
+def test_an_error_in_a_later_share_names_the_line_of_the_whole_file(corpus, tmp_path):
+    lines = corpus.read_text().splitlines()
+    lines[50_000] = "boom"
+    source = write_lines(tmp_path / "boom.txt", lines)
+    c = make_context(1, processes=3)
+    tasks.setup(c)
+    tasks.load(c, str(source), "text")
+    with pytest.raises(Exit) as stopped:
+        tasks.map(c, "wordjobs.raises_on_boom", "text", "out")
+    message = stopped.value.message
+    assert "line 50001" in message and "no booms allowed" in message
+    assert message.count("s00000.load line") == 1  # one error, reported once
+
+
+def test_processes_is_a_whole_number_per_worker_or_for_all(tmp_path):
+    cfg = tmp_path / "workers.cfg"
+    cfg.write_text("[a]\nlocal = yes\nprocesses = 4\n\n[b]\nhost = h\n")
+    a, b = read_workers_cfg(cfg)
+    assert (a.processes, b.processes) == (4, None)
+    cfg.write_text("[a]\nlocal = yes\nprocesses = none\n")
+    with pytest.raises(ConfigError, match="processes must be a whole number"):
+        read_workers_cfg(cfg)
+    c = make_context(1, processes=0)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in", ["a b"])), "text")
+    with pytest.raises(Exit, match="reductio.processes must be at least 1"):
+        tasks.map(c, "wordjobs.words", "text", "out")
+
+
+def test_workers_on_one_machine_split_its_cores():
+    cluster = Cluster.from_context(make_context(3))
+    assert [cluster.sharing(worker) for worker in cluster.workers] == [3, 3, 3]
