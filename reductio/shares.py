@@ -15,9 +15,8 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from reductio.protocol import PROGRESS, parse_reply
 from reductio.records import lines_before
@@ -117,28 +116,26 @@ class Progress:
 def run(step: str, params: dict, shares: List[List[Range]], progress: Progress) -> List[dict]:
     """Run ``step`` once per share, each in its own process; their results, in share order.
 
-    If any fails, the others are stopped and the first failure is raised as
-    that process reported it. Each process's stdin stays open until this
-    one ends, so none outlives the worker (exit_on_eof).
+    If any fails, the others are stopped and the failure of the earliest
+    share among those that failed on their own is raised, as its process
+    reported it. Each process's stdin stays open until this one ends, so
+    none outlives the worker (exit_on_eof).
     """
-    children = []
-    for k, share in enumerate(shares):
-        child = dict(params, origin=f"{params['origin']}-{k}", processes=1, exit_on_eof=True,
-                     share=[[path.name, start, end] for path, start, end in share])
-        argv = [sys.executable, "-m", "reductio.worker", step, json.dumps(child)]
-        children.append(_Child(subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE),
-                               lambda done, k=k: progress.each.__setitem__(k, done)))
+    children: List[_Child] = []
     failed = threading.Event()
-    for child in children:
-        child.start(failed)
     try:
+        for k, share in enumerate(shares):
+            child = dict(params, origin=f"{params['origin']}-{k}", processes=1, exit_on_eof=True,
+                         share=[[path.name, start, end] for path, start, end in share])
+            argv = [sys.executable, "-m", "reductio.worker", step, json.dumps(child)]
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            children.append(_Child(process, k, progress, failed))
         while not all(child.over.is_set() for child in children) and not failed.wait(0.2):
             pass
         if failed.is_set():
-            first = min((child for child in children if child.failed_at), key=lambda child: child.failed_at)
             for child in children:
                 child.stop()
-            first.result()  # raises what it reported
+            next(child for child in children if child.failed).result()  # raises what it reported
         return [child.result() for child in children]
     finally:
         for child in children:
@@ -149,37 +146,39 @@ def run(step: str, params: dict, shares: List[List[Range]], progress: Progress) 
 class _Child:
     """One share's process: its stderr read as it comes (progress, then its result or error)."""
 
-    def __init__(self, process: subprocess.Popen, on_progress: Callable[[int], None]) -> None:
-        self.process, self.on_progress = process, on_progress
+    def __init__(self, process: subprocess.Popen, index: int, progress: Progress, failed: threading.Event) -> None:
+        self.process, self.index, self.progress = process, index, progress
         self.lines: List[str] = []
         self.over = threading.Event()
-        self.failed_at = 0.0  # when it ended in failure, on its own
-
-    def start(self, failed: threading.Event) -> None:
+        self.failed = False  # ended in failure on its own, not stopped because another failed
         threading.Thread(target=self._read, args=(failed,), daemon=True).start()
 
     def _read(self, failed: threading.Event) -> None:
-        for raw in self.process.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line.startswith(PROGRESS):
-                self.on_progress(json.loads(line[len(PROGRESS):])["done"])
-            else:
-                self.lines.append(line)
-        if self.process.wait() != 0 and not failed.is_set():
-            self.failed_at = time.monotonic()
-            failed.set()
-        self.over.set()
+        try:
+            for raw in self.process.stderr:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith(PROGRESS):
+                    self.progress.each[self.index] = json.loads(line[len(PROGRESS):])["done"]
+                else:
+                    self.lines.append(line)
+        finally:
+            if self.process.wait() != 0 and not failed.is_set():
+                self.failed = True
+            if self.process.returncode != 0:
+                failed.set()
+            self.over.set()
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
 
     def result(self) -> dict:
-        """The share's result; raises the error it reported (that of the first one to fail)."""
+        """The share's result; raises the error it reported."""
         self.over.wait()
         return parse_reply("\n".join(self.lines), self.process.returncode)
 
     def close(self) -> None:
         self.process.wait()
+        self.over.wait(5)  # its reader is done with stderr
         self.process.stdin.close()
         self.process.stderr.close()

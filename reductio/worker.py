@@ -45,17 +45,22 @@ class _Position:
     """Where the step is reading: for error messages and progress reports."""
 
     file = "?"
-    line = 0  # the file's line number, counted from its start even in a share
-    first = 1  # the number of the first line read of this file
+    line = 0  # lines read of this file, or of this share of it
     finished = 0  # lines of the files already read
+    path, start = None, 0  # the file, and the byte a share of it starts at
 
-    def at_file(self, path: Path, first: int = 1) -> None:
-        self.finished = self.done
-        self.file, self.line, self.first = path.name, first - 1, first
+    def at_file(self, path: Path, start: int = 0) -> None:
+        self.finished += self.line
+        self.path, self.file, self.line, self.start = path, path.name, 0, start
+
+    def number(self, line: int = None) -> int:
+        """A line's number as the whole file counts it: a share's lines before it are counted only for errors."""
+        line = self.line if line is None else line
+        return line + lines_before(self.path, self.start) if self.start else line
 
     @property
     def done(self) -> int:
-        return self.finished + self.line - self.first + 1
+        return self.finished + self.line
 
 
 class _Progress(threading.Thread):
@@ -74,29 +79,21 @@ class _Progress(threading.Thread):
 def _records(ranges: List[Range], position: _Position, text: bool):
     """(key, value) per line; in a text dataset a line with no tab is a key with an empty value."""
     for path, start, end in ranges:
-        first = _first_line(path, start)
-        position.at_file(path, first)
-        for lineno, line in enumerate(read_lines(path, start, end), first):
+        position.at_file(path, start)
+        for lineno, line in enumerate(read_lines(path, start, end), 1):
             position.line = lineno
-            if text:
-                key, _, value = line.partition("\t")
-                yield key, value
-            else:
-                yield split_record(line, path, lineno)
+            key, tab, value = line.partition("\t")
+            if not tab and not text:
+                split_record(line, path, position.number())  # raises the InputError naming file and line
+            yield key, value
 
 
 def _raw_lines(ranges: List[Range], position: _Position):
     for path, start, end in ranges:
-        first = _first_line(path, start)
-        position.at_file(path, first)
-        for lineno, line in enumerate(read_lines(path, start, end), first):
+        position.at_file(path, start)
+        for lineno, line in enumerate(read_lines(path, start, end), 1):
             position.line = lineno
             yield line
-
-
-def _first_line(path: Path, start: int) -> int:
-    """The number of the line at byte ``start``, a line start: errors name lines as the whole file counts them."""
-    return lines_before(path, start) + 1 if start else 1
 
 
 def _sorted_records(ranges: List[Range], position: _Position, text: bool):
@@ -126,21 +123,20 @@ def _sorted_file(part: Range, position: _Position, text: bool):
     shared functions still phrase every error.
     """
     path, start, end = part
-    first = _first_line(path, start)
-    position.at_file(path, first)
+    position.at_file(path, start)
     previous = ""
     with open_slice(path, start, end) as lines:
         try:
-            for lineno, line in enumerate(lines, first):
+            for lineno, line in enumerate(lines, 1):
                 if line[-1:] == "\n":
                     line = line[:-1]
                 position.line = lineno
                 if line < previous:
-                    raise unsorted(path.name, lineno, line, previous)
+                    raise unsorted(path.name, position.number(), line, previous)
                 previous = line
                 key, tab, value = line.partition("\t")
                 if not tab and not text:
-                    split_record(line, path, lineno)  # raises the InputError naming file and line
+                    split_record(line, path, position.number())  # raises the InputError naming file and line
                 yield key, value
         except UnicodeDecodeError:
             raise decode_error(path) from None
@@ -178,7 +174,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
     home = Home(params["home"])
     marker, files = _source(home, params["source"])
     if "share" in params:
-        ranges = _share(params["share"], files)
+        ranges = _share(params, marker, files)
     else:
         count = _processes(params)
         cuts = shares.cut(files, count, by_key) if count > 1 and (len(files) == 1 or not by_key) else []
@@ -199,7 +195,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
         written = output.close()
     except UserCodeError as err:
         output.abandon()
-        where = f"{position.file} line {position.line}" if position.line else position.file
+        where = f"{position.file} line {position.number()}" if position.line else position.file
         raise UserCodeError(f"{where}: {err}", err.details) from None
     except BaseException:
         output.abandon()
@@ -211,18 +207,20 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
 
 
 def _processes(params: dict) -> int:
-    """How many processes a step may use: as configured, else this machine's cores over the workers sharing it."""
+    """How many processes a step may use: as configured, else the cores it may use over the workers sharing them."""
     if params.get("processes"):
         return int(params["processes"])
-    return max(1, (os.cpu_count() or 1) // int(params.get("sharing") or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(params.get("sharing") or 1))
 
 
-def _share(share: list, files: List[Path]) -> List[Range]:
-    """The byte ranges a share process was given, as paths of the source's files."""
+def _share(params: dict, marker: dict, files: List[Path]) -> List[Range]:
+    """The byte ranges a share process was given, refused unless the source is the version they were cut from."""
     by_name = {path.name: path for path in files}
-    if any(name not in by_name for name, _, _ in share):
-        raise DatasetError(f"share names files the dataset does not hold: {[name for name, _, _ in share]}")
-    return [(by_name[name], int(start), int(end)) for name, start, end in share]
+    if marker.get("attempt") != params["source_attempt"] or any(
+            name not in by_name or end > marker["files"][name]["bytes"] for name, _, end in params["share"]):
+        raise DatasetError(f"dataset {params['source']!r} changed while the step was starting; run it again")
+    return [(by_name[name], int(start), int(end)) for name, start, end in params["share"]]
 
 
 def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) -> dict:
@@ -232,7 +230,7 @@ def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) 
     progress = _Progress(done, _lines_of(marker), float(params.get("progress", 1.0)))
     progress.start()
     try:
-        results = shares.run(step, params, cuts, done)
+        results = shares.run(step, dict(params, source_attempt=marker.get("attempt")), cuts, done)
     finally:
         progress.stopped.set()
     written = {name: facts for result in results for name, facts in result["files"].items()}
@@ -544,7 +542,8 @@ def main(argv: List[str] = None) -> int:
             raise environment_error(err) from err
     except ReductioError as err:
         emit(ERROR, err.to_dict())
-        _log(params, f"{argv[0]} failed after {time.time() - started:.1f} s: {err}\n{err.details}".rstrip())
+        if "share" not in params:  # the worker that started the share logs its failure
+            _log(params, f"{argv[0]} failed after {time.time() - started:.1f} s: {err}\n{err.details}".rstrip())
         return 1
     except BaseException:
         _log(params, f"{argv[0]} crashed after {time.time() - started:.1f} s:\n{traceback.format_exc()}")
