@@ -134,6 +134,8 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set):
         "reductio local": f"{reductio_command('local', corpus, out / 'reductio-local', mapper, False)}",
         "reductio local +combiner": f"{reductio_command('local', corpus, out / 'reductio-local-c', mapper, True)}",
         "reductio ssh": f"{reductio_command('ssh', corpus, out / 'reductio-ssh', mapper, False)}",
+        "reductio 1 worker": f"{reductio_command('one', corpus, out / 'reductio-one', mapper, False)}",
+        "reductio 1 worker, 1 process": reductio_command('one', corpus, out / 'reductio-one-p1', mapper, False, 1),
         "counter": f"{env_py} {BENCH / 'counter.py'} {mapper} {corpus} {out / 'counter'}",
         "awk hash": f"LC_ALL=C awk '{hashed}' {corpus} > {out / 'awk-hash'}",
         "awk | sort | uniq -c": f"LC_ALL=C awk '{emit}' {corpus} | LC_ALL=C sort -S 1G | uniq -c > {out / 'awk-sort-uniq'}",
@@ -150,12 +152,16 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set):
             yield name, command
 
 
-def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine: bool) -> str:
-    """The job as a user runs it, with a job log (``reductio: log:``) for per-step seconds and bytes."""
+def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine: bool, processes: int = None) -> str:
+    """The job as a user runs it, with a job log (``reductio: log:``) for per-step seconds and bytes.
+
+    ``kind``: "local" (2 local workers), "ssh" (2 SSH workers) or "one" (1 local worker, which by default runs
+    as many map and reduce processes as there are cores, or ``processes``).
+    """
     home = OUT / f"home-{kind}"
     log = output.with_suffix(".jsonl")
     config = output.with_suffix(".config.json")
-    config.write_text(json.dumps({"reductio": {"log": str(log)}}))
+    config.write_text(json.dumps({"reductio": dict({"log": str(log)}, **({"processes": processes} if processes else {}))}))
     flags = f"--corpus {corpus} --output {output} --mapper jobs.{mapper}" + (" --combine" if combine else "")
     return (f"rm -f {log} && cd {home / 'work'} && HOME={home} {VENV / 'bin' / 'reductio'} --config {config}"
             f" -f {BENCH / 'fabfile.py'} --force job {flags}")
@@ -273,7 +279,7 @@ def setup_for(name: str) -> None:
     """Set up reductio's workers once per kind, outside the timed run."""
     if not name.startswith("reductio"):
         return
-    kind = "ssh" if "ssh" in name else "local"
+    kind = "ssh" if "ssh" in name else "one" if "1 worker" in name else "local"
     home = OUT / f"home-{kind}"
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -281,7 +287,7 @@ def setup_for(name: str) -> None:
         start_sshd(home, work)
     else:
         (work / "workers.cfg").write_text("".join(
-            f"[local-{i}]\nlocal = yes\nhome = {home / f'local-{i}'}\n\n" for i in range(2)))
+            f"[local-{i}]\nlocal = yes\nhome = {home / f'local-{i}'}\n\n" for i in range(1 if kind == "one" else 2)))
     env = dict(os.environ, HOME=str(home), PYTHONPATH=str(BENCH))
     subprocess.run([str(VENV / "bin" / "reductio"), "-f", str(BENCH / "fabfile.py"), "setup"], cwd=work, env=env,
                    check=True, capture_output=True)
@@ -311,7 +317,8 @@ def start_sshd(home: Path, work: Path) -> None:
 def read_output(name: str, result: dict) -> dict:
     """A contender's output as {key: count}, whatever its format."""
     files = {"reductio local": "reductio-local", "reductio local +combiner": "reductio-local-c",
-             "reductio ssh": "reductio-ssh", "counter": "counter", "awk hash": "awk-hash",
+             "reductio ssh": "reductio-ssh", "reductio 1 worker": "reductio-one",
+             "reductio 1 worker, 1 process": "reductio-one-p1", "counter": "counter", "awk hash": "awk-hash",
              "awk | sort | uniq -c": "awk-sort-uniq", "dask.bag": "dask", "mrjob +combiner": "mrjob-c",
              "mrjob": "mrjob"}
     if name not in files:
