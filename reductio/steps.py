@@ -2,7 +2,9 @@
 
 map, reduce and the combiner share one flat hot loop (call_into) that calls
 the user's function lazily and routes what it yields into a partitioned
-output, so a shard streams through in bounded memory. transform yields
+output, so a shard streams through in bounded memory. The built-in
+reductio.reducers.sum has loops of its own (sum_into, sum_runs_into) that
+count equal pairs or lines before converting anything. transform yields
 lines. Any exception the user's code raises becomes a UserCodeError carrying
 the user's own frames; reductio's frames are trimmed away.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import itertools
+from collections import _count_elements  # the C loop of Counter.update
 import operator
 import os
 import sys
@@ -23,6 +26,7 @@ from typing import Callable, Dict, Iterable, Iterator, Tuple
 from reductio.errors import InputError, ReductioError, UserCodeError
 from reductio.output import BATCH, REMEMBERED
 from reductio.records import check_pair, format_line, format_record
+from reductio.reducers import integer
 
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -161,6 +165,62 @@ def combine_into(
 def _flush_held(reducer: Callable, name: str, held: Dict[str, list], output) -> None:
     call_into(reducer, name, ((key, iter(values)) for key, values in held.items()), output, on_key=True)
     held.clear()
+
+
+def sum_into(mapper: Callable, name: str, records: Iterable[Tuple[str, str]], limit: int, output) -> None:
+    """Map with reductio.reducers.sum as the combiner: what combine_into gives with it, several times faster.
+
+    collections' C loop counts each distinct (key, value) pair the mapper
+    yields; a pair is checked only when it is new since the last flush (the
+    newest entries of the dict), so errors still name the line. At
+    ``limit`` distinct pairs, or at the end, each key's values are summed,
+    each distinct value converted once, and one line per key is written.
+    """
+    held: Dict[tuple, int] = {}
+    for key, value in records:
+        before = len(held)
+        try:
+            pairs = mapper(key, value)
+            if pairs is None:
+                continue
+            _count_elements(held, pairs)
+        except ReductioError:
+            raise
+        except Exception as exc:
+            if exc.__traceback__.tb_next is None:  # raised by the counting, not in the mapper: not pairs
+                raise UserCodeError(f"{name} must yield (key, value) pairs of str ({exc})") from None
+            raise user_error(f"{name} raised", exc) from None
+        if len(held) > before:
+            for pair in itertools.islice(reversed(held), len(held) - before):
+                format_record(pair, name)  # refuses a bad pair, saying why
+            if len(held) >= limit:
+                _flush_sums(held, output)
+    _flush_sums(held, output)
+
+
+def _flush_sums(held: Dict[tuple, int], output) -> None:
+    totals: Dict[str, int] = {}
+    for (key, value), times in held.items():
+        totals[key] = totals.get(key, 0) + integer(key, value) * times
+    output.write_all(f"{key}\t{total}\n" for key, total in totals.items())
+    held.clear()
+
+
+def sum_runs_into(runs: Iterable[Tuple[str, str, int]], output) -> None:
+    """reduce with reductio.reducers.sum over sorted input given as runs of equal lines: (key, value, times)."""
+    output.write_all(_totals(runs))
+
+
+def _totals(runs: Iterable[Tuple[str, str, int]]) -> Iterator[str]:
+    current, total = None, 0
+    for key, value, times in runs:
+        if key != current:
+            if current is not None:
+                yield f"{current}\t{total}\n"
+            current, total = key, 0
+        total += integer(key, value) * times
+    if current is not None:
+        yield f"{current}\t{total}\n"
 
 
 def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iterator[str]:

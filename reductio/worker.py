@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -31,10 +32,12 @@ from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
 from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
 from reductio.records import decode_error, lines_before, open_slice, read_lines, split_record
+from reductio import reducers
 from reductio.shares import Range
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import (
-    check_sorted, code_digest, combine_into, load_function, map_into, reduce_into, transform_lines, unsorted,
+    check_sorted, code_digest, combine_into, load_function, map_into, reduce_into, sum_into, sum_runs_into,
+    transform_lines, unsorted,
 )
 from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, file_facts, partition_of_file
 
@@ -138,6 +141,33 @@ def _sorted_file(part: Range, position: _Position, text: bool):
                 if not tab and not text:
                     split_record(line, path, position.number())  # raises the InputError naming file and line
                 yield key, value
+        except UnicodeDecodeError:
+            raise decode_error(path) from None
+
+
+def _sorted_runs(part: Range, position: _Position, text: bool):
+    """Runs of equal lines of one sorted file (or share of one), as (key, value, times), checked as _sorted_file is.
+
+    Equal lines are found by groupby in C, so reductio.reducers.sum splits,
+    checks and converts each distinct line once, however often it repeats.
+    """
+    path, start, end = part
+    position.at_file(path, start)
+    previous = ""
+    with open_slice(path, start, end) as lines:
+        try:
+            for line, run in itertools.groupby(lines):
+                if line[-1:] == "\n":
+                    line = line[:-1]
+                if line < previous:
+                    raise unsorted(path.name, position.number(position.line + 1), line, previous)
+                previous = line
+                key, tab, value = line.partition("\t")
+                if not tab and not text:
+                    split_record(line, path, position.number(position.line + 1))  # raises, naming file and line
+                times = sum(1 for _ in run)  # counted, not listed: a run may be longer than memory
+                position.line += times
+                yield key, value, times
         except UnicodeDecodeError:
             raise decode_error(path) from None
 
@@ -277,6 +307,9 @@ def step_map(params: dict) -> dict:
             fn, name, _records(ranges, pos, text), output))
     reducer = load_function(combine)
     limit = int(params.get("combine_limit") or COMBINE_LIMIT)
+    if reducer is reducers.sum:
+        return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: sum_into(
+            fn, name, _records(ranges, pos, text), limit, output))
     return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: combine_into(
         fn, name, _records(ranges, pos, text), reducer, combine, limit, output))
 
@@ -287,8 +320,14 @@ def step_transform(params: dict) -> dict:
 
 
 def step_reduce(params: dict) -> dict:
-    return _run_function_step("reduce", params, lambda fn, name, ranges, pos, text, output: reduce_into(
-        fn, name, _sorted_records(ranges, pos, text), output), by_key=True)
+    return _run_function_step("reduce", params, _reduce, by_key=True)
+
+
+def _reduce(function, name: str, ranges: List[Range], position: _Position, text: bool, output) -> None:
+    if function is reducers.sum and len(ranges) == 1:  # the usual case: one file that sort made
+        sum_runs_into(_sorted_runs(ranges[0], position, text), output)
+    else:
+        reduce_into(function, name, _sorted_records(ranges, position, text), output)
 
 
 def step_sort(params: dict) -> dict:
