@@ -36,7 +36,7 @@ def run_bigrams(c, words: Path, output: Path) -> dict:
     tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs")
     tasks.scatter(c, "pairs", "pairs-here")
     tasks.sort(c, "pairs-here", "pairs-sorted")
-    tasks.reduce(c, "reductio.example.bigrams.count", "pairs-sorted", "counts")
+    tasks.reduce(c, "reductio.reducers.sum", "pairs-sorted", "counts")
     tasks.merge(c, "counts", str(output))
     return read_table(output)
 

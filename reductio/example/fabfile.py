@@ -34,10 +34,10 @@ def bigrams(c, words="", output="bigrams.tsv", top=10, combine=False):
     """Count letter bigrams in the words file into a key<TAB>count table on the head."""
     load(c, words_file(words), "words")
     map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs",
-        combine="reductio.example.bigrams.count" if combine else "")
+        combine="reductio.reducers.sum" if combine else "")
     scatter(c, "pairs", "pairs-here")
     sort(c, "pairs-here", "pairs-sorted")
-    reduce(c, "reductio.example.bigrams.count", "pairs-sorted", "counts")
+    reduce(c, "reductio.reducers.sum", "pairs-sorted", "counts")
     merge(c, "counts", output)
     if c.config.run.dry:  # -R: the commands were printed, nothing ran
         return
