@@ -7,11 +7,11 @@ from reductio.tasks import load, map, merge, reduce, scatter, sort
 
 
 @task
-def job(c, corpus, output, mapper="jobs.line_bigrams", combine=False):
-    """load -> map -> scatter -> sort -> reduce -> merge, optionally with a combiner."""
+def job(c, corpus, output, mapper="jobs.line_bigrams", reducer="reductio.reducers.sum", combine=False):
+    """load -> map -> scatter -> sort -> reduce -> merge, optionally with ``reducer`` as the combiner too."""
     load(c, corpus, "corpus")
-    map(c, mapper, "corpus", "pairs", combine="jobs.count" if combine else "")
+    map(c, mapper, "corpus", "pairs", combine=reducer if combine else "")
     scatter(c, "pairs", "here")
     sort(c, "here", "sorted")
-    reduce(c, "jobs.count", "sorted", "counts")
+    reduce(c, reducer, "sorted", "counts")
     merge(c, "counts", output)

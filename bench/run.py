@@ -49,6 +49,8 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     results = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip() or "?"
     for size_text in args.sizes.split(","):
         size = parse_size(size_text)
         corpus = make_corpus(size_text, size)
@@ -58,7 +60,7 @@ def main() -> None:
             for name, command in contenders(workload, mapper, awk, corpus, skipped):
                 print(f"== {size_text} {workload} {name}", flush=True)
                 result = measure(name, command, args.timeout)
-                result.update(size=size_text, workload=workload, run=started)
+                result.update(size=size_text, workload=workload, run=started, commit=commit)
                 output = read_output(name, result) if result["status"] == "ok" else None
                 result["identical"] = None if output is None else output == reference
                 results.append(result)
@@ -67,12 +69,12 @@ def main() -> None:
 
 
 def keep(results: list) -> list:
-    """This run's rows, and those of earlier runs (bench/out/results.json) for sizes this run did not measure.
+    """This run's rows, and those of earlier runs (bench/results.json) for sizes this run did not measure.
 
     Ratios are only ever taken within one size, so within one run; across
     sizes only memory is compared, which the machine's noise barely moves.
     """
-    saved = OUT / "results.json"
+    saved = BENCH / "results.json"  # committed with RESULTS.md, so a later run can add a size
     sizes = {r["size"] for r in results}
     earlier = [r for r in json.loads(saved.read_text()) if r["size"] not in sizes] if saved.exists() else []
     merged = sorted(earlier + results, key=lambda r: parse_size(r["size"]))
@@ -133,6 +135,10 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set):
     table = {
         "reductio local": f"{reductio_command('local', corpus, out / 'reductio-local', mapper, False)}",
         "reductio local +combiner": f"{reductio_command('local', corpus, out / 'reductio-local-c', mapper, True)}",
+        "reductio local, own reducer": reductio_command('local', corpus, out / 'reductio-local-own', mapper, False,
+                                                        reducer="jobs.count"),
+        "reductio local +combiner, own reducer": reductio_command('local', corpus, out / 'reductio-local-c-own', mapper,
+                                                                  True, reducer="jobs.count"),
         "reductio ssh": f"{reductio_command('ssh', corpus, out / 'reductio-ssh', mapper, False)}",
         "reductio 1 worker": f"{reductio_command('one', corpus, out / 'reductio-one', mapper, False)}",
         "reductio 1 worker, 1 process": reductio_command('one', corpus, out / 'reductio-one-p1', mapper, False, 1),
@@ -152,17 +158,20 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set):
             yield name, command
 
 
-def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine: bool, processes: int = None) -> str:
+def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine: bool, processes: int = None,
+                     reducer: str = "reductio.reducers.sum") -> str:
     """The job as a user runs it, with a job log (``reductio: log:``) for per-step seconds and bytes.
 
     ``kind``: "local" (2 local workers), "ssh" (2 SSH workers) or "one" (1 local worker, which by default runs
-    as many map and reduce processes as there are cores, or ``processes``).
+    as many map and reduce processes as there are cores, or ``processes``). ``reducer``: the built-in sum, or
+    the user's own (jobs.count), which reduce and the combiner can only call per key.
     """
     home = OUT / f"home-{kind}"
     log = output.with_suffix(".jsonl")
     config = output.with_suffix(".config.json")
     config.write_text(json.dumps({"reductio": dict({"log": str(log)}, **({"processes": processes} if processes else {}))}))
-    flags = f"--corpus {corpus} --output {output} --mapper jobs.{mapper}" + (" --combine" if combine else "")
+    flags = f"--corpus {corpus} --output {output} --mapper jobs.{mapper} --reducer {reducer}" + (
+        " --combine" if combine else "")
     return (f"rm -f {log} && cd {home / 'work'} && HOME={home} {VENV / 'bin' / 'reductio'} --config {config}"
             f" -f {BENCH / 'fabfile.py'} --force job {flags}")
 
@@ -317,6 +326,8 @@ def start_sshd(home: Path, work: Path) -> None:
 def read_output(name: str, result: dict) -> dict:
     """A contender's output as {key: count}, whatever its format."""
     files = {"reductio local": "reductio-local", "reductio local +combiner": "reductio-local-c",
+             "reductio local, own reducer": "reductio-local-own",
+             "reductio local +combiner, own reducer": "reductio-local-c-own",
              "reductio ssh": "reductio-ssh", "reductio 1 worker": "reductio-one",
              "reductio 1 worker, 1 process": "reductio-one-p1", "counter": "counter", "awk hash": "awk-hash",
              "awk | sort | uniq -c": "awk-sort-uniq", "dask.bag": "dask", "mrjob +combiner": "mrjob-c",
@@ -346,7 +357,7 @@ def write_results(results: list) -> None:
     for (size, workload) in dict.fromkeys((r["size"], r["workload"]) for r in results):
         rows = [r for r in results if r["size"] == size and r["workload"] == workload]
         base = next((r["wall"] for r in rows if r["name"] == "reductio local" and r["status"] == "ok"), None)
-        lines += [f"## {workload}, {size}", "", f"Measured {rows[0].get('run', '?')}.", "",
+        lines += [f"## {workload}, {size}", "", f"Measured {rows[0].get('run', '?')} at commit {rows[0].get('commit', '?')}.", "",
                   "| contender | status | identical | wall s | ratio | CPU s | peak RSS MB | reductio proc. RSS MB |"
                   " head RSS MB |",
                   "|---|---|---|---|---|---|---|---|---|"]
