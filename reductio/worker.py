@@ -11,6 +11,7 @@ library.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import heapq
 import itertools
@@ -403,7 +404,22 @@ def step_receive(params: dict) -> dict:
     if "/" in name or name.startswith("."):
         raise DatasetError(f"bad file name {name!r}")
     folder = home.attempt_dir(params["attempt"])
+    _widen_pipe(sys.stdin.fileno())
     return {"files": {name: receive(sys.stdin.buffer, folder, name, params.get("expected"))}}
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a pipe hold 1 MB, not 64 KB: sshd then hands data over in fewer, larger writes (a third faster here)."""
+    if _F_SETPIPE_SZ is None:
+        return
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
+    except OSError:  # not a pipe, or above the system's pipe-max-size: the default size still works
+        pass
+
+
+# Linux only; named in fcntl from Python 3.10.
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform.startswith("linux") else None)
 
 
 def step_send(params: dict) -> dict:
@@ -451,6 +467,12 @@ def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self:
         return receive(data, folder, path.name, expected)
 
 
+# AES-GCM first: with the AES instructions of any recent x86 or ARM CPU it is the cheapest cipher, and
+# two scatters at once moved 777 MB/s over loopback here with it against 551 MB/s with ssh's default,
+# chacha20-poly1305. Every cipher listed is in OpenSSH since 6.5 (2014), so any worker shares one.
+SCATTER_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr"
+
+
 def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str, expected: dict) -> dict:
     """Stream one file to another worker's ``receive`` with the worker's own ssh client.
 
@@ -461,7 +483,7 @@ def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str, expe
     remote = worker_command(shell_path(destination["python"]), "receive", params)
     argv = [
         "ssh", "-F", "/dev/null", "-i", str(home.root / CLUSTER_KEY), "-o", "IdentitiesOnly=yes",
-        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"Ciphers={SCATTER_CIPHERS}",
         "-o", f"UserKnownHostsFile={home.root / KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
         "-p", str(destination["port"]),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -378,6 +379,20 @@ def test_receive_copies_stdin_into_the_attempt_and_reports_bytes_lines_and_sha25
     }}}
     assert (home.tmp / "l1" / "part-0").read_bytes() == data
     assert sorted(os.listdir(home.tmp / "l1")) == ["part-0"]
+
+
+def test_receive_widens_its_stdin_pipe_to_a_megabyte_and_leaves_other_files_alone(tmp_path):
+    from reductio.worker import _F_SETPIPE_SZ, _widen_pipe
+
+    read_end, write_end = os.pipe()
+    try:
+        _widen_pipe(read_end)
+        assert fcntl.fcntl(read_end, _F_SETPIPE_SZ + 1) == 1 << 20  # F_GETPIPE_SZ
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with open(tmp_path / "file", "wb") as plain:
+        _widen_pipe(plain.fileno())  # not a pipe: nothing happens, nothing is raised
 
 
 def test_receive_refuses_a_file_that_arrives_different_from_what_was_expected(home):
