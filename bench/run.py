@@ -49,8 +49,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     results = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip() or "?"
+    commit = measured_commit()
     for size_text in args.sizes.split(","):
         size = parse_size(size_text)
         corpus = make_corpus(size_text, size)
@@ -66,6 +65,15 @@ def main() -> None:
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "output"}), flush=True)
                 write_results(keep(results))  # after every contender: a stopped run keeps what it measured
+
+
+def measured_commit() -> str:
+    """The checkout's commit, "+changes" when files other than the benchmark's own results differ from it."""
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", ".",
+                                    ":!bench/RESULTS.md", ":!bench/results.json"], capture_output=True, text=True).stdout
+    return (commit or "?") + ("+changes" if changed.strip() else "")
 
 
 def keep(results: list) -> list:
