@@ -27,13 +27,12 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Dict, List
 
-from reductio import shares
+from reductio import reducers, shares
 from reductio.errors import DatasetError, ReductioError, UserCodeError, environment_error
 from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
 from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
 from reductio.records import decode_error, lines_before, open_slice, read_lines, split_record
-from reductio import reducers
 from reductio.shares import Range
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import (
