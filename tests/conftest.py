@@ -38,6 +38,15 @@ def ctx():
     return make_context(2)
 
 
+def files_per_dataset(c, capsys) -> dict:
+    """Files per dataset of a one-worker cluster, read from what the status task prints."""
+    from reductio import tasks
+
+    capsys.readouterr()
+    tasks.status(c)
+    return {row.split()[1]: int(row.split()[5]) for row in capsys.readouterr().out.splitlines()[1:]}
+
+
 def write_lines(path: Path, lines) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invoke import Exit
 
-from conftest import make_context, write_lines
+from conftest import files_per_dataset, make_context, write_lines
 from reductio import reducers, tasks
 from reductio.errors import UserCodeError
 from reductio.output import PartitionedOutput
@@ -81,17 +81,21 @@ def _job(c, source, output, reducer, combine=""):
     return output.read_bytes()
 
 
-@pytest.mark.parametrize("processes", [1, 3])
-def test_a_job_reduced_and_combined_with_sum_matches_the_users_own_reducer_and_a_counter(tmp_path, processes):
+@pytest.mark.parametrize("workers, processes", [(2, 1), (1, 3)])
+def test_a_job_reduced_and_combined_with_sum_matches_the_users_own_reducer_and_a_counter(
+        tmp_path, capsys, workers, processes):
     rng = random.Random(5)
-    words = [f"w{rng.randint(0, 300)}" if rng.random() < 0.9 else rng.choice(["ü", "a\rb", "éé"])
-             for _ in range(150_000)]
-    lines = [" ".join(words[i:i + 10]) for i in range(0, len(words), 10)]
+    words = [f"w{rng.randint(0, 3000)}" if rng.random() < 0.9 else rng.choice(["ü", "a\rb", "éé"])
+             for _ in range(700_000)]
+    lines = [" ".join(words[i:i + 10]) for i in range(0, len(words), 10)]  # about 4 MB
     source = write_lines(tmp_path / "in.txt", lines)
-    c = make_context(2, processes=processes)
+    c = make_context(workers, processes=processes)
     tasks.setup(c)
     own = _job(c, source, tmp_path / "own.tsv", "wordjobs.total")
     reduced = _job(c, source, tmp_path / "sum.tsv", SUM)
+    if processes > 1:  # map and reduce were cut into shares: one output file per process
+        files = files_per_dataset(c, capsys)
+        assert files["pairs"] == processes and files["counts"] == processes
     combined = _job(c, source, tmp_path / "both.tsv", SUM, combine=SUM)
     assert reduced == own and combined == own
     expected = Counter(word for line in lines for word in line.split())

@@ -7,7 +7,7 @@ import random
 import pytest
 from invoke import Exit
 
-from conftest import make_context, write_lines
+from conftest import files_per_dataset, make_context, write_lines
 from reductio import tasks
 from reductio.cluster import Cluster
 from reductio.config import read_workers_cfg
@@ -104,16 +104,9 @@ def test_a_job_over_three_processes_per_worker_gives_the_one_process_answer(corp
     map_total, reduce_total = totals[-4], totals[-1]  # the second run's: map, scatter, sort, reduce
     assert int(map_total[1].replace(",", "")) == 60_000  # map's processes read every line once
     assert int(reduce_total[1].replace(",", "")) == (600_000 if not combine else int(map_total[2].replace(",", "")))
-    files = _files(c, capsys)
+    files = files_per_dataset(c, capsys)
     assert files["pairs"] == 3  # map ran as three processes
     assert files["counts"] == (3 if not combine else 1)  # and reduce too, unless combined below MIN_SHARE
-
-
-def _files(c, capsys) -> dict:
-    """Files per dataset of the one worker, from the status task."""
-    capsys.readouterr()
-    tasks.status(c)
-    return {row.split()[1]: int(row.split()[5]) for row in capsys.readouterr().out.splitlines()[1:]}
 
 
 def test_user_counters_are_added_up_over_the_processes(corpus, capsys):
@@ -124,7 +117,7 @@ def test_user_counters_are_added_up_over_the_processes(corpus, capsys):
     tasks.map(c, "wordjobs.counted_words", "text", "pairs")
     out = capsys.readouterr().out
     assert "records: 60,000" in out
-    assert _files(c, capsys)["pairs"] == 3
+    assert files_per_dataset(c, capsys)["pairs"] == 3
 
 
 def test_transform_over_three_processes_gives_the_one_process_answer(corpus, tmp_path, capsys):
@@ -136,7 +129,7 @@ def test_transform_over_three_processes_gives_the_one_process_answer(corpus, tmp
         tasks.transform(c, "wordjobs.split_words", "text", "split", force=True)
         tasks.merge(c, "split", str(tmp_path / f"{processes}.txt"))
         answers.append((tmp_path / f"{processes}.txt").read_bytes())
-        assert _files(c, capsys)["split"] == processes
+        assert files_per_dataset(c, capsys)["split"] == processes
     assert answers[0] == answers[1] and answers[0].count(b"raw:") == 60_000
 
 
