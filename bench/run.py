@@ -240,7 +240,7 @@ def measure(name: str, command: str, timeout: float) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if status == "ok" and process.returncode != 0:
         message = [line.strip() for _, line in stderr_lines if line.strip()]
-        status = f"failed (exit {process.returncode}): {' / '.join(message[:3])[:300]}"
+        status = f"failed (exit {process.returncode}): {message[-1][:300] if message else 'no message'}"
     start_marks = [t for t, line in stderr_lines if line.strip() == "START"]
     if start_marks:  # time the sort alone, not the awk that wrote its input
         wall = ended - start_marks[0]
