@@ -17,7 +17,7 @@ from reductio.output import PartitionedOutput
 from reductio.steps import combine_into, sum_into
 from reductio.store import partition_file
 
-SUM = "reductio.reducers.sum"
+SUM = reducers.SUM  # the dotted path users write
 
 
 def test_sum_totals_whole_numbers_and_names_a_value_that_is_not_one():
