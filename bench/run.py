@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,12 +35,14 @@ AWK_BIGRAMS = (r'{ $0 = tolower($0); for (i = 1; i <= NF; i++) { w = $i; n = len
                r' if (a ~ /[[:alpha:]]/ && b ~ /[[:alpha:]]/) EMIT } } }')
 AWK_PAIRS = r'{ for (i = 1; i < NF; i++) EMIT }'
 AWK_KEY = {AWK_BIGRAMS: "a b", AWK_PAIRS: '$i " " $(i + 1)'}
+WORKLOADS = (("bigrams", "line_bigrams", AWK_BIGRAMS), ("shuffle-heavy", "word_pairs", AWK_PAIRS))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20M", help="corpus sizes, comma-separated (e.g. 20M,100M,200M,1G)")
     parser.add_argument("--skip", default="", help="contenders to leave out, comma-separated (e.g. mrjob,dask)")
+    parser.add_argument("--only", default="", help="contenders to run, comma-separated (e.g. 'reductio local,mrjob')")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds before a contender is stopped")
     parser.add_argument("--mrjob-max", default="1G", help="largest size mrjob runs at (it is very slow)")
     args = parser.parse_args()
@@ -47,19 +50,21 @@ def main() -> None:
         prepare_venv()
         os.execv(str(PY), [str(PY), __file__, *sys.argv[1:]])
     skip = set(filter(None, args.skip.split(",")))
+    only = set(filter(None, args.only.split(",")))
     results = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     commit = measured_commit()
+    invoked = " ".join(shlex.quote(word) for word in sys.argv[1:])
     for size_text in args.sizes.split(","):
         size = parse_size(size_text)
         corpus = make_corpus(size_text, size)
         skipped = skip | ({"mrjob"} if size > parse_size(args.mrjob_max) else set())
-        for workload, mapper, awk in (("bigrams", "line_bigrams", AWK_BIGRAMS), ("shuffle-heavy", "word_pairs", AWK_PAIRS)):
+        for workload, mapper, awk in WORKLOADS:
             reference = reference_counts(corpus, mapper)
-            for name, command in contenders(workload, mapper, awk, corpus, skipped):
+            for name, command in contenders(workload, mapper, awk, corpus, skipped, only):
                 print(f"== {size_text} {workload} {name}", flush=True)
                 result = measure(name, command, args.timeout)
-                result.update(size=size_text, workload=workload, run=started, commit=commit)
+                result.update(size=size_text, workload=workload, run=started, commit=commit, command=invoked)
                 output = read_output(name, result) if result["status"] == "ok" else None
                 result["identical"] = None if output is None else output == reference
                 results.append(result)
@@ -77,15 +82,26 @@ def measured_commit() -> str:
 
 
 def keep(results: list) -> list:
-    """This run's rows, and those of earlier runs (bench/results.json) for sizes this run did not measure.
+    """This run's rows, and the tables of earlier runs (bench/results.json) that this run does not replace.
 
-    Ratios are only ever taken within one size, so within one run; across
-    sizes only memory is compared, which the machine's noise barely moves.
+    A table is one run's rows for one workload at one size. A run replaces an
+    earlier table only once it has measured every contender in it; a partial
+    run (mrjob alone, with the reductio rows it is compared with) is a table
+    of its own beside the earlier one. Ratios and targets are only ever taken
+    within one table or run; across sizes only memory is compared, which the
+    machine's noise barely moves.
     """
-    saved = BENCH / "results.json"  # committed with RESULTS.md, so a later run can add a size
-    sizes = {r["size"] for r in results}
-    earlier = [r for r in json.loads(saved.read_text()) if r["size"] not in sizes] if saved.exists() else []
-    merged = sorted(earlier + results, key=lambda r: parse_size(r["size"]))
+    saved = BENCH / "results.json"  # committed with RESULTS.md, so a later run can add to it
+    runs = {r["run"] for r in results}
+    measured = {(r["size"], r["workload"], r["name"]) for r in results}
+    earlier = {}
+    for r in json.loads(saved.read_text()) if saved.exists() else []:
+        if r["run"] not in runs:
+            earlier.setdefault((r["size"], r["workload"], r["run"]), []).append(r)
+    kept = [r for rows in earlier.values() if not all((r["size"], r["workload"], r["name"]) in measured for r in rows)
+            for r in rows]
+    order = [workload for workload, _, _ in WORKLOADS]
+    merged = sorted(kept + results, key=lambda r: (parse_size(r["size"]), order.index(r["workload"]), r["run"]))
     saved.write_text(json.dumps(merged, indent=1))
     return merged
 
@@ -132,7 +148,7 @@ def reference_counts(corpus: Path, mapper: str) -> dict:
     return dict(counts)
 
 
-def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set):
+def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set, only: set):
     """(name, shell command) per contender; each writes key<TAB>count lines (or uniq -c lines) to its output."""
     env_py = str(PY)
     out = OUT / "outputs"
@@ -162,7 +178,7 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set):
                   f"{corpus} > {out / 'mrjob'}"),
     }
     for name, command in table.items():
-        if not any(word and word in name for word in skip):
+        if not any(word in name for word in skip) and (not only or any(word in name for word in only)):
             yield name, command
 
 
@@ -358,32 +374,41 @@ def write_results(results: list) -> None:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = ["# Benchmark results", "",
              f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python3 bench/run.py {' '.join(sys.argv[1:])}`"
-             " (with the rows of earlier runs for the sizes it did not measure);"
+             " (with the tables of earlier runs it did not replace);"
              f" {os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()},"
              f" {subprocess.run(['sort', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}.",
-             "", "Ratios are to `reductio local` of the same workload and size (below 1: faster than reductio).", ""]
+             "", "Ratios are to `reductio local` of the same table: same workload, size and run (below 1: faster"
+             " than reductio).", ""]
     for (size, workload) in dict.fromkeys((r["size"], r["workload"]) for r in results):
-        rows = [r for r in results if r["size"] == size and r["workload"] == workload]
-        base = next((r["wall"] for r in rows if r["name"] == "reductio local" and r["status"] == "ok"), None)
-        lines += [f"## {workload}, {size}", "", f"Measured {rows[0].get('run', '?')} at commit {rows[0].get('commit', '?')}.", "",
-                  "| contender | status | identical | wall s | ratio | CPU s | peak RSS MB | reductio proc. RSS MB |"
-                  " head RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            ratio = f"{r['wall'] / base:.2f}" if base and r["status"] == "ok" else "-"
-            identical = {True: "yes", False: "**NO**", None: "-"}[r["identical"]]
-            lines.append(f"| {_cell(r['name'])} | {r['status']} | {identical} | {r['wall']} | {ratio} | {r['cpu']} |"
-                         f" {r['peak_rss_mb']} | {r['reductio_rss_mb'] or '-'} | {r['head_rss_mb'] or '-'} |")
-        lines += ["", "reductio's steps (from the job log; MB over all workers):", "",
-                  "| contender | step | seconds | MB in | MB out | MB crossed |", "|---|---|---|---|---|---|"]
-        for r in rows:
-            for step, entry in r["steps"].items():
-                mb = {k: f"{entry[k] / 1e6:.1f}" if k in entry else "-" for k in ("bytes in", "bytes out", "bytes crossed")}
-                lines.append(f"| {_cell(r['name'])} | {step} | {entry['seconds']} | {mb['bytes in']} | {mb['bytes out']} |"
-                             f" {mb['bytes crossed']} |")
-        lines.append("")
+        lines += [f"## {workload}, {size}", ""]
+        for run in dict.fromkeys(r["run"] for r in results if (r["size"], r["workload"]) == (size, workload)):
+            rows = [r for r in results if (r["size"], r["workload"], r["run"]) == (size, workload, run)]
+            lines += _table(rows)
     lines += targets(results)
     (BENCH / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+def _table(rows: list) -> list:
+    """One run's rows of one workload at one size, and reductio's steps in them."""
+    base = next((r["wall"] for r in rows if r["name"] == "reductio local" and r["status"] == "ok"), None)
+    lines = [f"Measured {rows[0]['run']} at commit {rows[0]['commit']} by"
+             f" `python3 bench/run.py {rows[0].get('command', '?')}`.", "",
+             "| contender | status | identical | wall s | ratio | CPU s | peak RSS MB | reductio proc. RSS MB |"
+             " head RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['wall'] / base:.2f}" if base and r["status"] == "ok" else "-"
+        identical = {True: "yes", False: "**NO**", None: "-"}[r["identical"]]
+        lines.append(f"| {_cell(r['name'])} | {r['status']} | {identical} | {r['wall']} | {ratio} | {r['cpu']} |"
+                     f" {r['peak_rss_mb']} | {r['reductio_rss_mb'] or '-'} | {r['head_rss_mb'] or '-'} |")
+    lines += ["", "reductio's steps (from the job log; MB over all workers):", "",
+              "| contender | step | seconds | MB in | MB out | MB crossed |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for step, entry in r["steps"].items():
+            mb = {k: f"{entry[k] / 1e6:.1f}" if k in entry else "-" for k in ("bytes in", "bytes out", "bytes crossed")}
+            lines.append(f"| {_cell(r['name'])} | {step} | {entry['seconds']} | {mb['bytes in']} | {mb['bytes out']} |"
+                         f" {mb['bytes crossed']} |")
+    return lines + [""]
 
 
 HEAD_NOISE = 0.05  # "the head does not grow": within what one Python process varies by from run to run
@@ -394,63 +419,70 @@ def _cell(text: str) -> str:
 
 
 def targets(results: list) -> list:
-    """The issue's targets, each assessed from this run's rows: measured value and met or not."""
-    def row(size, workload, name):
-        return next((r for r in results if (r["size"], r["workload"], r["name"]) == (size, workload, name)
-                     and r["status"] == "ok"), None)
+    """The issue's targets, each assessed from the rows of one run (memory growth: the latest run of each size)."""
+    lines = ["## Targets, assessed per run", "",
+             "| size | run | target | measured | met? |", "|---|---|---|---|---|"]
 
-    lines = ["## Targets, assessed from this run", "",
-             "| size | target | measured | met? |", "|---|---|---|---|"]
+    def add(size, run, target, measured, met):
+        lines.append(f"| {size} | {run} | {_cell(target)} | {measured} | {'yes' if met else '**no**'} |")
 
-    def add(size, target, measured, met):
-        lines.append(f"| {size} | {_cell(target)} | {measured} | {'yes' if met else '**no**'} |")
+    for size, run in dict.fromkeys((r["size"], r["run"]) for r in results):
+        ran = [r for r in results if (r["size"], r["run"]) == (size, run) and r["status"] == "ok"]
 
-    sizes = list(dict.fromkeys(r["size"] for r in results))
-    for size in sizes:
-        plain, combined = row(size, "bigrams", "reductio local"), row(size, "bigrams", "reductio local +combiner")
+        def row(workload, name):
+            return next((r for r in ran if (r["workload"], r["name"]) == (workload, name)), None)
+
+        plain, combined = row("bigrams", "reductio local"), row("bigrams", "reductio local +combiner")
         for peer, target, limit in (("dask.bag", "bigrams +combiner faster than dask.bag", 1.0),
                                     ("mrjob +combiner", "bigrams +combiner >= 10x faster than mrjob +combiner", 10.0),
                                     ("awk hash", "bigrams +combiner within 1.5x of awk hash", 1 / 1.5)):
-            other = row(size, "bigrams", peer)
+            other = row("bigrams", peer)
             if combined and other:
                 speedup = other["wall"] / combined["wall"]
-                add(size, target, f"{combined['wall']} s vs {other['wall']} s: reductio {speedup:.2f}x as fast",
+                add(size, run, target, f"{combined['wall']} s vs {other['wall']} s: reductio {speedup:.2f}x as fast",
                     speedup > limit if limit == 1.0 else speedup >= limit)
         for peer, target, limit in (("awk | sort | uniq -c", "bigrams without combiner <= 2x awk | sort | uniq", 0.5),
                                     ("mrjob", "bigrams without combiner >= 3x faster than mrjob", 3.0)):
-            other = row(size, "bigrams", peer)
+            other = row("bigrams", peer)
             if plain and other:
                 speedup = other["wall"] / plain["wall"]
-                add(size, target, f"{plain['wall']} s vs {other['wall']} s: reductio {speedup:.2f}x as fast", speedup >= limit)
-        local, bare = row(size, "shuffle-heavy", "reductio local"), row(size, "shuffle-heavy", "sort (intermediate only)")
+                add(size, run, target, f"{plain['wall']} s vs {other['wall']} s: reductio {speedup:.2f}x as fast",
+                    speedup >= limit)
+        local, bare = row("shuffle-heavy", "reductio local"), row("shuffle-heavy", "sort (intermediate only)")
         if local and bare and "sort" in local["steps"]:
             ratio = local["steps"]["sort"]["seconds"] / bare["wall"]
-            add(size, "shuffle-heavy: sort step <= 1.3x bare sort",
+            add(size, run, "shuffle-heavy: sort step <= 1.3x bare sort",
                 f"{local['steps']['sort']['seconds']} s vs {bare['wall']} s ({ratio:.2f}x)", ratio <= 1.3)
         for workload in ("bigrams", "shuffle-heavy"):
-            ssh, local = row(size, workload, "reductio ssh"), row(size, workload, "reductio local")
+            ssh, local = row(workload, "reductio ssh"), row(workload, "reductio local")
             scatter = ssh and ssh["steps"].get("scatter")
             if scatter and scatter.get("send seconds"):
                 rate = scatter["bytes crossed"] / 1e6 / scatter["send seconds"]
-                add(size, f"{workload}: scatter over loopback SSH >= 200 MB/s",
+                add(size, run, f"{workload}: scatter over loopback SSH >= 200 MB/s",
                     f"{scatter['bytes crossed'] / 1e6:.0f} MB in {scatter['send seconds']} s of sending = {rate:.0f}"
                     f" MB/s ({scatter['bytes crossed'] / 1e6 / scatter['seconds']:.0f} MB/s over the whole step)",
                     rate >= 200)
             if ssh and local:
                 extra = ssh["wall"] / local["wall"] - 1
-                add(size, f"{workload}: SSH workers at most 15% over local", f"{extra:+.0%}", extra <= 0.15)
-        ours = [r for r in results if r["size"] == size and r["name"].startswith("reductio") and r["status"] == "ok"]
+                add(size, run, f"{workload}: SSH workers at most 15% over local", f"{extra:+.0%}", extra <= 0.15)
+        ours = [r for r in ran if r["name"].startswith("reductio")]
         if ours:
             worst = max(ours, key=lambda r: r["reductio_rss_mb"] or 0)
-            add(size, "every reductio process <= 64 MB", f"largest {worst['reductio_rss_mb']} MB ({worst['name']},"
+            add(size, run, "every reductio process <= 64 MB", f"largest {worst['reductio_rss_mb']} MB ({worst['name']},"
                 f" {worst['workload']})", (worst["reductio_rss_mb"] or 0) <= 64)
+    latest = {}  # (size, workload, name) -> the latest run's row that finished
+    for r in results:
+        if r["status"] == "ok" and r["name"].startswith("reductio"):
+            latest[(r["size"], r["workload"], r["name"])] = r
+    sizes = list(dict.fromkeys(r["size"] for r in results))
     for small, large in ((a, b) for a in sizes for b in sizes if parse_size(b) == 5 * parse_size(a)):
-        for r in [r for r in results if r["size"] == small and r["name"].startswith("reductio")]:
-            bigger = row(large, r["workload"], r["name"])
-            if r["status"] == "ok" and bigger:
+        for (size, workload, name), r in latest.items():
+            bigger = latest.get((large, workload, name))
+            if size == small and bigger:
                 growth = bigger["reductio_rss_mb"] / r["reductio_rss_mb"] - 1
                 head = bigger["head_rss_mb"] / r["head_rss_mb"] - 1
-                add(f"{small} -> {large}", f"{r['workload']}, {r['name']}: memory flat (<= 10% growth), head flat",
+                add(f"{small} -> {large}", f"{r['run']} -> {bigger['run']}",
+                    f"{workload}, {name}: memory flat (<= 10% growth), head flat",
                     f"largest process {growth:+.0%}, head {head:+.0%}", growth <= 0.10 and head <= HEAD_NOISE)
     return lines + [""]
 
