@@ -54,7 +54,6 @@ def main() -> None:
     results = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     commit = measured_commit()
-    invoked = " ".join(shlex.quote(word) for word in sys.argv[1:])
     for size_text in args.sizes.split(","):
         size = parse_size(size_text)
         corpus = make_corpus(size_text, size)
@@ -64,7 +63,7 @@ def main() -> None:
             for name, command in contenders(workload, mapper, awk, corpus, skipped, only):
                 print(f"== {size_text} {workload} {name}", flush=True)
                 result = measure(name, command, args.timeout)
-                result.update(size=size_text, workload=workload, run=started, commit=commit, command=invoked)
+                result.update(size=size_text, workload=workload, run=started, commit=commit, command=invocation())
                 output = read_output(name, result) if result["status"] == "ok" else None
                 result["identical"] = None if output is None else output == reference
                 results.append(result)
@@ -79,6 +78,11 @@ def measured_commit() -> str:
     changed = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", ".",
                                     ":!bench/RESULTS.md", ":!bench/results.json"], capture_output=True, text=True).stdout
     return (commit or "?") + ("+changes" if changed.strip() else "")
+
+
+def invocation() -> str:
+    """This run's arguments, quoted as they would be typed."""
+    return " ".join(shlex.quote(word) for word in sys.argv[1:])
 
 
 def keep(results: list) -> list:
@@ -373,7 +377,7 @@ def write_results(results: list) -> None:
                          capture_output=True, text=True).stdout.strip()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = ["# Benchmark results", "",
-             f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python3 bench/run.py {' '.join(sys.argv[1:])}`"
+             f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python3 bench/run.py {invocation()}`"
              " (with the tables of earlier runs it did not replace);"
              f" {os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()},"
              f" {subprocess.run(['sort', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}.",
