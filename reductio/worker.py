@@ -453,15 +453,15 @@ def step_send(params: dict) -> dict:
 
 
 def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool, expected: dict) -> dict:
-    if destination["kind"] == "ssh":
-        return _send_over_ssh(home, path, destination, attempt, expected)
-    folder = Home(destination["home"]).attempt_dir(attempt)
-    if is_self:
-        target = folder / path.name
+    if is_self:  # whatever kind of worker this is: its own partition never leaves the disk
+        target = home.attempt_dir(attempt) / path.name
         if target.exists():  # a retried send: link again, never append
             target.unlink()
         os.link(path, target)
         return dict(expected)
+    if destination["kind"] == "ssh":
+        return _send_over_ssh(home, path, destination, attempt, expected)
+    folder = Home(destination["home"]).attempt_dir(attempt)
     with open(path, "rb") as data:
         return receive(data, folder, path.name, expected)
 

@@ -143,6 +143,26 @@ def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds
         assert (sshd_cluster.homes / worker / "data" / "pairs-down" / "_SUCCESS").exists()
 
 
+def test_scatter_links_each_workers_own_partition_and_sends_only_the_others(ssh_workers, sshd_cluster, words, tmp_path):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    tasks.load(c, str(words), "words")
+    tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs")
+    tasks.scatter(c, "pairs", "pairs-here", force=True)
+    for index in (0, 1):
+        data = sshd_cluster.homes / f"ssh-{index}" / "data"
+        own = sorted(path.name for path in (data / "pairs").glob(f"p{index:05d}.*"))
+        other = sorted(path.name for path in (data / "pairs").glob(f"p{1 - index:05d}.*"))
+        assert own and other
+        for name in own:  # the same file, not a copy that went over SSH
+            assert (data / "pairs-here" / name).stat().st_ino == (data / "pairs" / name).stat().st_ino
+        for name in other:  # what the other worker sent it arrived as a file of its own
+            arrived = sshd_cluster.homes / f"ssh-{1 - index}" / "data" / "pairs-here" / name
+            assert arrived.read_bytes() == (data / "pairs" / name).read_bytes()
+            assert arrived.stat().st_ino != (data / "pairs" / name).stat().st_ino
+
+
 def test_a_mapper_raising_on_one_worker_names_it_and_publishes_the_target_nowhere(ssh_workers, sshd_cluster, tmp_path):
     ssh_workers(3)
     c = make_context(project=WORDJOBS)
