@@ -242,3 +242,29 @@ def test_a_key_the_worker_does_not_accept_is_one_line_naming_the_worker(ssh_work
     assert "ssh-0: authentication to 127.0.0.1:" in failure.value.message
     assert "check key_filename or ssh-agent" in failure.value.message
     assert "Traceback" not in failure.value.message
+
+
+def test_the_head_offers_aes_gcm_first_and_still_reaches_a_worker_without_it(ssh_workers, sshd_cluster, tmp_path,
+                                                                             isolated_home):
+    from sshd import Sshd
+
+    from reductio.cluster import Cluster
+
+    ssh_workers(1)
+    worker = Cluster.from_context(make_context(project=WORDJOBS)).workers[0]
+    assert worker.connection().transport.remote_cipher == "aes128-gcm@openssh.com"
+
+    older = Sshd(tmp_path, 0, sshd_cluster.authorized_keys)  # a server that offers AES-CTR only
+    older.config.write_text(older.config.read_text() + "Ciphers aes128-ctr\n")
+    older.start()
+    try:
+        with open(isolated_home / ".ssh" / "known_hosts", "a") as known:
+            known.write(older.known_hosts_line())
+        Path("workers.cfg").write_text(
+            f"[older]\nhost = 127.0.0.1\nport = {older.port}\nusername = {sshd_cluster.user}\n"
+            f"key_filename = {sshd_cluster.user_key}\nhome = {tmp_path / 'older-home'}\n")
+        worker = Cluster.from_context(make_context(project=WORDJOBS)).workers[0]
+        assert worker.connection().transport.remote_cipher == "aes128-ctr"
+        assert worker.run("echo reached").stdout == "reached\n"
+    finally:
+        older.stop()
