@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="contenders to run, comma-separated (e.g. 'reductio local,mrjob')")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds before a contender is stopped")
     parser.add_argument("--mrjob-max", default="1G", help="largest size mrjob runs at (it is very slow)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each contender this many times, the contenders taking turns; a row is the median")
     args = parser.parse_args()
     if Path(sys.prefix).resolve() != VENV.resolve():  # measure from inside the benchmark's own venv
         prepare_venv()
@@ -60,15 +62,38 @@ def main() -> None:
         skipped = skip | ({"mrjob"} if size > parse_size(args.mrjob_max) else set())
         for workload, mapper, awk in WORKLOADS:
             reference = reference_counts(corpus, mapper)
-            for name, command in contenders(workload, mapper, awk, corpus, skipped, only):
-                print(f"== {size_text} {workload} {name}", flush=True)
-                result = measure(name, command, args.timeout)
-                result.update(size=size_text, workload=workload, run=started, commit=commit, command=invocation())
-                output = read_output(name, result) if result["status"] == "ok" else None
-                result["identical"] = None if output is None else output == reference
-                results.append(result)
-                print(json.dumps({k: v for k, v in result.items() if k != "output"}), flush=True)
-                write_results(keep(results))  # after every contender: a stopped run keeps what it measured
+            chosen = list(contenders(workload, mapper, awk, corpus, skipped, only))
+            tries = {name: [] for name, _ in chosen}
+            for turn in range(1, args.repeat + 1):
+                for name, command in chosen:
+                    print(f"== {size_text} {workload} {name}" + (f", try {turn}" if args.repeat > 1 else ""), flush=True)
+                    result = measure(name, command, args.timeout)
+                    output = read_output(name, result) if result["status"] == "ok" else None
+                    result["identical"] = None if output is None else output == reference
+                    print(json.dumps(result), flush=True)
+                    tries[name].append(result)
+                    if turn == args.repeat:
+                        result = median(tries[name])
+                        result.update(size=size_text, workload=workload, run=started, commit=commit,
+                                      command=invocation())
+                        results.append(result)
+                        write_results(keep(results))  # after every contender: a stopped run keeps what it measured
+
+
+def median(tries: list) -> dict:
+    """One contender's row from its tries: the try of median wall time, or the first that failed.
+
+    Its steps and CPU time come with it; memory is the largest of any try,
+    and the row is identical only if every try's output was.
+    """
+    failed = [t for t in tries if t["status"] != "ok"]
+    row = dict(failed[0] if failed else sorted(tries, key=lambda t: t["wall"])[(len(tries) - 1) // 2])
+    for memory in ("peak_rss_mb", "reductio_rss_mb", "head_rss_mb"):
+        row[memory] = max((t[memory] for t in tries if t[memory] is not None), default=None)
+    row["identical"] = None if failed else all(t["identical"] for t in tries)
+    if len(tries) > 1:
+        row["walls"] = [t["wall"] for t in tries]
+    return row
 
 
 def measured_commit() -> str:
@@ -403,7 +428,8 @@ def _table(rows: list) -> list:
     for r in rows:
         ratio = f"{r['wall'] / base:.2f}" if base and r["status"] == "ok" else "-"
         identical = {True: "yes", False: "**NO**", None: "-"}[r["identical"]]
-        lines.append(f"| {_cell(r['name'])} | {r['status']} | {identical} | {r['wall']} | {ratio} | {r['cpu']} |"
+        wall = f"{r['wall']} (median of {', '.join(str(w) for w in r['walls'])})" if r.get("walls") else r["wall"]
+        lines.append(f"| {_cell(r['name'])} | {r['status']} | {identical} | {wall} | {ratio} | {r['cpu']} |"
                      f" {r['peak_rss_mb']} | {r['reductio_rss_mb'] or '-'} | {r['head_rss_mb'] or '-'} |")
     lines += ["", "reductio's steps (from the job log; MB over all workers):", "",
               "| contender | step | seconds | MB in | MB out | MB crossed |", "|---|---|---|---|---|---|"]
