@@ -2,15 +2,15 @@
 
     bench/.venv/bin/python bench/profile_scatter.py [--times 3] [--trace]
 
-Needs strace for ``--trace`` and the `pairs` dataset a benchmark run leaves on the SSH workers
-(`python3 bench/run.py --sizes 200M --only "reductio ssh"`). Starts the
-benchmark's two sshd as bench/run.py does, runs `scatter pairs here
---force` ``--times`` times and prints each worker's sending seconds and the
-rate (MB crossed / the longest sender), as RESULTS.md reads them. With
-``--trace``, one more scatter runs under strace following both sshd, and
-every program they started is counted: ssh clients, worker steps, shells.
-This is how a worker was found sending its own partition to itself (bench
-README, "Scatter over SSH").
+Needs the `pairs` dataset a benchmark run leaves on the SSH workers
+(`python3 bench/run.py --sizes 200M --only "reductio ssh"`), and strace
+for ``--trace``. Starts the benchmark's two sshd as bench/run.py does,
+runs `scatter pairs here --force` ``--times`` times and prints each
+worker's sending seconds and the rate (MB crossed / the longest sender),
+as RESULTS.md reads them. With ``--trace``, one more scatter runs under
+strace following both sshd, and every program they started is counted:
+ssh clients, worker steps, shells. This is how a worker was found sending
+its own partition to itself (bench README, "Scatter over SSH").
 """
 
 import argparse
