@@ -331,6 +331,8 @@ def _steps(command: str) -> dict:
         for counter in ("bytes in", "bytes out", "bytes crossed"):
             if any(counter in w for w in workers):
                 entry[counter] = sum(w.get(counter, 0) for w in workers)
+        if any("cpu seconds" in w for w in workers):  # the workers' own, sshd's children included
+            entry["cpu seconds"] = round(sum(w.get("cpu seconds", 0) for w in workers), 2)
         if record["step"] == "scatter":
             entry["send seconds"] = max((w.get("seconds", 0) for w in workers), default=0)
         steps[record["step"]] = entry
@@ -431,13 +433,14 @@ def _table(rows: list) -> list:
         wall = f"{r['wall']} (median of {', '.join(str(w) for w in r['walls'])})" if r.get("walls") else r["wall"]
         lines.append(f"| {_cell(r['name'])} | {r['status']} | {identical} | {wall} | {ratio} | {r['cpu']} |"
                      f" {r['peak_rss_mb']} | {r['reductio_rss_mb'] or '-'} | {r['head_rss_mb'] or '-'} |")
-    lines += ["", "reductio's steps (from the job log; MB over all workers):", "",
-              "| contender | step | seconds | MB in | MB out | MB crossed |", "|---|---|---|---|---|---|"]
+    lines += ["", "reductio's steps (from the job log; MB and workers' CPU seconds over all workers):", "",
+              "| contender | step | seconds | workers' CPU s | MB in | MB out | MB crossed |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         for step, entry in r["steps"].items():
             mb = {k: f"{entry[k] / 1e6:.1f}" if k in entry else "-" for k in ("bytes in", "bytes out", "bytes crossed")}
-            lines.append(f"| {_cell(r['name'])} | {step} | {entry['seconds']} | {mb['bytes in']} | {mb['bytes out']} |"
-                         f" {mb['bytes crossed']} |")
+            lines.append(f"| {_cell(r['name'])} | {step} | {entry['seconds']} | {entry.get('cpu seconds', '-')} |"
+                         f" {mb['bytes in']} | {mb['bytes out']} | {mb['bytes crossed']} |")
     return lines + [""]
 
 

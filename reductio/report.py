@@ -55,7 +55,7 @@ td:first-child, th:first-child, td.text {{ text-align: left; }}
 {chart}
 <h2>Steps</h2>
 <table id="steps">
-<tr><th>step</th><th>target</th><th>seconds</th><th>lines in</th><th>lines out</th><th>bytes out</th><th>user counters</th></tr>
+<tr><th>step</th><th>target</th><th>seconds</th><th>CPU seconds</th><th>lines in</th><th>lines out</th><th>bytes out</th><th>user counters</th></tr>
 {rows}
 </table>
 </body></html>
@@ -87,10 +87,11 @@ def _per_worker(record: dict) -> dict:
 
 def _row(record: dict) -> str:
     workers = record.get("workers", {}).values()
-    total = {key: sum(c.get(key, 0) for c in workers) for key in ("lines in", "lines out", "bytes out")}
+    total = {key: sum(c.get(key, 0) for c in workers) for key in ("cpu seconds", "lines in", "lines out", "bytes out")}
     user = ", ".join(f"{k}: {v:,}" for k, v in sorted((record.get("user") or {}).items()))
     seconds = "skipped" if record.get("skipped") else f"{record.get('seconds', 0):.2f}"
-    cells = [html.escape(record.get("step", "?")), html.escape(record.get("target", "")), seconds,
+    cpu = f"{total['cpu seconds']:.2f}" if any("cpu seconds" in c for c in workers) else "-"
+    cells = [html.escape(record.get("step", "?")), html.escape(record.get("target", "")), seconds, cpu,
              f"{total['lines in']:,}", f"{total['lines out']:,}", f"{total['bytes out']:,}", html.escape(user)]
-    return "<tr>" + "".join(f'<td class="{"text" if i in (1, 6) else ""}">{cell}</td>'
+    return "<tr>" + "".join(f'<td class="{"text" if i in (1, 7) else ""}">{cell}</td>'
                             for i, cell in enumerate(cells)) + "</tr>"

@@ -44,6 +44,25 @@ from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, fil
 _CHUNK = 1 << 20
 
 
+class _Clock:
+    """When a step started, in wall and CPU seconds; CPU counts the children it waited for (sort, shares, ssh).
+
+    A worker's CPU seconds beside its wall seconds tell a step slowed by
+    a busy machine (same CPU, more wall) from one doing more work.
+    """
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.time(), _cpu_seconds()
+
+    def counters(self) -> Dict[str, float]:
+        return {"seconds": round(time.time() - self.wall, 3), "cpu seconds": round(_cpu_seconds() - self.cpu, 3)}
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 class _Position:
     """Where the step is reading: for error messages and progress reports."""
 
@@ -217,7 +236,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
     output = PartitionedOutput(folder, int(params["partitions"]), params["origin"])
     position = _Position()
     text = marker.get("format") == TEXT
-    started = time.time()
+    started = _Clock()
     progress = _Progress(position, _lines_of(marker), float(params.get("progress", 1.0)))
     progress.start()
     try:
@@ -255,7 +274,7 @@ def _share(params: dict, marker: dict, files: List[Path]) -> List[Range]:
 
 def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) -> dict:
     """The step over several processes, one per share; their files, lines and counters added up."""
-    started = time.time()
+    started = _Clock()
     done = shares.Progress(len(cuts))
     progress = _Progress(done, _lines_of(marker), float(params.get("progress", 1.0)))
     progress.start()
@@ -274,14 +293,14 @@ def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) 
             "counters": _counters(marker, written, lines_in, started, user)}
 
 
-def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: float, user: dict = None) -> dict:
+def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: _Clock, user: dict = None) -> dict:
     """The built-in counters of a step on one worker, and the user's (``user``: already added up)."""
     counters = {
         "lines in": lines_in,
         "lines out": sum(entry["lines"] for entry in written.values()),
         "bytes in": sum(entry["bytes"] for entry in marker["files"].values()),
         "bytes out": sum(entry["bytes"] for entry in written.values()),
-        "seconds": round(time.time() - started, 3),
+        **started.counters(),
     }
     if user is None:
         user = {f"user: {name}": count for name, count in snapshot().items()}
@@ -338,7 +357,7 @@ def step_sort(params: dict) -> dict:
     sort_tmp = folder / ".sort-tmp"
     sort_tmp.mkdir(exist_ok=True)
     output = folder / f"sorted.{params['origin']}"
-    started = time.time()
+    started = _Clock()
     try:
         argv = sort_argv(files, sort_tmp, output=output, unique=bool(params.get("unique")),
                          buffer=params.get("buffer"), parallel=params.get("parallel"))
@@ -439,7 +458,7 @@ def step_send(params: dict) -> dict:
         )
     sent: Dict[str, dict] = {}
     relay: Dict[str, dict] = {}
-    started = time.time()
+    started = _Clock()
     for path in files:
         index = partition_of_file(path.name)
         destination = params["destinations"][index]
@@ -449,7 +468,7 @@ def step_send(params: dict) -> dict:
             continue
         facts = _send_file(home, path, destination, params["attempt"], index == params["self"], expected)
         sent.setdefault(str(index), {})[path.name] = facts
-    return {"sent": sent, "relay": relay, "source": _about(marker), "seconds": round(time.time() - started, 3)}
+    return {"sent": sent, "relay": relay, "source": _about(marker), **started.counters()}
 
 
 def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool, expected: dict) -> dict:

@@ -69,7 +69,26 @@ def test_scatter_counts_the_bytes_that_crossed_to_other_workers_leaving_out_each
         own = sum(size for name, size in made[f"local-{i}"].items() if name.startswith(f"p{i:05d}."))
         assert counters["bytes out"] == sum(made[f"local-{i}"].values())
         assert counters["bytes crossed"] == counters["bytes out"] - own > 0
-        assert counters["seconds"] >= 0
+        assert counters["seconds"] >= 0 and counters["cpu seconds"] >= 0
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cpu_seconds_tell_computing_from_waiting_and_count_a_workers_share_processes(tmp_path, processes):
+    log = tmp_path / "job.jsonl"
+    c = make_context(1, log=str(log), processes=processes)
+    tasks.setup(c)
+    lines = [f"k{i}\t" + "v" * 4000 for i in range(600)]  # 2.4 MB: two shares of at least MIN_SHARE
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "input")
+    tasks.map(c, "wordjobs.slow_identity", "input", "waited")
+    tasks.map(c, "wordjobs.busy_identity", "input", "computed")
+    tasks.sort(c, "computed", "sorted")
+    records = {json.loads(line)["target"]: json.loads(line)["workers"]["local-0"]
+               for line in log.read_text().splitlines()}
+    waited, computed = records["waited"], records["computed"]
+    assert waited["seconds"] >= 0.5  # 600 sleeps of a millisecond
+    assert waited["cpu seconds"] < 0.5 * waited["seconds"]
+    assert computed["cpu seconds"] > 0.5 * computed["seconds"] > 0  # with 2 processes, all in the children
+    assert records["sorted"]["cpu seconds"] >= 0
 
 
 def test_a_step_whose_input_sits_on_one_worker_warns_of_skew(tmp_path, capsys):

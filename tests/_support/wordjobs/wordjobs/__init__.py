@@ -117,6 +117,12 @@ def slow_identity(key, value):
     yield key, value
 
 
+def busy_identity(key, value):
+    """identity after a millisecond or so of pure computing: CPU time, where slow_identity sleeps."""
+    sum(range(20_000))
+    yield key, value
+
+
 def counted_words(key, value):
     """words, incrementing user counters on the way."""
     from reductio.counters import increment
