@@ -45,12 +45,17 @@ def main() -> None:
     parser.add_argument("--only", default="", help="contenders to run, comma-separated (e.g. 'reductio local,mrjob')")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds before a contender is stopped")
     parser.add_argument("--mrjob-max", default="1G", help="largest size mrjob runs at (it is very slow)")
+    parser.add_argument("--workloads", default=",".join(w for w, _, _ in WORKLOADS),
+                        help="workloads to run, comma-separated (bigrams,shuffle-heavy)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure each contender this many times, the contenders taking turns; a row is the median")
     args = parser.parse_args()
     if Path(sys.prefix).resolve() != VENV.resolve():  # measure from inside the benchmark's own venv
         prepare_venv()
         os.execv(str(PY), [str(PY), __file__, *sys.argv[1:]])
+    workloads = [w for w in WORKLOADS if w[0] in args.workloads.split(",")]
+    if not workloads:
+        raise SystemExit(f"no workload in {args.workloads!r}: choose from {', '.join(w for w, _, _ in WORKLOADS)}")
     skip = set(filter(None, args.skip.split(",")))
     only = set(filter(None, args.only.split(",")))
     results = []
@@ -60,7 +65,7 @@ def main() -> None:
         size = parse_size(size_text)
         corpus = make_corpus(size_text, size)
         skipped = skip | ({"mrjob"} if size > parse_size(args.mrjob_max) else set())
-        for workload, mapper, awk in WORKLOADS:
+        for workload, mapper, awk in workloads:
             reference = reference_counts(corpus, mapper)
             chosen = list(contenders(workload, mapper, awk, corpus, skipped, only))
             tries = {name: [] for name, _ in chosen}
@@ -237,6 +242,7 @@ def measure(name: str, command: str, timeout: float) -> dict:
     import psutil
 
     setup_for(name)
+    os.sync()  # the previous contender's writes go to disk now, not during this one's timed run
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     env = dict(os.environ, PYTHONPATH=str(BENCH))
