@@ -43,7 +43,7 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
         "lines out": _sum(sent[w.name], "lines"), "bytes out": _sum(sent[w.name], "bytes"),
         "lines in": _sum(arrived[w.name], "lines"), "bytes in": _sum(arrived[w.name], "bytes"),
         "bytes crossed": _sum(sent[w.name], "bytes") - _sum(results[w.name]["sent"].get(str(w.index), {}), "bytes"),
-        **{clock: results[w.name][clock] for clock in ("seconds", "cpu seconds") if clock in results[w.name]},
+        **results[w.name]["clock"],
     }} for w in cluster.workers}
 
 

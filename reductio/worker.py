@@ -446,7 +446,8 @@ def step_send(params: dict) -> dict:
     A worker's own partition is hard-linked, not copied; a local destination
     is written directly, an SSH one through the worker's ``ssh`` with the
     cluster key; a "relay" destination is left for the head to carry.
-    Returns, per destination index, the files it now holds for this attempt.
+    Returns, per destination index, the files it now holds for this attempt,
+    and its seconds and CPU seconds (``clock``).
     """
     home = Home(params["home"])
     marker, files = _source(home, params["source"])
@@ -468,7 +469,7 @@ def step_send(params: dict) -> dict:
             continue
         facts = _send_file(home, path, destination, params["attempt"], index == params["self"], expected)
         sent.setdefault(str(index), {})[path.name] = facts
-    return {"sent": sent, "relay": relay, "source": _about(marker), **started.counters()}
+    return {"sent": sent, "relay": relay, "source": _about(marker), "clock": started.counters()}
 
 
 def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool, expected: dict) -> dict:
