@@ -1,18 +1,28 @@
-"""Where the combining map step's instructions go: one stage per run, to be counted by callgrind.
+"""Where the combining map step's time goes: one stage per run, to be counted by callgrind or cachegrind.
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
         bench/.venv/bin/python bench/profile_map.py STAGE [MAPPER]
+    valgrind --tool=cachegrind --cache-sim=yes --branch-sim=yes --cachegrind-out-file=/dev/null \\
+        bench/.venv/bin/python bench/profile_map.py STAGE [MAPPER]
+    bench/.venv/bin/python bench/profile_map.py --against dask --times 5 --bytes 50000000 combiner
 
-Reads the first 1 MB of bench/out/corpus-200M.txt (make it with
-`python3 bench/run.py --sizes 200M`) as map reads a shard. Instruction
-counts repeat from run to run whatever else the machine does, unlike
-seconds. Subtract the `imports` stage to get a stage's own cost; see
-bench/README.md "Profile" for what was found.
+Reads the first 1 MB (or --bytes) of bench/out/corpus-200M.txt (make it
+with `python3 bench/run.py --sizes 200M`) as map reads a shard.
+Instruction counts repeat from run to run whatever else the machine does,
+unlike seconds. Subtract the `imports` stage to get a stage's own cost.
+Seconds on this machine vary by a quarter from try to try, so --against
+runs two stages at once, one per core, --times times, and prints each
+one's CPU seconds per try and their ratio: both feel the same machine.
+See bench/README.md "Profile" for what was found.
 """
 
+import argparse
 import collections
 import itertools
 import operator
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,42 +36,73 @@ SLICE = Path(__file__).resolve().parent / "out" / "corpus-200M.txt"
 SLICE_BYTES = 10**6
 
 
-def records():
-    return worker._records([(SLICE, 0, SLICE_BYTES)], worker._Position(), True)
+def records(size: int):
+    return worker._records([(SLICE, 0, size)], worker._Position(), True)
 
 
 def main() -> None:
-    stage, mapper = sys.argv[1], getattr(jobs, sys.argv[2] if len(sys.argv) > 2 else "line_bigrams")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage")
+    parser.add_argument("mapper", nargs="?", default="line_bigrams")
+    parser.add_argument("--bytes", type=int, default=SLICE_BYTES, help="how much of the corpus to read")
+    parser.add_argument("--against", help="time STAGE against this stage, the two at once")
+    parser.add_argument("--times", type=int, default=5, help="tries of --against")
+    args = parser.parse_args()
+    if args.against:
+        paired(args.stage, args.against, args.mapper, args.bytes, args.times)
+    else:
+        run(args.stage, getattr(jobs, args.mapper), args.bytes)
+
+
+def paired(stage: str, other: str, mapper: str, size: int, times: int) -> None:
+    """Both stages at once, ``times`` times, each starting first in turn; CPU seconds of each, and their ratios."""
+    ratios = []
+    for attempt in range(times):
+        order = (stage, other) if attempt % 2 == 0 else (other, stage)
+        running = {name: subprocess.Popen([sys.executable, __file__, name, mapper, "--bytes", str(size)])
+                   for name in order}
+        cpu = {}
+        for name, process in running.items():
+            _, status, usage = os.wait4(process.pid, 0)
+            if status:
+                raise SystemExit(f"stage {name} failed (wait status {status})")
+            cpu[name] = usage.ru_utime + usage.ru_stime
+        ratios.append(cpu[stage] / cpu[other])
+        print(f"try {attempt + 1}: {stage} {cpu[stage]:.2f} s, {other} {cpu[other]:.2f} s of CPU, ratio {ratios[-1]:.3f}")
+    print(f"{stage} / {other}: median ratio {statistics.median(ratios):.3f} over {times} tries of {size:,} bytes")
+
+
+def run(stage: str, mapper, size: int) -> None:
     count = collections._count_elements  # Counter's C loop
     drain = collections.deque(maxlen=0).extend
     first = operator.itemgetter(0)
     if stage == "imports":  # starting Python and importing: subtract from every other stage
         return
     if stage == "read":  # records as map reads them
-        drain(records())
+        drain(records(size))
     elif stage == "floor":  # + the user's mapper, its pairs drained in C
-        for key, value in records():
+        for key, value in records(size):
             drain(mapper(key, value))
     elif stage == "pairs":  # + each (key, value) pair counted
         held = {}
-        for key, value in records():
+        for key, value in records(size):
             count(held, mapper(key, value))
     elif stage == "combiner":  # reductio's sum combiner: the above, checks, flush, output
         with tempfile.TemporaryDirectory() as folder:
             output = PartitionedOutput(Path(folder), 2, "profile")
-            sum_into(mapper, "mapper", records(), 100_000, output)
+            sum_into(mapper, "mapper", records(size), 100_000, output)
             output.close()
     elif stage == "dask":  # dask.bag's task (bench/dask_job.py): a list of keys per line, chained, toolz.frequencies
         import toolz  # dask's own counting: a Python loop, d[item] += 1
 
-        toolz.frequencies(itertools.chain.from_iterable([k for k, _ in mapper(line, "")] for line, _ in records()))
+        toolz.frequencies(itertools.chain.from_iterable([k for k, _ in mapper(line, "")] for line, _ in records(size)))
     elif stage == "dask-in-c":  # the same keys counted by Counter's C loop instead (how runs 1 to 9 modelled dask)
         held = {}
-        for key, value in records():
+        for key, value in records(size):
             count(held, [k for k, _ in mapper(key, value)])
     elif stage == "keys":  # keys alone counted in C, values ignored: not a design, a bound
         held = {}
-        for key, value in records():
+        for key, value in records(size):
             count(held, map(first, mapper(key, value)))
     else:
         raise SystemExit(f"unknown stage {stage!r}: imports, read, floor, pairs, combiner, dask, dask-in-c or keys")
