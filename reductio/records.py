@@ -96,21 +96,23 @@ def format_record(pair, function: str) -> str:
 
 def check_pair(pair, function: str):
     """``(key, value)`` of a yielded pair, refusing what the format cannot hold (see module doc)."""
-    try:
-        key, value = pair
-    except (TypeError, ValueError):
-        raise UserCodeError(f"{function} yielded {_preview(pair)}, not a (key, value) pair") from None
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        items = f" ({len(pair)} items)" if isinstance(pair, (tuple, list)) else ""
+        raise UserCodeError(f"{function} yielded {_preview(pair)}, not a (key, value) pair{items}")
+    key, value = pair
     if type(key) is not str or type(value) is not str:
         bad = "key" if type(key) is not str else "value"
         raise UserCodeError(
             f"{function} yielded a {bad} of type {type(key if bad == 'key' else value).__name__}"
             f" ({_preview(pair)}); keys and values must be str"
         )
-    if "\t" in key or "\n" in key or "\n" in value:
-        where = "key" if ("\t" in key or "\n" in key) else "value"
+    if "\t" in key or "\n" in key:
         raise UserCodeError(
-            f"{function} yielded a {where} holding a tab or newline ({_preview(pair)});"
-            " keys may hold neither, values no newline"
+            f"{function} yielded a key holding a tab or newline ({_preview(pair)}); keys may hold neither"
+        )
+    if "\n" in value:
+        raise UserCodeError(
+            f"{function} yielded a value holding a newline ({_preview(pair)}); values may hold tabs, not newlines"
         )
     return key, value
 

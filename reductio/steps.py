@@ -39,7 +39,7 @@ def load_function(path: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise user_error(f"function {path!r} does not import", exc) from None
+        raise user_error(f"function {path!r} does not import, raising", exc) from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise UserCodeError(f"function {path!r}: module {module_name!r} has no function {attribute!r}")
@@ -281,7 +281,7 @@ def user_error(what: str, exc: BaseException) -> UserCodeError:
         if not os.path.abspath(frame.filename).startswith(_OWN_DIR + os.sep)
         and "importlib" not in frame.filename
     ]
-    details = "Traceback (user code):\n" + "".join(traceback.format_list(frames))
+    details = ("Traceback (user code):\n" + "".join(traceback.format_list(frames))) if frames else ""
     details += "".join(traceback.format_exception_only(type(exc), exc))
     summary = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
     return UserCodeError(f"{what} {summary}", details)

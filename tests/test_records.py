@@ -161,7 +161,7 @@ def test_format_record_refuses_a_tab_or_newline_in_the_key(key):
 def test_format_record_refuses_a_newline_in_the_value(value):
     with pytest.raises(UserCodeError) as caught:
         format_record(("k", value), "jobs.bad_value")
-    assert str(caught.value).startswith("jobs.bad_value yielded a value holding a tab or newline")
+    assert str(caught.value).startswith("jobs.bad_value yielded a value holding a newline")
 
 
 def test_format_line_adds_a_missing_line_feed_and_keeps_a_present_one():

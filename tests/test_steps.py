@@ -12,7 +12,10 @@ import pytest
 import reductio
 from reductio.errors import InputError, UserCodeError
 from reductio.output import BATCH, PartitionedOutput
-from reductio.steps import Output, check_sorted, load_function, map_into, reduce_into, transform_lines
+from reductio.reducers import sum as sum_reducer
+from reductio.steps import (
+    Output, check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, transform_lines,
+)
 from reductio.store import partition_file
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
@@ -103,13 +106,32 @@ def test_map_writes_as_it_goes_holding_at_most_a_batch_of_lines(tmp_path):
         ("yields_int", "wordjobs.yields_int yielded a value of type int"),
         ("yields_triple", "wordjobs.yields_triple yielded ('a', 'b', 'extra'), not a (key, value) pair"),
         ("yields_tab_key", "wordjobs.yields_tab_key yielded a key holding a tab or newline"),
-        ("yields_newline_value", "wordjobs.yields_newline_value yielded a value holding a tab or newline"),
+        ("yields_newline_value", "wordjobs.yields_newline_value yielded a value holding a newline"),
     ],
 )
 def test_map_refuses_a_bad_yield_naming_the_function(wordjobs, function, message, tmp_path):
     with pytest.raises(UserCodeError) as caught:
         mapped(tmp_path, getattr(wordjobs, function), f"wordjobs.{function}", [("a", "b")])
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("combiner", ["none", "sum", "any reducer"])
+@pytest.mark.parametrize("bad, message", [
+    ("ab", "m yielded 'ab', not a (key, value) pair"),  # a mapper that forgot the value: never key 'a', value 'b'
+    (("a", "1", "x"), "m yielded ('a', '1', 'x'), not a (key, value) pair (3 items)"),
+])
+def test_map_refuses_a_str_or_a_triple_for_a_pair_with_or_without_a_combiner(tmp_path, combiner, bad, message):
+    def mapper(key, value):
+        yield key, "1"
+        yield bad
+
+    records = [("k", ""), ("a", "")]
+    steps = {"none": map_into,
+             "sum": lambda m, n, r, out: sum_into(m, n, r, 100, out),
+             "any reducer": lambda m, n, r, out: combine_into(m, n, r, sum_reducer, "sum", 100, out)}
+    with pytest.raises(UserCodeError) as caught:
+        mapped(tmp_path, mapper, "m", records, step=steps[combiner])
+    assert str(caught.value) == message
 
 
 def test_map_refuses_a_bad_key_even_after_good_pairs_with_other_keys(tmp_path):
@@ -274,10 +296,9 @@ def test_load_function_refuses_a_path_without_a_dot():
 def test_load_function_refuses_a_missing_module():
     with pytest.raises(UserCodeError) as caught:
         load_function("no_such_module_here.words")
-    message = str(caught.value)
-    assert message.startswith("function 'no_such_module_here.words' does not import")
-    assert "ModuleNotFoundError" in message
-    assert "no_such_module_here" in message
+    assert str(caught.value) == ("function 'no_such_module_here.words' does not import, raising"
+                                 " ModuleNotFoundError: No module named 'no_such_module_here'")
+    assert caught.value.details == "ModuleNotFoundError: No module named 'no_such_module_here'\n"  # no empty traceback
 
 
 def test_load_function_refuses_a_missing_attribute(wordjobs):
@@ -299,7 +320,7 @@ def test_load_function_reports_an_error_raised_while_importing_the_users_module(
     with pytest.raises(UserCodeError) as caught:
         load_function("brokenjobs_x1.anything")
     error = caught.value
-    assert str(error) == "function 'brokenjobs_x1.anything' does not import RuntimeError: setup failed"
+    assert str(error) == "function 'brokenjobs_x1.anything' does not import, raising RuntimeError: setup failed"
     _assert_only_user_frames(error.details, "helper")
     assert "importlib" not in error.details
     sys.modules.pop("brokenjobs_x1", None)

@@ -132,7 +132,7 @@ def test_a_function_path_that_does_not_import_or_yields_a_bad_pair_is_a_clear_er
         "wordjobs.yields_triple": "not a (key, value) pair",
         "wordjobs.yields_int": "keys and values must be str",
         "wordjobs.yields_tab_key": "holding a tab or newline",
-        "wordjobs.yields_newline_value": "holding a tab or newline",
+        "wordjobs.yields_newline_value": "holding a newline",
     }
     for function, expected in cases.items():
         with pytest.raises(Exit) as failure:
