@@ -137,10 +137,7 @@ class SshWorker(Worker):
         self._config = config
         self.venv = f"{spec.home.rstrip('/')}/venv"
         found = settings(config)
-        try:
-            self.retries = (int(found.get("retries", 3)), float(found.get("retry_delay", 1.0)))
-        except (TypeError, ValueError):
-            raise ConfigError("reductio.retries must be a whole number and reductio.retry_delay seconds") from None
+        self.retries = (found.get("retries", 3), found.get("retry_delay", 1.0))
 
     def python(self) -> str:
         return shell_path(f"{self.venv}/bin/python")

@@ -1,8 +1,9 @@
-"""Which workers make the cluster: workers.cfg, Fabric config, -H, or local workers.
+"""Which workers make the cluster (workers.cfg, Fabric config, -H, or local workers), and reductio's settings.
 
 The order is documented in ``load_workers``; whatever it finds becomes an
 ordered list of ``WorkerSpec``, and a worker's index in that list is the
-partition it owns.
+partition it owns. ``settings`` reads the ``reductio:`` config key, refusing
+unknown names and bad values before any step starts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from reductio.errors import ConfigError
+from reductio.sorting import SIZE
 
 log = logging.getLogger("reductio")
 
@@ -63,7 +65,7 @@ def load_workers(config) -> List[WorkerSpec]:
         if path.is_file():
             log.debug("workers from %s", path)
             return _checked(read_workers_cfg(path))
-    count = positive(found.get("local_workers") or os.cpu_count() or 1, "reductio.local_workers")
+    count = found.get("local_workers") or os.cpu_count() or 1
     root = os.path.expanduser(os.path.join(DEFAULT_HOME, "local"))
     log.debug("%d local workers under %s", count, root)
     return [WorkerSpec(name=f"local-{i}", home=os.path.join(root, f"worker-{i}")) for i in range(count)]
@@ -136,11 +138,13 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
     unknown = keys - _KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
-    local = str(entry.get("local", "")).lower() in ("1", "yes", "true", "on")
+    local = _flag(entry["local"], f"{where}: local") if entry.get("local") not in (None, "") else False
     processes = positive(entry["processes"], f"{where}: processes") if entry.get("processes") not in (None, "") else None
     host = entry.get("host")
     if not local and not host:
         raise ConfigError(f"{where}: give a host, or local = yes for a local worker")
+    if local and host:
+        raise ConfigError(f"{where}: local = yes and a host; a worker is either local or reached over SSH, not both")
     name = str(entry.get("name") or host)
     home = str(entry.get("home") or (os.path.join(DEFAULT_HOME, "local", name) if local else DEFAULT_HOME))
     if local:
@@ -171,10 +175,89 @@ def _checked(specs: List[WorkerSpec]) -> List[WorkerSpec]:
 
 
 def settings(config) -> dict:
-    """The ``reductio:`` key of invoke/Fabric config: the one place reductio's settings are read."""
+    """The ``reductio:`` key of invoke/Fabric config, checked: the one place reductio's settings are read.
+
+    A misspelled name or a bad value is refused here, on the head, before a
+    step starts, rather than ignored or found by a worker halfway through.
+    """
     found = config.get("reductio") if config is not None else None
     if found is None:
         return {}
     if not hasattr(found, "get"):
         raise ConfigError(f"the reductio config key must be a mapping, not {found!r}")
-    return found
+    secrets = sorted(set(found.keys()) & _SECRETS)
+    if secrets:
+        raise ConfigError(f"reductio.{secrets[0]} found; reductio never reads passwords from config files:"
+                          " use an SSH key or ssh-agent")
+    unknown = sorted(set(found.keys()) - set(_SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown reductio setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_SETTINGS))}")
+    return {key: _SETTINGS[key](value, f"reductio.{key}") for key, value in found.items() if value is not None}
+
+
+def _whole(minimum: int):
+    def check(value, what: str) -> int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{what} must be a whole number, not {value!r}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{what} must be at least {minimum}, not {number}")
+        return number
+    return check
+
+
+def _seconds(minimum: float, above: bool = False):
+    def check(value, what: str) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not (number > minimum if above else number >= minimum):
+            bound = f"more than {minimum:g}" if above else f"at least {minimum:g}"
+            raise ConfigError(f"{what} must be a number of seconds, {bound}, not {value!r}")
+        return number
+    return check
+
+
+def _flag(value, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("1", "yes", "true", "on"):
+        return True
+    if word in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(f"{what} must be true or false, not {value!r}")
+
+
+def _size(value, what: str) -> str:
+    if not SIZE.fullmatch(str(value)):
+        raise ConfigError(f"{what} must be a size like 256M, 2G or 10%, not {value!r}")
+    return str(value)
+
+
+def _log_path(value, what: str) -> str:
+    path = os.path.expanduser(str(value))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{what}: the folder of {value} does not exist ({folder})")
+    return path
+
+
+def _as_is(value, what: str):
+    return value
+
+
+def _folder(value, what: str) -> str:
+    return os.path.expanduser(str(value))
+
+
+_SETTINGS = {
+    "workers": _as_is,  # checked by load_workers, entry by entry
+    "local_workers": _whole(1), "processes": _whole(1), "combine_limit": _whole(1), "sort_parallel": _whole(1),
+    "retries": _whole(0), "retry_delay": _seconds(0), "progress_interval": _seconds(0, above=True),
+    "sort_buffer": _size, "compress": _flag, "force": _flag, "log": _log_path, "wheelhouse": _folder,
+}

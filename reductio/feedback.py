@@ -14,6 +14,7 @@ import time
 from typing import Dict, Optional
 
 from reductio.config import settings
+from reductio.errors import ConfigError
 from reductio.protocol import PROGRESS
 
 DEFAULT_INTERVAL = 2.0
@@ -23,7 +24,7 @@ SKEW_MINIMUM = 10_000  # lines; below this a step is too short for skew to matte
 
 def interval(config) -> float:
     """Seconds between progress reports (``reductio: progress_interval``)."""
-    return float(settings(config).get("progress_interval", DEFAULT_INTERVAL))
+    return settings(config).get("progress_interval", DEFAULT_INTERVAL)
 
 
 class Display:
@@ -152,8 +153,12 @@ def log_step(config, record: dict) -> None:
     """Append one JSON line about a step to the job log (``reductio: log: PATH``), if configured."""
     path = settings(config).get("log")
     if path:
-        with open(path, "a", encoding="utf-8") as log:
-            log.write(json.dumps(record, sort_keys=True) + "\n")
+        try:
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as err:
+            raise ConfigError(f"cannot write the job log {path}: {err.strerror}; the {record.get('step')} step"
+                              " itself finished and is kept") from None
 
 
 def _number(value) -> str:

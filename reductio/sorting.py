@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence
 
 SORT_BUFFER = "256M"
 MERGE_BUFFER = "32M"  # merging sorted inputs streams them: a big buffer buys nothing
-_SIZE = re.compile(r"\d+[%bKMGT]?")
+SIZE = re.compile(r"\d+[%bKMGT]?")
 
 
 def sort_env() -> Dict[str, str]:
@@ -41,7 +41,7 @@ def sort_argv(
     (``buffer``, default SORT_BUFFER); ``parallel`` sets sort's threads.
     """
     buffer = buffer or (MERGE_BUFFER if merge_only else SORT_BUFFER)
-    if not _SIZE.fullmatch(str(buffer)):
+    if not SIZE.fullmatch(str(buffer)):
         raise ValueError(f"sort buffer {buffer!r} is not a size like 256M or 10%")
     argv = ["sort", "-S", str(buffer), "-T", str(temp_dir)]
     if parallel:

@@ -10,7 +10,6 @@ failed worker and why, and the step's target is published nowhere.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from invoke import Exit, task
 
 from reductio import packaging, shuffle, spread
 from reductio.cluster import Cluster, project_folder
-from reductio.config import positive, settings
+from reductio.config import settings
 from reductio.errors import ReductioError, UserCodeError
 from reductio.feedback import log_step, report_step
 from reductio.gather import merge_to_file
@@ -138,7 +137,7 @@ def distribute(c):
     wheelhouse = settings(c.config).get("wheelhouse")
     with tempfile.TemporaryDirectory(prefix="reductio-sdist-") as scratch:
         sdist = packaging.build_sdist(project, Path(scratch))
-        updated = packaging.deploy(cluster, "project", sdist, Path(os.path.expanduser(wheelhouse)) if wheelhouse else None)
+        updated = packaging.deploy(cluster, "project", sdist, Path(wheelhouse) if wheelhouse else None)
     if updated:
         _say(f"distribute: installed {sdist.name} on {', '.join(updated)}")
     else:
@@ -222,7 +221,7 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
 
     found = settings(c.config)
     limit = found.get("combine_limit")
-    processes = positive(found["processes"], "reductio.processes") if found.get("processes") is not None else None
+    processes = found.get("processes")
 
     def params_for(worker):
         return {"function": function, "combine": combine, "combine_limit": limit, "source": source,

@@ -10,7 +10,7 @@ import pytest
 from invoke import Config
 
 from reductio.cli import make_program
-from reductio.config import WorkerSpec, load_workers, workers_from_hosts
+from reductio.config import WorkerSpec, load_workers, settings, workers_from_hosts
 from reductio.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +71,44 @@ def test_unknown_settings_and_bad_ports_are_clear_errors():
     Path("workers.cfg").write_text("[a]\nusername = me\n")
     with pytest.raises(ConfigError, match="give a host, or local = yes"):
         load_workers(Config())
+
+
+def test_a_worker_is_local_or_reached_over_ssh_not_both_and_local_is_yes_or_no():
+    Path("workers.cfg").write_text("[a]\nlocal = yes\nhost = a.example\n")
+    with pytest.raises(ConfigError, match=r"\[a\]: local = yes and a host; a worker is either local"):
+        load_workers(Config())
+    Path("workers.cfg").write_text("[a]\nlocal = yse\n")
+    with pytest.raises(ConfigError, match=r"\[a\]: local must be true or false, not 'yse'"):
+        load_workers(Config())
+    Path("workers.cfg").write_text("[a]\nlocal = no\nhost = a.example\n")
+    assert load_workers(Config())[0].host == "a.example"
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("combine_limt", 5, "unknown reductio setting(s) combine_limt; known: combine_limit, compress, "),
+    ("combine_limit", "abc", "reductio.combine_limit must be a whole number, not 'abc'"),
+    ("sort_parallel", "many", "reductio.sort_parallel must be a whole number, not 'many'"),
+    ("processes", 0, "reductio.processes must be at least 1, not 0"),
+    ("retries", 2.5, "reductio.retries must be a whole number, not 2.5"),
+    ("retry_delay", "soon", "reductio.retry_delay must be a number of seconds, at least 0, not 'soon'"),
+    ("progress_interval", 0, "reductio.progress_interval must be a number of seconds, more than 0, not 0"),
+    ("sort_buffer", "lots", "reductio.sort_buffer must be a size like 256M, 2G or 10%, not 'lots'"),
+    ("compress", "maybe", "reductio.compress must be true or false, not 'maybe'"),
+    ("log", "/no/such/folder/job.jsonl", "reductio.log: the folder of /no/such/folder/job.jsonl does not exist"),
+    ("password", "x", "reductio.password found; reductio never reads passwords"),
+])
+def test_a_misspelled_or_bad_reductio_setting_is_refused_naming_it(setting, value, message):
+    with pytest.raises(ConfigError) as caught:
+        settings(Config(overrides={"reductio": {setting: value}}))
+    assert message in str(caught.value)
+
+
+def test_reductio_settings_are_read_as_their_types(isolated_home):
+    found = settings(Config(overrides={"reductio": {
+        "combine_limit": "500", "compress": "no", "force": "yes", "retry_delay": "0.5", "sort_buffer": "1G",
+        "log": "~/job.jsonl", "wheelhouse": "~/wheels", "progress_interval": None}}))
+    assert found == {"combine_limit": 500, "compress": False, "force": True, "retry_delay": 0.5, "sort_buffer": "1G",
+                     "log": str(isolated_home / "job.jsonl"), "wheelhouse": str(isolated_home / "wheels")}
 
 
 def test_duplicate_names_and_shared_homes_are_refused():

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from invoke import Exit
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
@@ -170,3 +171,26 @@ def test_a_failing_task_exits_1_with_one_message_and_no_traceback(isolated_home)
     assert done.returncode == 1
     assert "no dataset 'missing'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_misspelled_setting_stops_the_task_before_it_runs_with_one_message(tmp_path, isolated_home):
+    config = tmp_path / "reductio.yaml"
+    config.write_text("reductio:\n  combine_limt: 5\n")
+    done = _cli(["--config", str(config), "setup"], isolated_home)
+    assert done.returncode == 1
+    assert "unknown reductio setting(s) combine_limt; known: combine_limit" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (isolated_home / ".reductio").exists()
+
+
+def test_a_job_log_that_cannot_be_written_says_so_and_keeps_the_finished_step(tmp_path, capsys):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    c = make_context(1, log=str(folder))  # a folder, not a file: the folder check passes, the write fails
+    tasks.setup(c)
+    with pytest.raises(Exit) as failure:
+        tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a b"])), "text")
+    assert f"cannot write the job log {folder}: Is a directory; the load step itself finished" in failure.value.message
+    capsys.readouterr()
+    tasks.status(make_context(1))
+    assert " text " in capsys.readouterr().out

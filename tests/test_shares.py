@@ -155,11 +155,8 @@ def test_processes_is_a_whole_number_per_worker_or_for_all(tmp_path):
     cfg.write_text("[a]\nlocal = yes\nprocesses = none\n")
     with pytest.raises(ConfigError, match="processes must be a whole number"):
         read_workers_cfg(cfg)
-    c = make_context(1, processes=0)
-    tasks.setup(c)
-    tasks.load(c, str(write_lines(tmp_path / "in", ["a b"])), "text")
-    with pytest.raises(Exit, match="reductio.processes must be at least 1"):
-        tasks.map(c, "wordjobs.words", "text", "out")
+    with pytest.raises(Exit, match="reductio.processes must be at least 1"):  # refused before any step runs
+        tasks.setup(make_context(1, processes=0))
 
 
 def test_workers_on_one_machine_split_its_cores():
