@@ -17,7 +17,7 @@ import os
 
 from fabric import Config, Executor
 from fabric.main import Fab
-from invoke import Argument, Exit
+from invoke import Argument, Exit, ParseError
 from invoke.parser import Parser
 
 from reductio import __version__
@@ -67,6 +67,13 @@ class Reductio(Fab):
             self.args.collection.value = fabfile
         super().load_collection()
 
+    def parse_tasks(self):
+        """invoke casts a task option's value to its default's type; one that does not cast is a usage error."""
+        try:
+            super().parse_tasks()
+        except ValueError as err:
+            raise ParseError(f"reductio: a task option's value is of the wrong kind ({err});"
+                             " see reductio --help TASK") from None
 
     def _make_parser(self) -> Parser:
         """Accept a task's Python name too: ``do_stuff`` as well as invoke's ``do-stuff``."""

@@ -55,3 +55,14 @@ def test_list_shows_every_task_with_a_line_of_help_and_help_shows_a_tasks_argume
     for flag, words in (("--function", "dotted path"), ("--source", "dataset to read"),
                         ("--target", "dataset to write"), ("--combine", "combiner"), ("--force", "up to date")):
         assert flag in help_map.stdout and words in help_map.stdout, flag
+
+
+def test_an_option_value_of_the_wrong_kind_is_a_usage_error_not_a_traceback(isolated_home):
+    for value, message in (("abc", "a task option's value is of the wrong kind (invalid literal for int()"),
+                           ("-5", "bigrams: --top is how many bigrams to print, 0 or more, not -5")):
+        done = subprocess.run(["reductio", "-f", str(REPO / "fabfile.py"), "bigrams", "--top", value],
+                              capture_output=True, text=True, env=dict(os.environ, HOME=str(isolated_home)))
+        assert done.returncode == 1
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
+        assert not (isolated_home / ".reductio").exists()  # refused before any step ran

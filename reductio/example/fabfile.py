@@ -7,6 +7,7 @@
 import os
 
 from fabric import task
+from invoke import Exit
 
 from reductio.tasks import *  # noqa: F401,F403 - setup, load, map, scatter, sort, reduce, merge, ...
 from reductio.tasks import load, map, merge, reduce, scatter, sort  # noqa: A004 - explicit for readers
@@ -32,6 +33,8 @@ def words_file(words):
             "combine": "pre-aggregate counts on each worker before the scatter (a combiner)"})
 def bigrams(c, words="", output="bigrams.tsv", top=10, combine=False):
     """Count letter bigrams in the words file into a key<TAB>count table on the head."""
+    if int(top) < 0:
+        raise Exit(f"bigrams: --top is how many bigrams to print, 0 or more, not {top}")
     load(c, words_file(words), "words")
     map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs",
         combine="reductio.reducers.sum" if combine else "")
