@@ -292,8 +292,10 @@ def scatter(c, source, target, force=False):
         return
     started = time.time()
     results = shuffle.scatter(cluster, source, target, facts)
-    moved = sum(r["counters"]["bytes in"] for r in results.values())
-    report_step(c.config, f"scatter: {source} -> {target}: {moved:,} bytes moved ({time.time() - started:.1f} s)",
+    placed = sum(r["counters"]["bytes in"] for r in results.values())
+    crossed = sum(r["counters"].get("bytes crossed", 0) for r in results.values())
+    report_step(c.config, f"scatter: {source} -> {target}: {placed:,} bytes placed, {crossed:,} of them crossing"
+                f" between workers ({time.time() - started:.1f} s)",
                 "scatter", results, {"source": source, "target": target, "seconds": time.time() - started})
 
 

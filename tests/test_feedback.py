@@ -55,12 +55,14 @@ def test_counters_add_up_to_the_true_line_counts_and_user_counters_round_trip(tm
     assert set(record["workers"]) == {"local-0", "local-1", "local-2"}
 
 
-def test_scatter_counts_the_bytes_that_crossed_to_other_workers_leaving_out_each_own_partition(tmp_path):
+def test_scatter_counts_the_bytes_that_crossed_to_other_workers_leaving_out_each_own_partition(tmp_path, capsys):
     c = make_context(3, log=str(tmp_path / "job.jsonl"))
     tasks.setup(c)
     tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"w{i % 97} w{i % 13}" for i in range(3000)])), "text")
     tasks.map(c, "wordjobs.words", "text", "pairs")
+    capsys.readouterr()
     tasks.scatter(c, "pairs", "here")
+    headline = capsys.readouterr().out.splitlines()[0]
     home = Path(os.environ["HOME"]) / ".reductio" / "local"
     made = {f"local-{i}": {p.name: p.stat().st_size for p in (home / f"worker-{i}" / "data" / "pairs").glob("p*")}
             for i in range(3)}
@@ -71,6 +73,10 @@ def test_scatter_counts_the_bytes_that_crossed_to_other_workers_leaving_out_each
         assert counters["bytes out"] == sum(made[f"local-{i}"].values())
         assert counters["bytes crossed"] == counters["bytes out"] - own > 0
         assert counters["seconds"] >= 0 and counters["cpu seconds"] >= 0
+    placed = sum(records["scatter"]["workers"][w]["bytes in"] for w in made)
+    crossed = sum(records["scatter"]["workers"][w]["bytes crossed"] for w in made)
+    assert headline.startswith(f"reductio: scatter: pairs -> here: {placed:,} bytes placed, {crossed:,} of them"
+                               " crossing between workers (")
 
 
 @pytest.mark.parametrize("processes", [1, 2])

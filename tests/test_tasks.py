@@ -76,8 +76,8 @@ def test_load_reads_a_folder_of_plain_and_gzipped_files_spreading_lines_over_all
     assert [len(list((h / "data" / "text").glob("s*"))) for h in homes()] == [1, 1]
     lines = [sum(len(p.read_text().splitlines()) for p in (h / "data" / "text").glob("s*")) for h in homes()]
     assert sum(lines) == 6000 and min(lines) > 0
-    tasks.merge(c, "text", str(tmp_path / "all.txt"))
-    assert sorted((tmp_path / "all.txt").read_text().splitlines()) == sorted(
+    tasks.merge(c, "text", str(tmp_path / "made" / "all.txt"))  # merge makes the folder
+    assert sorted((tmp_path / "made" / "all.txt").read_text().splitlines()) == sorted(
         [f"a{i}" for i in range(3000)] + [f"b{i}" for i in range(3000)])
 
 
