@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,17 +72,6 @@ def load_workers(config) -> List[WorkerSpec]:
     return [WorkerSpec(name=f"local-{i}", home=os.path.join(root, f"worker-{i}")) for i in range(count)]
 
 
-def positive(value, what: str) -> int:
-    """A setting that must be a whole number of at least 1."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{what} must be at least 1, not {number}")
-    return number
-
-
 def workers_from_hosts(hosts: str) -> List[dict]:
     """``-H user@host:port,...`` as worker settings, named by host (and port when needed)."""
     entries = []
@@ -139,7 +129,7 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
     local = _flag(entry["local"], f"{where}: local") if entry.get("local") not in (None, "") else False
-    processes = positive(entry["processes"], f"{where}: processes") if entry.get("processes") not in (None, "") else None
+    processes = _whole(1)(entry["processes"], f"{where}: processes") if entry.get("processes") not in (None, "") else None
     host = entry.get("host")
     if not local and not host:
         raise ConfigError(f"{where}: give a host, or local = yes for a local worker")
@@ -185,11 +175,12 @@ def settings(config) -> dict:
         return {}
     if not hasattr(found, "get"):
         raise ConfigError(f"the reductio config key must be a mapping, not {found!r}")
-    secrets = sorted(set(found.keys()) & _SECRETS)
+    names = {str(name) for name in found.keys()}  # YAML may read a key as a number or a bool
+    secrets = sorted(names & _SECRETS)
     if secrets:
         raise ConfigError(f"reductio.{secrets[0]} found; reductio never reads passwords from config files:"
                           " use an SSH key or ssh-agent")
-    unknown = sorted(set(found.keys()) - set(_SETTINGS))
+    unknown = sorted(names - set(_SETTINGS))
     if unknown:
         raise ConfigError(f"unknown reductio setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_SETTINGS))}")
     return {key: _SETTINGS[key](value, f"reductio.{key}") for key, value in found.items() if value is not None}
@@ -215,7 +206,8 @@ def _seconds(minimum: float, above: bool = False):
             number = float(value)
         except (TypeError, ValueError):
             number = float("nan")
-        if isinstance(value, bool) or not (number > minimum if above else number >= minimum):
+        within = number > minimum if above else number >= minimum
+        if isinstance(value, bool) or not math.isfinite(number) or not within:
             bound = f"more than {minimum:g}" if above else f"at least {minimum:g}"
             raise ConfigError(f"{what} must be a number of seconds, {bound}, not {value!r}")
         return number

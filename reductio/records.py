@@ -97,7 +97,7 @@ def format_record(pair, function: str) -> str:
 def check_pair(pair, function: str):
     """``(key, value)`` of a yielded pair, refusing what the format cannot hold (see module doc)."""
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        items = f" ({len(pair)} items)" if isinstance(pair, (tuple, list)) else ""
+        items = f" ({len(pair)} item{'s' if len(pair) != 1 else ''})" if isinstance(pair, (tuple, list)) else ""
         raise UserCodeError(f"{function} yielded {_preview(pair)}, not a (key, value) pair{items}")
     key, value = pair
     if type(key) is not str or type(value) is not str:

@@ -82,6 +82,9 @@ def test_a_worker_is_local_or_reached_over_ssh_not_both_and_local_is_yes_or_no()
         load_workers(Config())
     Path("workers.cfg").write_text("[a]\nlocal = no\nhost = a.example\n")
     assert load_workers(Config())[0].host == "a.example"
+    fractional = [{"name": "a", "local": True, "processes": 2.5}]  # as YAML reads processes: 2.5
+    with pytest.raises(ConfigError, match=r"worker 0: processes must be a whole number, not 2.5"):
+        load_workers(Config(overrides={"reductio": {"workers": fractional}}))
 
 
 @pytest.mark.parametrize("setting, value, message", [
@@ -91,6 +94,8 @@ def test_a_worker_is_local_or_reached_over_ssh_not_both_and_local_is_yes_or_no()
     ("processes", 0, "reductio.processes must be at least 1, not 0"),
     ("retries", 2.5, "reductio.retries must be a whole number, not 2.5"),
     ("retry_delay", "soon", "reductio.retry_delay must be a number of seconds, at least 0, not 'soon'"),
+    ("retry_delay", float("inf"), "reductio.retry_delay must be a number of seconds, at least 0, not inf"),
+    (1, "x", "unknown reductio setting(s) 1; known: "),  # YAML reads a key like 1: as a number
     ("progress_interval", 0, "reductio.progress_interval must be a number of seconds, more than 0, not 0"),
     ("sort_buffer", "lots", "reductio.sort_buffer must be a size like 256M, 2G or 10%, not 'lots'"),
     ("compress", "maybe", "reductio.compress must be true or false, not 'maybe'"),
