@@ -117,6 +117,14 @@ def slow_identity(key, value):
     yield key, value
 
 
+def waiting_identity(key, value):
+    """identity that waits 5 ms a record: a step that takes time without using the CPU."""
+    import time
+
+    time.sleep(0.005)
+    yield key, value
+
+
 def busy_identity(key, value):
     """identity after a millisecond or so of pure computing: CPU time, where slow_identity sleeps."""
     sum(range(20_000))
