@@ -208,7 +208,7 @@ class SshWorker(Worker):
     def destination(self) -> dict:
         return {"kind": "ssh", "host": self.spec.host, "port": self.spec.port or 22,
                 "user": self.spec.username, "home": self.home, "python": f"{self.venv}/bin/python",
-                "compress": bool(settings(self._config).get("compress"))}
+                "compress": settings(self._config).get("compress", False)}
 
 
 # paramiko offers AES-GCM last, after AES-CTR with a separate HMAC; with GCM the head's own transfers

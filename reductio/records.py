@@ -96,9 +96,11 @@ def format_record(pair, function: str) -> str:
 
 def check_pair(pair, function: str):
     """``(key, value)`` of a yielded pair, refusing what the format cannot hold (see module doc)."""
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        items = f" ({len(pair)} item{'s' if len(pair) != 1 else ''})" if isinstance(pair, (tuple, list)) else ""
-        raise UserCodeError(f"{function} yielded {_preview(pair)}, not a (key, value) pair{items}")
+    if not isinstance(pair, (tuple, list)):
+        raise UserCodeError(f"{function} yielded {_preview(pair)}, not a (key, value) pair")
+    if len(pair) != 2:
+        items = "1 item" if len(pair) == 1 else f"{len(pair)} items"
+        raise UserCodeError(f"{function} yielded {_preview(pair)}, not a (key, value) pair ({items})")
     key, value = pair
     if type(key) is not str or type(value) is not str:
         bad = "key" if type(key) is not str else "value"

@@ -281,7 +281,6 @@ def user_error(what: str, exc: BaseException) -> UserCodeError:
         if not os.path.abspath(frame.filename).startswith(_OWN_DIR + os.sep)
         and "importlib" not in frame.filename
     ]
+    exception = "".join(traceback.format_exception_only(type(exc), exc))
     details = ("Traceback (user code):\n" + "".join(traceback.format_list(frames))) if frames else ""
-    details += "".join(traceback.format_exception_only(type(exc), exc))
-    summary = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
-    return UserCodeError(f"{what} {summary}", details)
+    return UserCodeError(f"{what} {exception.strip().splitlines()[-1]}", details + exception)

@@ -293,7 +293,7 @@ def scatter(c, source, target, force=False):
     started = time.time()
     results = shuffle.scatter(cluster, source, target, facts)
     placed = sum(r["counters"]["bytes in"] for r in results.values())
-    crossed = sum(r["counters"].get("bytes crossed", 0) for r in results.values())
+    crossed = sum(r["counters"]["bytes crossed"] for r in results.values())
     report_step(c.config, f"scatter: {source} -> {target}: {placed:,} bytes placed, {crossed:,} of them crossing"
                 f" between workers ({time.time() - started:.1f} s)",
                 "scatter", results, {"source": source, "target": target, "seconds": time.time() - started})
