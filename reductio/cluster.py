@@ -1,12 +1,15 @@
 """The workers as the head sees them, and running one thing on all at once.
 
-A local worker and an SSH worker differ only in how a command runs
-(invoke's ``Context.run`` or Fabric's ``Connection.run``, one interface)
-and how bytes reach it (a pipe, or an SSH exec channel: transport.py).
+A local worker and an SSH worker differ only in how a command runs: a child
+process with pipes, or an exec channel on the worker's one Fabric
+connection (transport.py). Either way the head watches every reductio
+command for silence (liveness.py) and, when one worker is lost, ends the
+other workers' commands of that step too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -16,15 +19,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Dict, List, TypeVar
-
-import invoke
+from typing import Callable, Dict, List, Optional, TypeVar
 
 import reductio
+from reductio import liveness
 from reductio.config import WorkerSpec, load_workers, settings
-from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerUnreachable
-from reductio.protocol import parse_reply, shell_path, worker_command
-from reductio.transport import LocalStream, SshStream
+from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerSilent, WorkerUnreachable
+from reductio.protocol import shell_path, worker_command
+from reductio.transport import Command, Finished, LocalCommand, SshCommand, shut
 
 T = TypeVar("T")
 log = logging.getLogger("reductio")
@@ -33,28 +35,59 @@ KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.reductio/known_hosts")
 
 
 class Worker:
-    """What every kind of worker shares: building and running reductio.worker commands."""
+    """What every kind of worker shares: building, running and watching reductio.worker commands."""
 
     #: (retries, first delay in seconds) for a worker that cannot be reached; doubles each time.
     retries = (0, 0.0)
 
-    def __init__(self, spec: WorkerSpec, index: int) -> None:
+    def __init__(self, spec: WorkerSpec, index: int, config) -> None:
         self.spec, self.index, self.name, self.home = spec, index, spec.name, spec.home
+        self.dead_after, self.beat = liveness.dead_after(config), liveness.beat(config)
+        self.lost: Optional[ReductioError] = None  # set once this task has given the worker up
+        self._commands: List[Command] = []
+        self._lock = threading.Lock()
 
     def python(self) -> str:
         """The shell words that start the worker's Python with reductio importable."""
         raise NotImplementedError
 
-    def run(self, command: str, err_stream=None):
-        """Run a shell command; return invoke's Result (small output only).
+    def where(self) -> str:
+        """The worker as a message names it."""
+        return self.name
 
-        With ``err_stream``, stderr is also written there as it arrives (progress).
-        """
+    def _start(self, command: str, mode: str, on_progress=None) -> Command:
+        """Start a command in one of transport.py's modes."""
         raise NotImplementedError
 
-    def open_command(self, command: str, mode: str):
-        """Run a shell command with a pipe to its stdin ("w") or from its stdout ("r")."""
-        raise NotImplementedError
+    def start(self, command: str, mode: str, on_progress=None, watch: bool = False) -> Command:
+        """Start a command, ended with the others of this thread's group; ``watch``: lost when silent."""
+        if self.lost is not None:
+            raise self.lost
+        started = self._start(command, mode, on_progress)
+        with self._lock:
+            self._commands = [c for c in self._commands if not c.is_over()] + [started]
+        group = liveness.current_group()
+        if group is not None:
+            group.add(started)
+        if watch:
+            liveness.watchdog.watch(started, self, self.dead_after)
+        return started
+
+    def lose(self, error: ReductioError) -> None:
+        """Give the worker up for this task: end its commands with ``error``, drop its connection."""
+        self.lost = self.lost or error
+        with self._lock:
+            commands = list(self._commands)
+        for command in commands:
+            command.end(error)
+
+    def run(self, command: str) -> Finished:
+        """Run a plain shell command (small output only: the end of it is kept)."""
+        return self.start(command, "shell").finished()
+
+    def open_command(self, command: str, mode: str) -> Command:
+        """Run a plain shell command with our end of its stdin ("w") or stdout ("r")."""
+        return self.start(command, mode)
 
     def command(self, step: str, params: dict) -> str:
         """The shell command that runs ``step`` on this worker, every value quoted (shown by --debug)."""
@@ -62,19 +95,23 @@ class Worker:
         log.debug("%s: %s", self.name, command)
         return command
 
-    def step(self, step: str, params: dict, err_stream=None) -> dict:
+    def _head(self, stdin: str) -> dict:
+        return {"beat": self.beat, "dead_after": self.dead_after, "stdin": stdin}
+
+    def step(self, step: str, params: dict, on_progress=None) -> dict:
         """Run a control step and return its result, retrying only when the worker was unreachable.
 
         Every step is safe to repeat with the same attempt id: outputs are
-        rewritten, received files replaced, a done publish recognised.
+        rewritten, received files replaced, a done publish recognised. A
+        worker that fell silent is not retried: that already took dead_after.
         """
         retries, delay = self.retries
         for round_ in range(retries + 1):
             try:
-                result = self.run(self.command(step, dict(params, exit_on_eof=True)), err_stream)
-                return parse_reply(result.stderr, result.exited)
+                command = self.command(step, dict(params, head=self._head("beats")))
+                return self.start(command, "step", on_progress, watch=True).finish()
             except WorkerUnreachable as err:
-                if round_ == retries:
+                if round_ == retries or isinstance(err, WorkerSilent) or self.lost is not None:
                     raise
                 wait = delay * 2 ** round_
                 print(f"reductio: {self.name}: {err}; retrying in {wait:g} s ({round_ + 2} of {retries + 1})",
@@ -82,20 +119,10 @@ class Worker:
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
-    def open(self, step: str, params: dict, mode: str):
-        """Run a data step with a pipe to its stdin ("w") or from its stdout ("r")."""
-        return self.open_command(self.command(step, params), mode)
-
-
-class _ClosingLocal(invoke.Local):
-    """invoke's Local runner, also closing the child's pipes, which invoke 2.2 leaves to the GC."""
-
-    def stop(self) -> None:
-        super().stop()
-        process = getattr(self, "process", None)
-        for pipe in (process.stdin, process.stdout, process.stderr) if process else ():
-            if pipe:
-                pipe.close()
+    def open(self, step: str, params: dict, mode: str) -> Command:
+        """Run a data step with our end of its stdin ("w") or stdout ("r"), watched for silence."""
+        head = self._head("data" if mode == "w" else "beats")
+        return self.start(self.command(step, dict(params, head=head)), mode, watch=True)
 
 
 class LocalWorker(Worker):
@@ -104,21 +131,16 @@ class LocalWorker(Worker):
     is_local = True
 
     def __init__(self, spec: WorkerSpec, index: int, config, project: str) -> None:
-        super().__init__(spec, index)
-        config = config.clone()
-        config.runners.local = _ClosingLocal
-        self._context = invoke.Context(config=config)
+        super().__init__(spec, index, config)
         paths = [project, _REDUCTIO_PARENT, os.environ.get("PYTHONPATH", "")]
         self._pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))
 
     def python(self) -> str:
-        return f"PYTHONPATH={shlex.quote(self._pythonpath)} {shlex.quote(sys.executable)}"
+        # exec: the command's process is the worker itself, which a kill then reaches
+        return f"PYTHONPATH={shlex.quote(self._pythonpath)} exec {shlex.quote(sys.executable)}"
 
-    def run(self, command: str, err_stream=None):
-        return self._context.run(command, warn=True, in_stream=False, **_output(err_stream))
-
-    def open_command(self, command: str, mode: str) -> LocalStream:
-        return LocalStream(command, mode)
+    def _start(self, command: str, mode: str, on_progress=None) -> Command:
+        return LocalCommand(command, mode, self.beat, on_progress)
 
     def destination(self) -> dict:
         """How other workers reach this one during scatter."""
@@ -133,7 +155,7 @@ class SshWorker(Worker):
     _lock = threading.Lock()
 
     def __init__(self, spec: WorkerSpec, index: int, config) -> None:
-        super().__init__(spec, index)
+        super().__init__(spec, index, config)
         self._config = config
         self.venv = f"{spec.home.rstrip('/')}/venv"
         found = settings(config)
@@ -142,25 +164,33 @@ class SshWorker(Worker):
     def python(self) -> str:
         return shell_path(f"{self.venv}/bin/python")
 
+    def where(self) -> str:
+        return f"{self.name} ({self.spec.host}:{self.spec.port or 22})" if self.name != self.spec.host else self.name
+
     def connection(self):
         """The open Fabric connection to this worker, shared by every task of this process."""
-        key = (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename)
-        with self._lock:
+        key = self._key()
+        with SshWorker._lock:
             connection = self._connections.get(key)
             if connection is None or not connection.is_connected:
                 connection = self._connect()
                 self._connections[key] = connection
         return connection
 
+    def _key(self) -> tuple:
+        return (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename)
+
     def _connect(self):
         from fabric import Connection
         from paramiko import RejectPolicy
 
-        connect_kwargs = {"transport_factory": _gcm_first}
+        timeouts = {"banner_timeout": self.dead_after, "auth_timeout": self.dead_after,
+                    "channel_timeout": self.dead_after}
+        connect_kwargs = {"transport_factory": _gcm_first, **timeouts}
         if self.spec.key_filename:
             connect_kwargs["key_filename"] = self.spec.key_filename
         connection = Connection(
-            self.spec.host, user=self.spec.username, port=self.spec.port,
+            self.spec.host, user=self.spec.username, port=self.spec.port, connect_timeout=self.dead_after,
             connect_kwargs=connect_kwargs, config=self._config,
         )
         for path in KNOWN_HOSTS:
@@ -170,33 +200,29 @@ class SshWorker(Worker):
         connection.client.set_missing_host_key_policy(RejectPolicy())
         with self.reaching():
             connection.open()
+        _keep_alive(connection.transport, self.beat, self.dead_after)
         return connection
 
     def reaching(self):
         return _Reaching(self)
 
+    def lose(self, error: ReductioError) -> None:
+        super().lose(error)
+        self.hang_up()
+
     def hang_up(self) -> None:
-        key = (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename)
-        with self._lock:
-            connection = self._connections.pop(key, None)
+        with SshWorker._lock:
+            connection = self._connections.pop(self._key(), None)
         if connection is not None:
+            transport = connection.transport
+            if transport is not None and transport.sock is not None:
+                shut(transport.sock)  # wakes a thread blocked sending to a host that went silent
             connection.close()
 
-    def run(self, command: str, err_stream=None):
+    def _start(self, command: str, mode: str, on_progress=None) -> Command:
         connection = self.connection()
         with self.reaching():
-            result = connection.run(command, warn=True, in_stream=False, **_output(err_stream))
-        if result.exited == -1:  # no exit status: the connection dropped, or a signal ended the command
-            if connection.transport is None or not connection.transport.is_active():
-                raise WorkerUnreachable(f"lost the connection to {self.spec.host}:{self.spec.port or 22} during a command")
-            raise ReductioError("the worker process was killed (it ended by a signal, without an exit status)",
-                                result.stderr[-2000:])
-        return result
-
-    def open_command(self, command: str, mode: str) -> SshStream:
-        connection = self.connection()
-        with self.reaching():
-            return SshStream(connection.transport, command, mode)
+            return SshCommand(connection.transport, command, mode, self.beat, self.dead_after, on_progress)
 
     def host_key_line(self) -> str:
         """This worker's host key as a known_hosts line, as the head verified it."""
@@ -208,7 +234,15 @@ class SshWorker(Worker):
     def destination(self) -> dict:
         return {"kind": "ssh", "host": self.spec.host, "port": self.spec.port or 22,
                 "user": self.spec.username, "home": self.home, "python": f"{self.venv}/bin/python",
-                "compress": settings(self._config).get("compress", False)}
+                "compress": settings(self._config).get("compress", False), "dead_after": self.dead_after}
+
+
+def _keep_alive(transport, beat: float, dead_after: float) -> None:
+    """SSH keepalives every beat, and a kernel that drops the connection when they go unacknowledged."""
+    transport.set_keepalive(max(1, int(beat)))
+    sock = transport.sock
+    if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):  # not through a gateway
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))
 
 
 # paramiko offers AES-GCM last, after AES-CTR with a separate HMAC; with GCM the head's own transfers
@@ -226,13 +260,6 @@ def _gcm_first(sock, **kwargs):
     first = [name for name in GCM_FIRST if name in options.ciphers]
     options.ciphers = tuple(first + [name for name in options.ciphers if name not in first])
     return transport
-
-
-def _output(err_stream) -> dict:
-    """invoke run() options: capture everything; copy stderr to ``err_stream`` as it comes, if given."""
-    if err_stream is None:
-        return {"hide": True}
-    return {"hide": "out", "err_stream": err_stream}
 
 
 class _Reaching:
@@ -260,7 +287,7 @@ class _Reaching:
             message = (f"host key of {where} is unknown; verify it, then add it to ~/.ssh/known_hosts"
                        f" (ssh-keyscan -p {spec.port or 22} {spec.host})")
         elif isinstance(error, (socket.timeout, TimeoutError)):
-            message = f"cannot reach {where}: timed out"
+            raise WorkerSilent(f"cannot reach {where}: no answer within {self.worker.dead_after:g} s (dead_after)") from None
         elif isinstance(error, (OSError, paramiko.SSHException, EOFError)):
             message = f"cannot reach {where}: {error.strerror if getattr(error, 'strerror', None) else error}"
         else:
@@ -304,26 +331,44 @@ class Cluster:
         workers = self.workers if workers is None else workers
         if not workers:
             return {}
+        group = liveness.Group()
+
+        def run(worker):
+            liveness.joining(group)
+            try:
+                return action(worker)
+            finally:
+                liveness.joining(None)
+
+        def end_others(worker, future):
+            if isinstance(future.exception(), WorkerUnreachable):
+                group.end(liveness.Stopped(f"stopped: {worker.where()} was lost"))
+
         pool = ThreadPoolExecutor(max_workers=len(workers))
-        futures = {worker.name: pool.submit(action, worker) for worker in workers}
+        futures = {worker.name: pool.submit(run, worker) for worker in workers}
+        for worker in workers:
+            futures[worker.name].add_done_callback(functools.partial(end_others, worker))
         try:
             wait(futures.values())
         except KeyboardInterrupt:
+            group.end(liveness.Stopped("interrupted"))
             self.hang_up()
             raise
         finally:
             pool.shutdown(wait=False)
-        results, errors = {}, {}
+        results, errors, stopped = {}, {}, 0
         for name, future in futures.items():
             error = future.exception()
             if error is None:
                 results[name] = future.result()
+            elif isinstance(error, liveness.Stopped):
+                stopped += 1
             elif isinstance(error, ReductioError):
                 errors[name] = error
             else:
                 raise error
         if errors:
-            raise StepFailed(what, errors, len(workers))
+            raise StepFailed(what, errors, len(workers), stopped)
         return results
 
 

@@ -48,14 +48,26 @@ class WorkerUnreachable(ReductioError):
     """Connection refused or timed out, authentication failed, host key refused."""
 
 
-class StepFailed(ReductioError):
-    """One step failed on some workers: ``errors`` maps worker name to its error."""
+class WorkerSilent(WorkerUnreachable):
+    """Nothing heard from a worker for dead_after seconds: lost mid-step, or a connect that timed out.
 
-    def __init__(self, step: str, errors: Dict[str, ReductioError], total: int) -> None:
+    Not retried: the silence has already cost dead_after seconds.
+    """
+
+
+class StepFailed(ReductioError):
+    """One step failed on some workers: ``errors`` maps worker name to its error.
+
+    ``stopped``: how many other workers' part of the step was stopped because of them.
+    """
+
+    def __init__(self, step: str, errors: Dict[str, ReductioError], total: int, stopped: int = 0) -> None:
         self.step = step
         self.errors = errors
         lines = [f"{step} failed on {len(errors)} of {total} worker(s):"]
         lines += [f"  {name}: {error}" for name, error in errors.items()]
+        if stopped:
+            lines.append(f"  (stopped on the other {stopped} worker(s); nothing was published)")
         details = "\n".join(
             f"--- {name}:\n{error.details}" for name, error in errors.items() if error.details
         )
@@ -64,7 +76,8 @@ class StepFailed(ReductioError):
 
 _KINDS = {
     cls.__name__: cls
-    for cls in (ReductioError, ConfigError, DatasetError, InputError, UserCodeError, WorkerUnreachable)
+    for cls in (ReductioError, ConfigError, DatasetError, InputError, UserCodeError, WorkerUnreachable,
+                WorkerSilent)
 }
 
 

@@ -7,6 +7,7 @@ else (CI, logs) one plain line sums the step up every few seconds.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
@@ -15,10 +16,10 @@ from typing import Dict, Optional
 
 from reductio.config import settings
 from reductio.errors import ConfigError
-from reductio.protocol import PROGRESS
 
 DEFAULT_INTERVAL = 2.0
 SKEW_RATIO = 1.5
+SILENT_AFTER = 3  # progress intervals without a report before the progress line names a worker
 SKEW_MINIMUM = 10_000  # lines; below this a step is too short for skew to matter
 
 
@@ -36,6 +37,7 @@ class Display:
         self.stream = stream or sys.stderr
         self.done: Dict[str, int] = {}
         self.total: Dict[str, int] = {}
+        self.heard: Dict[str, float] = {}
         self.started = time.time()
         self.lock = threading.Lock()
         self.bars = None
@@ -47,13 +49,14 @@ class Display:
                                       leave=False, file=self.stream, dynamic_ncols=True)
                          for i, w in enumerate(workers)}
 
-    def sink(self, worker_name: str) -> "_Sink":
-        """A file-like object for one worker's stderr that picks out its progress lines."""
-        return _Sink(self, worker_name)
+    def progress_of(self, worker_name: str):
+        """The callback that a worker's progress reports go to: ``(done, total)``."""
+        return functools.partial(self.update, worker_name)
 
     def update(self, worker: str, done: int, total: int) -> None:
         with self.lock:
             self.done[worker], self.total[worker] = done, total
+            self.heard[worker] = time.time()
             if self.bars is not None:
                 bar = self.bars[worker]
                 bar.total = total
@@ -74,31 +77,16 @@ class Display:
         if len(self.total) < self.expected:
             return f"{parts}; waiting for the first report of {self.expected - len(self.total)} more worker(s)"
         eta = f", ETA {(total - done) / rate:.0f} s" if rate and total else ""
-        return f"{share} of {total} lines ({parts}), {rate:,.0f} lines/s{eta}"
+        now = time.time()
+        silent = [f"{w}: no report for {now - heard:.0f} s" for w, heard in sorted(self.heard.items())
+                  if now - heard >= SILENT_AFTER * self.every]
+        quiet = f"; {', '.join(silent)}" if silent else ""
+        return f"{share} of {total} lines ({parts}), {rate:,.0f} lines/s{eta}{quiet}"
 
     def close(self) -> None:
         if self.bars is not None:
             for bar in self.bars.values():
                 bar.close()
-
-
-class _Sink:
-    """Receives a worker's stderr as it arrives; forwards progress lines to the display."""
-
-    def __init__(self, display: Display, worker: str) -> None:
-        self.display, self.worker, self.pending = display, worker, ""
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            if line.startswith(PROGRESS):
-                report = json.loads(line[len(PROGRESS):])
-                self.display.update(self.worker, report["done"], report["total"])
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def summary(step: str, results: Dict[str, dict]) -> str:

@@ -55,7 +55,7 @@ def run_and_publish(cluster: Cluster, step: str, params_for: Callable, target: s
     display = Display(step, cluster.workers, every)
     try:
         results = cluster.each(step, lambda w: w.step(
-            step, dict(params_for(w), attempt=attempt, progress=every), display.sink(w.name)))
+            step, dict(params_for(w), attempt=attempt), display.progress_of(w.name)))
         display.close()
         if "source_attempt" in facts and common_source(results, facts["source"])["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {facts['source']!r} changed while {step} was reading it; run it again")
@@ -76,12 +76,12 @@ def publish(cluster: Cluster, attempt: str, target: str, files: Dict[str, dict],
 
 
 def discard(cluster: Cluster, attempt: str) -> None:
-    """Remove an attempt's leftovers wherever they are; a worker we cannot reach keeps them."""
-    for worker in cluster.workers:
-        try:
-            worker.step("discard", {"attempt": attempt})
-        except Exception:  # noqa: BLE001 - best effort while another error is reported
-            pass
+    """Remove an attempt's leftovers on every worker still reachable; a lost one keeps them until it cleans."""
+    try:
+        cluster.each("discard", lambda w: w.step("discard", {"attempt": attempt}),
+                     [w for w in cluster.workers if w.lost is None])
+    except Exception:  # noqa: BLE001 - best effort while another error is reported
+        pass
 
 
 def common_source(results: Dict[str, dict], source: str) -> dict:

@@ -154,9 +154,9 @@ def push(worker, local: Path, remote: str, mode: str = "600") -> None:
     except BaseException:
         stream.kill()
         raise
-    code, stderr = stream.close()
-    if code != 0:
-        raise ReductioError(f"copying {local.name} to {remote} failed (exit {code}): {stderr.strip()[-300:]}")
+    done = stream.finished()
+    if done.exited != 0:
+        raise ReductioError(f"copying {local.name} to {remote} failed (exit {done.exited}): {done.stderr.strip()[-300:]}")
 
 
 def ensure_venv(worker) -> None:

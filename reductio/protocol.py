@@ -9,6 +9,11 @@ transport (a pipe, an SSH channel) and mix safely with other stderr:
     reductio-result: {...}   what the step made (files, counters)
     reductio-error: {...}    a ReductioError, rebuilt on the head
     reductio-progress: {...} input lines done so far, and the total
+    reductio-alive: {}       nothing new, but still here (a step with no progress to report)
+
+The head reads a worker's stderr as it arrives through a ``Reply``: bounded
+per line and in what it keeps, so a chatty or broken worker costs the head
+linear time and a fixed amount of memory.
 """
 
 from __future__ import annotations
@@ -17,13 +22,18 @@ import json
 import shlex
 import signal
 import sys
+from collections import deque
+from typing import Deque
 
 from reductio.errors import ReductioError
 
 RESULT = "reductio-result: "
 ERROR = "reductio-error: "
 PROGRESS = "reductio-progress: "
+ALIVE = "reductio-alive: "
 _TAIL = 20
+MAX_REPLY_LINE = 16 << 20  # bytes: a result line listing every file of a big step fits many times over
+_MAX_TAIL_LINE = 2000  # characters of an ordinary stderr line kept for error messages
 
 
 def shell_path(path: str) -> str:
@@ -46,25 +56,99 @@ def emit(prefix: str, payload: dict, stream=None) -> None:
     stream.flush()
 
 
-def parse_reply(stderr: str, exit_code: int) -> dict:
-    """The result a worker command reported, or the error it reported, raised."""
-    lines = stderr.splitlines()
-    for line in reversed(lines):
-        if line.startswith(ERROR):
-            raise ReductioError.from_dict(json.loads(line[len(ERROR):]))
-    if exit_code == 0:
-        for line in reversed(lines):
-            if line.startswith(RESULT):
-                return json.loads(line[len(RESULT):])
-    tail = [line for line in lines if not line.startswith((RESULT, PROGRESS))][-_TAIL:]
-    last = tail[-1] if tail else "no output"
-    if exit_code == 127:
-        raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))
-    if exit_code < 0 or exit_code > 128:
-        number = -exit_code if exit_code < 0 else exit_code - 128
+class Reply:
+    """A worker command's stderr, read as it arrives: protocol lines picked out, a short tail of the rest kept.
+
+    ``on_progress(done, total)`` is called for each progress line. A line
+    longer than MAX_REPLY_LINE is cut there and the rest of it skipped, so
+    no worker output grows the head's memory without bound.
+    """
+
+    def __init__(self, on_progress=None) -> None:
+        self.on_progress = on_progress
+        self.result = self.error = None
+        self.tail: Deque[str] = deque(maxlen=_TAIL)
+        self._pending = bytearray()
+        self._skipping = False  # inside a line already cut at MAX_REPLY_LINE
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            self._add(data[start:end])
+            self._line()
+            start = end + 1
+        self._add(data[start:])
+
+    def close(self) -> None:
+        """The stream ended: a last line without its newline counts too."""
+        if self._pending or self._skipping:
+            self._line()
+
+    def _add(self, piece: bytes) -> None:
+        room = MAX_REPLY_LINE - len(self._pending)
+        if len(piece) > room:
+            piece, self._skipping = piece[:max(room, 0)], True
+        self._pending += piece
+
+    def _line(self) -> None:
+        line = self._pending.decode("utf-8", "replace")
+        cut, self._pending, self._skipping = self._skipping, bytearray(), False
         try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
-        raise ReductioError(f"the worker process was killed by {name}", "\n".join(tail))
-    raise ReductioError(f"worker command failed (exit {exit_code}): {last}", "\n".join(tail))
+            if line.startswith(RESULT):
+                self.result = _payload(line, RESULT, cut)
+            elif line.startswith(ERROR):
+                self.error = _payload(line, ERROR, cut)
+            elif line.startswith(PROGRESS):
+                report = _payload(line, PROGRESS, cut)
+                if self.on_progress is not None:
+                    self.on_progress(int(report["done"]), int(report["total"]))
+            elif not line.startswith(ALIVE):
+                self.tail.append(line[:_MAX_TAIL_LINE] + (" [cut]" if cut or len(line) > _MAX_TAIL_LINE else ""))
+        except (ValueError, KeyError, TypeError, RecursionError) as err:
+            self.error = {"kind": "ReductioError", "message": f"the worker sent a malformed reply line ({_why(err, cut)}):"
+                          f" {line[:200]!r}", "details": ""}
+
+    def outcome(self, exit_code: int) -> dict:
+        """The result the command reported, or its error raised as a ReductioError."""
+        if self.error is not None:
+            raise ReductioError.from_dict(self.error)
+        if exit_code == 0 and self.result is not None:
+            return self.result
+        tail = list(self.tail)
+        last = tail[-1] if tail else "no output"
+        if exit_code == 127:
+            raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))
+        if exit_code < 0 or exit_code > 128:
+            number = -exit_code if exit_code < 0 else exit_code - 128
+            try:
+                name = signal.Signals(number).name
+            except ValueError:
+                name = f"signal {number}"
+            raise ReductioError(f"the worker process was killed by {name}", "\n".join(tail))
+        raise ReductioError(f"worker command failed (exit {exit_code}): {last}", "\n".join(tail))
+
+
+def _payload(line: str, prefix: str, cut: bool) -> dict:
+    if cut:
+        raise ValueError(f"longer than {MAX_REPLY_LINE:,} bytes")
+    payload = json.loads(line[len(prefix):])
+    if not isinstance(payload, dict):
+        raise ValueError("not a JSON object")
+    return payload
+
+
+def _why(err: Exception, cut: bool) -> str:
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return str(err) if isinstance(err, ValueError) and cut else f"{type(err).__name__}: {err}"[:200]
+
+
+def parse_reply(stderr: str, exit_code: int) -> dict:
+    """The result a finished command reported in ``stderr``, or the error it reported, raised."""
+    reply = Reply()
+    reply.feed(stderr.encode("utf-8"))
+    reply.close()
+    return reply.outcome(exit_code)

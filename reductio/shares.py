@@ -119,13 +119,14 @@ def run(step: str, params: dict, shares: List[List[Range]], progress: Progress) 
     If any fails, the others are stopped and the failure of the earliest
     share among those that failed on their own is raised, as its process
     reported it. Each process's stdin stays open until this one ends, so
-    none outlives the worker (exit_on_eof).
+    none outlives the worker (its heartbeat watches for stdin "eof").
     """
     children: List[_Child] = []
     failed = threading.Event()
     try:
         for k, share in enumerate(shares):
-            child = dict(params, origin=f"{params['origin']}-{k}", processes=1, exit_on_eof=True,
+            head = dict(params.get("head") or {"beat": 1.0}, stdin="eof")
+            child = dict(params, origin=f"{params['origin']}-{k}", processes=1, head=head,
                          share=[[path.name, start, end] for path, start, end in share])
             argv = [sys.executable, "-m", "reductio.worker", step, json.dumps(child)]
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)

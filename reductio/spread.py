@@ -16,6 +16,7 @@ from typing import Dict, Iterator, List
 from reductio.errors import InputError, ReductioError, StepFailed
 from reductio.job import discard, new_attempt, publish
 from reductio.steps import Output
+from reductio.transport import StreamBroken
 
 MAX_BLOCK = 1 << 20
 MIN_BLOCK = 4096
@@ -111,7 +112,7 @@ class Spreader:
         i = self.turn
         try:
             self.streams[i].write(block)
-        except OSError:
+        except StreamBroken:
             self._failed(i)
         self.digests[i].update(block)
         self.sizes[i] += len(block)

@@ -1,99 +1,289 @@
-"""Byte streams to and from a worker command, and reading its reply.
+"""Commands running on a worker as the head holds them: stdin, stdout and stderr as byte streams.
 
-Data never passes through invoke's ``run``: it reads stdin a byte at a
-time and keeps all output in memory. A local worker's stream is a pipe to
-a child process; its stderr goes to a temporary file, so a chatty child can
-never block on a full pipe while we are busy writing to it.
+A local worker's command is a child process with pipes; an SSH worker's is
+an exec channel on the worker's one connection. Data never passes through
+invoke's ``run``: it reads stdin a byte at a time and keeps all output in
+memory. Whatever the caller does not read -- stderr always, stdout unless
+it is the data -- is drained by a thread as it arrives and kept bounded, so
+a chatty command never blocks on a full pipe or window, and every byte heard
+is a sign of life for the watchdog (liveness.py).
+
+Modes: ``step`` (a reductio.worker control step), ``r`` (stdout is data):
+the head beats on their stdin; ``w`` (stdin is data); ``shell`` (a plain
+command: stdin closed, the end of stdout kept).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
-import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
 
-from reductio.protocol import parse_reply
+from reductio.errors import ReductioError, WorkerUnreachable
+from reductio.protocol import Reply
 
-class LocalStream:
-    """A local worker command with a pipe to its stdin (``mode="w"``) or from its stdout ("r")."""
+_CHUNK = 1 << 16
+_STDOUT_KEPT = 1 << 16  # bytes of a shell command's or control step's stdout kept (the rest is dropped)
 
-    def __init__(self, command: str, mode: str) -> None:
-        self._stderr = tempfile.TemporaryFile()
-        pipes = {"stdin": subprocess.PIPE} if mode == "w" else {"stdout": subprocess.PIPE}
-        self._process = subprocess.Popen(command, shell=True, stderr=self._stderr, **pipes)
-        self._pipe = self._process.stdin if mode == "w" else self._process.stdout
-        self._closed = None
+
+@dataclass(frozen=True)
+class Finished:
+    """A plain command's outcome: exit code, the end of its stdout and stderr."""
+
+    exited: int
+    stdout: str
+    stderr: str
+
+
+class StreamBroken(ReductioError):
+    """The command's stdin or stdout closed under us; ``finish()`` says why."""
+
+
+class Command:
+    """One command on a worker, started by a subclass; ``heard`` is when it last said anything."""
+
+    def __init__(self, mode: str, beat: float, on_progress=None) -> None:
+        self.mode, self.beat = mode, beat
+        self.reply = Reply(on_progress)
+        self.heard = time.monotonic()
+        self.ended: Optional[ReductioError] = None  # why it was stopped from outside: lost, aborted
+        self._stdout = bytearray()
+        self._done = threading.Event()
+        self._readers = []
+        self._code: Optional[int] = None
+
+    def _start_threads(self) -> None:
+        self._readers.append(_daemon(self._drain, self._read_stderr, self._heard_stderr))
+        if self.mode != "r":
+            self._readers.append(_daemon(self._drain, self._read_stdout, self._kept_stdout))
+        if self.mode in ("step", "r"):  # the worker does not read this stdin: beat on it
+            _daemon(self._pace)
+        elif self.mode == "shell":
+            self._close_stdin()
+
+    def is_over(self) -> bool:
+        return self._code is not None or self.ended is not None
 
     def write(self, data: bytes) -> None:
-        self._pipe.write(data)
+        """Send data to the command's stdin (mode ``w``)."""
+        try:
+            self._write(data)
+        except (OSError, EOFError) as err:
+            raise StreamBroken(f"the command stopped reading its input ({err or type(err).__name__})") from None
 
     def read(self, size: int) -> bytes:
-        return self._pipe.read(size)
+        """Read data from the command's stdout (mode ``r``); b"" at its end."""
+        try:
+            data = self._read_stdout(size)
+        except (OSError, EOFError):
+            data = b""
+        self.heard = time.monotonic()
+        return data
 
-    def close(self):
-        """Close our end and wait for the command: its exit code and stderr (once; later calls repeat them)."""
-        if self._closed is None:
-            try:
-                self._pipe.close()
-            except BrokenPipeError:  # the command stopped reading: its stderr says why
-                pass
-            code = self._process.wait()
-            self._stderr.seek(0)
-            self._closed = code, self._stderr.read().decode("utf-8", "replace")
-            self._stderr.close()
-        return self._closed
+    def close(self) -> int:
+        """Close our end, wait for the command and its output; its exit code (once; later calls repeat it)."""
+        if self._code is None:
+            if self.mode == "w":
+                self._close_stdin()
+            elif self.mode == "r":
+                while self.read(_CHUNK):
+                    pass
+            code = self._wait()
+            for reader in self._readers:
+                reader.join()
+            self.reply.close()
+            self._done.set()
+            self._close_stdin()
+            self._release()
+            self._code = code
+        return self._code
 
     def finish(self) -> dict:
-        """Close, and return the reply of a reductio.worker command."""
-        code, stderr = self.close()
-        return parse_reply(stderr, code)
+        """Close, and return the reply of a reductio.worker command, or raise its error."""
+        code = self.close()
+        if self.ended is not None:
+            raise self.ended
+        self._check_exit(code)
+        return self.reply.outcome(code)
+
+    def finished(self) -> Finished:
+        """Close, and return a plain command's outcome."""
+        code = self.close()
+        if self.ended is not None:
+            raise self.ended
+        self._check_exit(code)
+        tail = "\n".join(self.reply.tail)
+        return Finished(code, self._stdout.decode("utf-8", "replace"), tail)
+
+    def end(self, why: ReductioError) -> None:
+        """Stop the command from outside (the worker is lost, or the step abandoned); ``why`` is its error."""
+        if self._code is None and self.ended is None:
+            self.ended = why
+            self._kill()
 
     def kill(self) -> None:
-        """Stop the command: the transfer is being abandoned."""
-        if self._closed is None:
-            self._process.kill()
-            self.close()
+        """Abandon the command: the transfer is being given up."""
+        self.end(ReductioError("abandoned"))
+        self.close()
+
+    def _drain(self, read, handle) -> None:
+        while True:
+            try:
+                data = read(_CHUNK)
+            except (OSError, EOFError):
+                data = b""
+            if not data:
+                return
+            self.heard = time.monotonic()
+            handle(data)
+
+    def _heard_stderr(self, data: bytes) -> None:
+        self.reply.feed(data)
+
+    def _kept_stdout(self, data: bytes) -> None:
+        self._stdout += data
+        if len(self._stdout) > _STDOUT_KEPT:
+            del self._stdout[:-_STDOUT_KEPT]
+
+    def _pace(self) -> None:
+        """Beat on a control step's stdin, so the worker knows we are here."""
+        while not self._done.wait(self.beat):
+            try:
+                self._write(b"\n")
+            except (OSError, EOFError):
+                return
+
+    def _check_exit(self, code: int) -> None:
+        """Raise if the command ended without an exit status because its connection went."""
+
+    # What each kind of worker provides.
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _read_stdout(self, size: int) -> bytes:
+        raise NotImplementedError
+
+    def _read_stderr(self, size: int) -> bytes:
+        raise NotImplementedError
+
+    def _close_stdin(self) -> None:
+        raise NotImplementedError
+
+    def _wait(self) -> int:
+        raise NotImplementedError
+
+    def _kill(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        pass
 
 
-class SshStream:
-    """A worker command on an SSH exec channel, with our end of its stdin or stdout.
+def _daemon(target, *args) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
 
-    Bytes go through ``sendall`` and ``recv`` in large chunks; stderr stays
-    in paramiko's buffer and is read once the command has finished.
-    """
 
-    def __init__(self, transport, command: str, mode: str) -> None:
-        self._channel = transport.open_session()
+class LocalCommand(Command):
+    """A local worker's command: a child process with three pipes."""
+
+    def __init__(self, command: str, mode: str, beat: float, on_progress=None) -> None:
+        super().__init__(mode, beat, on_progress)
+        self._process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, bufsize=0)
+        self._stdin_lock = threading.Lock()
+        self._start_threads()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._stdin_lock:
+            while view:
+                view = view[self._process.stdin.write(view):]
+
+    def _read_stdout(self, size: int) -> bytes:
+        return self._process.stdout.read(size)
+
+    def _read_stderr(self, size: int) -> bytes:
+        return self._process.stderr.read(size)
+
+    def _close_stdin(self) -> None:
+        with self._stdin_lock:
+            try:
+                self._process.stdin.close()
+            except OSError:  # the command stopped reading: its stderr says why
+                pass
+
+    def _wait(self) -> int:
+        return self._process.wait()
+
+    def _kill(self) -> None:
+        try:  # a reductio command leads its own process group (heartbeat.py): its sort, ssh, shares go too
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except OSError:
+            try:
+                self._process.kill()
+            except OSError:
+                pass
+        self._close_stdin()
+
+    def _release(self) -> None:
+        self._process.stdout.close()
+        self._process.stderr.close()
+
+
+class SshCommand(Command):
+    """An SSH worker's command: an exec channel on the worker's connection."""
+
+    def __init__(self, transport, command: str, mode: str, beat: float, timeout: float, on_progress=None) -> None:
+        super().__init__(mode, beat, on_progress)
+        self._transport = transport
+        self._channel = transport.open_session(timeout=timeout)
         self._channel.exec_command(command)
-        self._mode = mode
-        self._closed = None
+        self._start_threads()
 
-    def write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         self._channel.sendall(data)
 
-    def read(self, size: int) -> bytes:
+    def _read_stdout(self, size: int) -> bytes:
         return self._channel.recv(size)
 
-    def close(self):
-        """Close our end and wait for the command: its exit code and stderr (once; later calls repeat them)."""
-        if self._closed is None:
-            if self._mode == "w":
-                self._channel.shutdown_write()
-            else:
-                while self._channel.recv(1 << 16):
-                    pass
-            code = self._channel.recv_exit_status()
-            stderr = self._channel.makefile_stderr("rb").read()
-            self._channel.close()
-            self._closed = code, stderr.decode("utf-8", "replace")
-        return self._closed
+    def _read_stderr(self, size: int) -> bytes:
+        return self._channel.recv_stderr(size)
 
-    def finish(self) -> dict:
-        """Close, and return the reply of a reductio.worker command."""
-        code, stderr = self.close()
-        return parse_reply(stderr, code)
+    def _close_stdin(self) -> None:
+        try:
+            self._channel.shutdown_write()
+        except (OSError, EOFError):
+            pass
 
-    def kill(self) -> None:
-        """Abandon the command: closing the channel hangs it up."""
-        if self._closed is None:
-            self._channel.close()
-            self._closed = -1, "abandoned"
+    def _wait(self) -> int:
+        return self._channel.recv_exit_status()
+
+    def _kill(self) -> None:
+        self._channel.close()
+
+    def _release(self) -> None:
+        self._channel.close()
+
+    def _check_exit(self, code: int) -> None:
+        if code == -1 and not self._transport.is_active():
+            raise WorkerUnreachable("lost the connection during a command")
+
+
+def shut(sock) -> None:
+    """Wake every thread blocked on a socket, then close it (close alone wakes none)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+

@@ -20,18 +20,17 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Dict, List
 
-from reductio import reducers, shares
+from reductio import heartbeat, reducers, shares
 from reductio.errors import DatasetError, ReductioError, UserCodeError, environment_error
 from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
-from reductio.protocol import ERROR, PROGRESS, RESULT, emit, parse_reply, shell_path, worker_command
+from reductio.protocol import ERROR, RESULT, emit, parse_reply, shell_path, worker_command
 from reductio.records import decode_error, lines_before, open_slice, read_lines, split_record
 from reductio.shares import Range
 from reductio.sorting import sort_argv, sort_env
@@ -83,19 +82,6 @@ class _Position:
     @property
     def done(self) -> int:
         return self.finished + self.line
-
-
-class _Progress(threading.Thread):
-    """Every ``interval`` seconds, a protocol line saying how many input lines are done."""
-
-    def __init__(self, position: _Position, total: int, interval: float) -> None:
-        super().__init__(daemon=True)
-        self.position, self.total, self.interval = position, total, interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            emit(PROGRESS, {"done": self.position.done, "total": self.total})
 
 
 def _records(ranges: List[Range], position: _Position, text: bool):
@@ -237,8 +223,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
     position = _Position()
     text = marker.get("format") == TEXT
     started = _Clock()
-    progress = _Progress(position, _lines_of(marker), float(params.get("progress", 1.0)))
-    progress.start()
+    _report_progress(position, marker)
     try:
         write(function, function_path, ranges, position, text, output)
         written = output.close()
@@ -249,10 +234,14 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
     except BaseException:
         output.abandon()
         raise
-    finally:
-        progress.stopped.set()
     return {"files": written, "source": _about(marker),
             "counters": _counters(marker, written, position.done, started)}
+
+
+def _report_progress(position, marker: dict) -> None:
+    """Let the heartbeat report input lines done (``position.done``) out of the source's lines."""
+    total = _lines_of(marker)
+    heartbeat.progress = lambda: {"done": position.done, "total": total}
 
 
 def _processes(params: dict) -> int:
@@ -276,12 +265,8 @@ def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) 
     """The step over several processes, one per share; their files, lines and counters added up."""
     started = _Clock()
     done = shares.Progress(len(cuts))
-    progress = _Progress(done, _lines_of(marker), float(params.get("progress", 1.0)))
-    progress.start()
-    try:
-        results = shares.run(step, dict(params, source_attempt=marker.get("attempt")), cuts, done)
-    finally:
-        progress.stopped.set()
+    _report_progress(done, marker)
+    results = shares.run(step, dict(params, source_attempt=marker.get("attempt")), cuts, done)
     written = {name: facts for result in results for name, facts in result["files"].items()}
     user: Dict[str, int] = {}
     for result in results:
@@ -423,7 +408,14 @@ def step_receive(params: dict) -> dict:
         raise DatasetError(f"bad file name {name!r}")
     folder = home.attempt_dir(params["attempt"])
     _widen_pipe(sys.stdin.fileno())
-    return {"files": {name: receive(sys.stdin.buffer, folder, name, params.get("expected"))}}
+    return {"files": {name: receive(_Stdin(), folder, name, params.get("expected"))}}
+
+
+class _Stdin:
+    """Raw reads of a data stdin, refusing a sender that falls silent (heartbeat.read)."""
+
+    def read(self, size: int) -> bytes:
+        return heartbeat.read(0, size)
 
 
 def _widen_pipe(fd: int) -> None:
@@ -498,10 +490,12 @@ def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str, expe
     Only the cluster key and the host keys pinned at setup are used: no
     user ssh config, no agent, no prompt, no unknown host accepted.
     """
-    params = {"home": destination["home"], "attempt": attempt, "name": path.name, "expected": expected}
+    params = {"home": destination["home"], "attempt": attempt, "name": path.name, "expected": expected,
+              "head": {"beat": 1.0, "dead_after": destination.get("dead_after") or 30, "stdin": "data"}}
     remote = worker_command(shell_path(destination["python"]), "receive", params)
     argv = [
         "ssh", "-F", "/dev/null", "-i", str(home.root / CLUSTER_KEY), "-o", "IdentitiesOnly=yes",
+        *liveness_options(destination),
         "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"Ciphers={SCATTER_CIPHERS}",
         "-o", f"UserKnownHostsFile={home.root / KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
         "-p", str(destination["port"]),
@@ -518,6 +512,14 @@ def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str, expe
     except ReductioError as err:
         raise ReductioError(f"sending {path.name} to {destination['host']}:{destination['port']} failed: {err}",
                             err.details) from None
+
+
+def liveness_options(destination: dict) -> List[str]:
+    """ssh options that give up on a silent destination as the head would: within dead_after seconds."""
+    dead_after = float(destination.get("dead_after") or 30)
+    beat = max(1, int(dead_after // 3))
+    return ["-o", f"ConnectTimeout={max(1, int(dead_after))}", "-o", f"ServerAliveInterval={beat}",
+            "-o", f"ServerAliveCountMax={max(1, int(dead_after // beat))}"]
 
 
 def step_read(params: dict) -> dict:
@@ -598,13 +600,6 @@ STEPS = {
 }
 
 
-def _exit_when_orphaned() -> None:
-    """Stop when the head goes away: it holds our stdin open until then (a pipe or an SSH channel)."""
-    while os.read(0, 1 << 16):  # raw reads: a buffered stdin would block interpreter shutdown
-        pass
-    os._exit(3)
-
-
 def main(argv: List[str] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in STEPS:
@@ -612,8 +607,8 @@ def main(argv: List[str] = None) -> int:
         return 2
     os.umask(0o077)  # everything in a reductio home is its owner's alone
     params = json.loads(argv[1])
-    if params.pop("exit_on_eof", False):
-        threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+    if params.get("head"):
+        heartbeat.start(params["head"])
     started = time.time()
     try:
         try:

@@ -1,0 +1,92 @@
+"""The worker's half of liveness: it tells the head it is alive, and stops when the head falls silent.
+
+A command started by the head gets ``head: {"beat": B, "dead_after": D,
+"stdin": ...}`` in its parameters. Every B seconds it writes a protocol line
+on stderr (its progress, or ``reductio-alive``), so the head can tell a busy
+worker from a lost one. The head writes a byte on the command's stdin as
+often (``stdin: "beats"``); a command that hears nothing for D seconds, or
+sees its stdin close, stops at once with every process it started. A head
+that drops off the network therefore leaves nothing running on the worker.
+A command whose stdin carries data (``stdin: "data"``, ``receive``) checks
+the silence where it reads instead. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+from reductio.errors import ReductioError
+from reductio.protocol import ALIVE, PROGRESS, emit
+
+#: What the step reports as its progress, when it has any: a callable giving {"done": n, "total": n}.
+progress: Optional[Callable[[], dict]] = None
+#: Seconds of silence on a data stdin after which the sender counts as gone (None: wait forever).
+dead_after: Optional[float] = None
+
+
+def start(head: dict) -> None:
+    """Begin beating and watching stdin as ``head`` says.
+
+    ``stdin``: "beats" (the head's), "data" (checked where it is read), or
+    "eof" (a share process, whose worker holds its stdin: only its closing counts).
+    """
+    global dead_after
+    if head["stdin"] != "eof":
+        try:
+            os.setpgid(0, 0)  # our own process group: stopping it stops sort, ssh and share processes too
+        except PermissionError:  # a session leader (sshd's child) leads its group already
+            pass
+        dead_after = float(head["dead_after"])
+    threading.Thread(target=_beat, args=(float(head["beat"]),), daemon=True).start()
+    if head["stdin"] in ("beats", "eof"):
+        threading.Thread(target=_watch, args=(dead_after,), daemon=True).start()
+
+
+def _beat(every: float) -> None:
+    while True:
+        time.sleep(every)
+        if progress is not None:
+            emit(PROGRESS, progress())
+        else:
+            emit(ALIVE, {})
+
+
+def _watch(silence: Optional[float]) -> None:
+    """Read stdin until it closes or stays silent for ``silence`` seconds; then stop everything."""
+    while True:
+        readable, _, _ = select.select([0], [], [], silence)
+        if not readable:
+            _stop(f"no word from the head for {silence:g} s")
+        if not os.read(0, 1 << 16):  # raw reads: a buffered stdin would block interpreter shutdown
+            _stop(None)
+
+
+def _stop(why: Optional[str]) -> None:
+    if why:
+        try:
+            sys.stderr.write(f"reductio: {why}; stopping\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)  # our children first, and us with them
+    os._exit(3)
+
+
+class SilentSender(ReductioError):
+    """A data stdin fell silent for longer than dead_after."""
+
+
+def read(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes of a data stdin; a sender silent for dead_after seconds is an error."""
+    if dead_after is not None:
+        readable, _, _ = select.select([fd], [], [], dead_after)
+        if not readable:
+            raise SilentSender(f"the sender sent nothing for {dead_after:g} s (dead_after); it is gone")
+    return os.read(fd, size)

@@ -1,0 +1,110 @@
+"""The head's half of liveness: a worker not heard from for ``dead_after`` seconds is lost.
+
+Every reductio command on a worker says something at least every beat
+(heartbeat.py: progress, ``reductio-alive``, or its data), and the head beats
+on its stdin. A watchdog thread looks at every such command; one silent for
+``dead_after`` seconds is ended with a WorkerSilent error naming its host,
+and that worker's connection is hung up so nothing else waits on it. Below
+that, SSH keepalives and TCP_USER_TIMEOUT close a connection whose peer
+stopped acknowledging, between commands too (cluster.py).
+
+The commands of one fan-out form a ``Group``: when one worker is lost the
+others' commands of that step are ended as well, so the step stops within
+``dead_after`` and a few seconds instead of running on for nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import List, Optional
+
+from reductio.config import settings
+from reductio.errors import ReductioError, WorkerSilent
+
+DEFAULT_DEAD_AFTER = 30.0
+_LOOK_EVERY = 0.25  # seconds between the watchdog's looks
+
+
+def dead_after(config) -> float:
+    """Seconds of silence after which a worker is lost (``reductio: dead_after``)."""
+    return settings(config).get("dead_after", DEFAULT_DEAD_AFTER)
+
+
+def beat(config) -> float:
+    """Seconds between heartbeats: often enough that a few may be missed before dead_after."""
+    from reductio.feedback import interval
+
+    return min(interval(config), dead_after(config) / 4)
+
+
+class Stopped(ReductioError):
+    """A command ended because another worker of its step was lost; not a failure of its own."""
+
+
+class Group:
+    """The commands of one fan-out over the workers, ended together when one worker is lost."""
+
+    def __init__(self) -> None:
+        self._commands: List = []
+        self._lock = threading.Lock()
+        self.ended: Optional[ReductioError] = None
+
+    def add(self, command) -> None:
+        with self._lock:
+            self._commands.append(command)
+            ended = self.ended
+        if ended is not None:
+            command.end(ended)
+
+    def end(self, why: ReductioError) -> None:
+        """End every command of the group (and any added later) with ``why``."""
+        with self._lock:
+            if self.ended is not None:
+                return
+            self.ended = why
+            commands = list(self._commands)
+        for command in commands:
+            command.end(why)
+
+
+_current = threading.local()
+
+
+def joining(group: Optional[Group]):
+    """Run the calling thread's commands in ``group`` (Cluster.each sets it for each worker's thread)."""
+    _current.group = group
+
+
+def current_group() -> Optional[Group]:
+    return getattr(_current, "group", None)
+
+
+class _Watchdog:
+    """One thread for the whole head, looking at every watched command."""
+
+    def __init__(self) -> None:
+        self._watched: List[tuple] = []
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, command, worker, limit: float) -> None:
+        with self._lock:
+            self._watched.append((command, worker, limit))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True, name="reductio-watchdog")
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_LOOK_EVERY)
+            now = time.monotonic()
+            with self._lock:
+                self._watched = [entry for entry in self._watched if not entry[0].is_over()]
+                silent = [entry for entry in self._watched if now - entry[0].heard > entry[2]]
+            for command, worker, limit in silent:
+                worker.lose(WorkerSilent(f"no word from {worker.where()} for {limit:g} s (dead_after);"
+                                         " it is lost"))
+
+
+watchdog = _Watchdog()
