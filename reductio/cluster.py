@@ -79,7 +79,13 @@ class Worker:
         with self._lock:
             commands = list(self._commands)
         for command in commands:
+            command.end(error, kill=False)  # first the reason, so whatever fails next reports it
+        self.hang_up()
+        for command in commands:
             command.end(error)
+
+    def hang_up(self) -> None:
+        """Drop the worker's connection, if it has one."""
 
     def run(self, command: str) -> Finished:
         """Run a plain shell command (small output only: the end of it is kept)."""
@@ -119,10 +125,10 @@ class Worker:
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
-    def open(self, step: str, params: dict, mode: str) -> Command:
+    def open(self, step: str, params: dict, mode: str, on_progress=None) -> Command:
         """Run a data step with our end of its stdin ("w") or stdout ("r"), watched for silence."""
         head = self._head("data" if mode == "w" else "beats")
-        return self.start(self.command(step, dict(params, head=head)), mode, watch=True)
+        return self.start(self.command(step, dict(params, head=head)), mode, on_progress, watch=True)
 
 
 class LocalWorker(Worker):
@@ -206,10 +212,6 @@ class SshWorker(Worker):
     def reaching(self):
         return _Reaching(self)
 
-    def lose(self, error: ReductioError) -> None:
-        super().lose(error)
-        self.hang_up()
-
     def hang_up(self) -> None:
         with SshWorker._lock:
             connection = self._connections.pop(self._key(), None)
@@ -286,9 +288,12 @@ class _Reaching:
         elif isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
             message = (f"host key of {where} is unknown; verify it, then add it to ~/.ssh/known_hosts"
                        f" (ssh-keyscan -p {spec.port or 22} {spec.host})")
-        elif isinstance(error, (socket.timeout, TimeoutError)):
+        elif isinstance(error, (socket.timeout, TimeoutError)) or (
+                isinstance(error, paramiko.SSHException) and str(error).startswith("Timeout opening channel")):
             raise WorkerSilent(f"cannot reach {where}: no answer within {self.worker.dead_after:g} s (dead_after)") from None
-        elif isinstance(error, (OSError, paramiko.SSHException, EOFError)):
+        elif isinstance(error, EOFError):
+            message = f"cannot reach {where}: the connection dropped"
+        elif isinstance(error, (OSError, paramiko.SSHException)):
             message = f"cannot reach {where}: {error.strerror if getattr(error, 'strerror', None) else error}"
         else:
             return False

@@ -28,62 +28,109 @@ def interval(config) -> float:
     return settings(config).get("progress_interval", DEFAULT_INTERVAL)
 
 
+def display(step: str, cluster) -> "Display":
+    """The live progress of ``step`` on ``cluster``'s workers."""
+    return Display(step, cluster.workers, interval(cluster.config))
+
+
 class Display:
-    """Live progress of one step over all workers."""
+    """Live progress of one step over all workers, and who has gone quiet.
+
+    On a terminal each worker gets a bar; elsewhere one line sums the step
+    up every ``every`` seconds, once any worker has reported its lines or
+    one has gone quiet (no progress and no heartbeat for SILENT_AFTER
+    intervals): it is named, before the watchdog declares it lost.
+    """
 
     def __init__(self, step: str, workers, every: float, stream=None) -> None:
         self.step, self.every = step, every
-        self.expected = len(workers)
+        self.names = [w.name for w in workers]
         self.stream = stream or sys.stderr
         self.done: Dict[str, int] = {}
         self.total: Dict[str, int] = {}
-        self.heard: Dict[str, float] = {}
         self.started = time.time()
+        self.heard: Dict[str, float] = dict.fromkeys(self.names, self.started)
+        self.over: Dict[str, bool] = {}
         self.lock = threading.Lock()
         self.bars = None
-        self.last_line = time.time()
+        self.closed = threading.Event()
         if _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self.bars = {w.name: tqdm(desc=f"{step} {w.name}", unit=" lines", unit_scale=True, position=i,
-                                      leave=False, file=self.stream, dynamic_ncols=True)
-                         for i, w in enumerate(workers)}
+            self.bars = {name: tqdm(desc=f"{step} {name}", unit=" lines", unit_scale=True, position=i,
+                                    leave=False, file=self.stream, dynamic_ncols=True)
+                         for i, name in enumerate(self.names)}
+        else:
+            threading.Thread(target=self._tick, daemon=True).start()
 
     def progress_of(self, worker_name: str):
-        """The callback that a worker's progress reports go to: ``(done, total)``."""
+        """The callback a worker's reports go to: ``(done, total)``, or ``(None, None)`` for a heartbeat."""
         return functools.partial(self.update, worker_name)
 
-    def update(self, worker: str, done: int, total: int) -> None:
+    def update(self, worker: str, done: Optional[int], total: Optional[int]) -> None:
         with self.lock:
-            self.done[worker], self.total[worker] = done, total
             self.heard[worker] = time.time()
+            if done is None:
+                return
+            self.done[worker], self.total[worker] = done, total
             if self.bars is not None:
                 bar = self.bars[worker]
                 bar.total = total
                 bar.update(done - bar.n)
-            elif time.time() - self.last_line >= self.every:
-                self.last_line = time.time()
-                self.stream.write(f"reductio: {self.step}: {self.describe()}\n")
-                self.stream.flush()
+
+    def reporting(self, action):
+        """``action(worker, on_progress)`` as Cluster.each wants it: reports come here, and its end."""
+        def run(worker):
+            try:
+                return action(worker, self.progress_of(worker.name))
+            finally:
+                self.finished(worker.name)
+        return run
+
+    def __enter__(self) -> "Display":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def finished(self, worker: str) -> None:
+        """The worker's part of the step is over: not quiet, whatever it last said."""
+        with self.lock:
+            self.over[worker] = True
+
+    def quiet(self) -> Dict[str, float]:
+        """Seconds since each unfinished worker last said anything, for those quiet too long."""
+        now = time.time()
+        return {name: now - self.heard[name] for name in self.names
+                if not self.over.get(name) and now - self.heard[name] >= SILENT_AFTER * self.every}
 
     def describe(self) -> str:
-        """One line: share done, per worker, rate and ETA."""
+        """One line: share done, per worker, rate and ETA, and who is quiet."""
         done, total = sum(self.done.values()), sum(self.total.values())
         elapsed = max(time.time() - self.started, 1e-6)
         rate = done / elapsed
-        share = f"{100 * done / total:.0f}%" if total else "?"
+        quiet = self.quiet()
+        silent = f"; {', '.join(f'{w}: no report for {s:.0f} s' for w, s in quiet.items())}" if quiet else ""
         parts = ", ".join(f"{w} {100 * d / self.total[w]:.0f}%" if self.total[w] else f"{w} -"
                           for w, d in sorted(self.done.items()))
-        if len(self.total) < self.expected:
-            return f"{parts}; waiting for the first report of {self.expected - len(self.total)} more worker(s)"
+        if len(self.total) < len(self.names):
+            waiting = len(self.names) - len(self.total)
+            return f"{parts + '; ' if parts else ''}waiting for the first report of {waiting} more worker(s){silent}"
+        share = f"{100 * done / total:.0f}%" if total else "?"
         eta = f", ETA {(total - done) / rate:.0f} s" if rate and total else ""
-        now = time.time()
-        silent = [f"{w}: no report for {now - heard:.0f} s" for w, heard in sorted(self.heard.items())
-                  if now - heard >= SILENT_AFTER * self.every]
-        quiet = f"; {', '.join(silent)}" if silent else ""
-        return f"{share} of {total} lines ({parts}), {rate:,.0f} lines/s{eta}{quiet}"
+        return f"{share} of {total} lines ({parts}), {rate:,.0f} lines/s{eta}{silent}"
+
+    def _tick(self) -> None:
+        while not self.closed.wait(self.every):
+            with self.lock:
+                if not (self.total or self.quiet()) or all(self.over.get(name) for name in self.names):
+                    continue
+                line = self.describe()
+            self.stream.write(f"reductio: {self.step}: {line}\n")
+            self.stream.flush()
 
     def close(self) -> None:
+        self.closed.set()
         if self.bars is not None:
             for bar in self.bars.values():
                 bar.close()

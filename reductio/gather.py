@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from reductio.errors import ReductioError
+from reductio.feedback import display
 from reductio.job import common_source, new_attempt
 from reductio.sorting import sort_argv, sort_env
 
@@ -32,7 +33,9 @@ def merge_to_file(cluster, source: str, path: str) -> int:
     except OSError as err:
         raise ReductioError(f"cannot write the merge into {target.parent}: {err.strerror or err}") from None
     try:
-        results = cluster.each("merge", lambda w: _fetch(w, source, attempt, work / f"part-{w.index:05d}"))
+        with display("merge", cluster) as progress:
+            results = cluster.each("merge", progress.reporting(
+                lambda w, on_progress: _fetch(w, source, attempt, work / f"part-{w.index:05d}", on_progress)))
         common_source(results, source)
         parts = sorted(work.glob("part-*"))
         partial = work / "merged"
@@ -47,8 +50,8 @@ def merge_to_file(cluster, source: str, path: str) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _fetch(worker, source: str, attempt: str, part: Path) -> dict:
-    stream = worker.open("cat", {"attempt": attempt, "source": source}, "r")
+def _fetch(worker, source: str, attempt: str, part: Path, on_progress) -> dict:
+    stream = worker.open("cat", {"attempt": attempt, "source": source}, "r", on_progress)
     try:
         with open(part, "wb") as out:
             for block in iter(lambda: stream.read(_CHUNK), b""):

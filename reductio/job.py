@@ -14,7 +14,7 @@ from typing import Callable, Dict
 
 from reductio.cluster import Cluster
 from reductio.errors import DatasetError
-from reductio.feedback import Display, interval
+from reductio.feedback import display
 
 
 def new_attempt() -> str:
@@ -51,17 +51,16 @@ def run_and_publish(cluster: Cluster, step: str, params_for: Callable, target: s
     the completion marker. Returns each worker's step result.
     """
     attempt = new_attempt()
-    every = interval(cluster.config)
-    display = Display(step, cluster.workers, every)
+    progress = display(step, cluster)
     try:
-        results = cluster.each(step, lambda w: w.step(
-            step, dict(params_for(w), attempt=attempt), display.progress_of(w.name)))
-        display.close()
+        results = cluster.each(step, progress.reporting(
+            lambda w, on_progress: w.step(step, dict(params_for(w), attempt=attempt), on_progress)))
+        progress.close()
         if "source_attempt" in facts and common_source(results, facts["source"])["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {facts['source']!r} changed while {step} was reading it; run it again")
         publish(cluster, attempt, target, {name: r["files"] for name, r in results.items()}, facts, step)
     except BaseException:
-        display.close()
+        progress.close()
         discard(cluster, attempt)
         raise
     return results

@@ -15,6 +15,7 @@ others' commands of that step are ended as well, so the step stops within
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import List, Optional
@@ -22,6 +23,7 @@ from typing import List, Optional
 from reductio.config import settings
 from reductio.errors import ReductioError, WorkerSilent
 
+log = logging.getLogger("reductio")
 DEFAULT_DEAD_AFTER = 30.0
 _LOOK_EVERY = 0.25  # seconds between the watchdog's looks
 
@@ -103,8 +105,12 @@ class _Watchdog:
                 self._watched = [entry for entry in self._watched if not entry[0].is_over()]
                 silent = [entry for entry in self._watched if now - entry[0].heard > entry[2]]
             for command, worker, limit in silent:
-                worker.lose(WorkerSilent(f"no word from {worker.where()} for {limit:g} s (dead_after);"
-                                         " it is lost"))
+                error = WorkerSilent(f"no word from {worker.where()} for {limit:g} s (dead_after); it is lost")
+                try:
+                    worker.lose(error)
+                except Exception:  # noqa: BLE001 - the watchdog must outlive any one worker's teardown
+                    log.exception("reductio: giving up %s failed", worker.name)
+                    command.end(error)
 
 
 watchdog = _Watchdog()

@@ -59,7 +59,8 @@ def emit(prefix: str, payload: dict, stream=None) -> None:
 class Reply:
     """A worker command's stderr, read as it arrives: protocol lines picked out, a short tail of the rest kept.
 
-    ``on_progress(done, total)`` is called for each progress line. A line
+    ``on_progress(done, total)`` is called for each progress line, and
+    ``on_progress(None, None)`` for each heartbeat. A line
     longer than MAX_REPLY_LINE is cut there and the rest of it skipped, so
     no worker output grows the head's memory without bound.
     """
@@ -105,7 +106,10 @@ class Reply:
                 report = _payload(line, PROGRESS, cut)
                 if self.on_progress is not None:
                     self.on_progress(int(report["done"]), int(report["total"]))
-            elif not line.startswith(ALIVE):
+            elif line.startswith(ALIVE):
+                if self.on_progress is not None:
+                    self.on_progress(None, None)
+            else:
                 self.tail.append(line[:_MAX_TAIL_LINE] + (" [cut]" if cut or len(line) > _MAX_TAIL_LINE else ""))
         except (ValueError, KeyError, TypeError, RecursionError) as err:
             self.error = {"kind": "ReductioError", "message": f"the worker sent a malformed reply line ({_why(err, cut)}):"

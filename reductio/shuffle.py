@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Dict
 
 from reductio.errors import DatasetError
+from reductio.feedback import display
 from reductio.job import common_source, discard, new_attempt, publish
 
 
@@ -17,9 +18,10 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
     """Move every partition of ``source`` to its owner as ``target``; per-worker counters."""
     attempt = new_attempt()
     try:
-        results = cluster.each("scatter", lambda w: w.step(
-            "send", {"attempt": attempt, "source": source, "destinations": destinations(cluster, w),
-                     "self": w.index}))
+        with display("scatter", cluster) as progress:
+            results = cluster.each("scatter", progress.reporting(lambda w, on_progress: w.step(
+                "send", {"attempt": attempt, "source": source, "destinations": destinations(cluster, w),
+                         "self": w.index}, on_progress)))
         if common_source(results, source)["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         arrived = {w.name: {} for w in cluster.workers}

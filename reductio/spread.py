@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 from reductio.errors import InputError, ReductioError, StepFailed
+from reductio.feedback import display
 from reductio.job import discard, new_attempt, publish
 from reductio.steps import Output
 from reductio.transport import StreamBroken
@@ -76,13 +77,14 @@ def spread(cluster, target: str, origin: str, feed, facts: dict) -> Dict[str, di
     """Let ``feed(spreader)`` write blocks, then publish the shards as ``target`` everywhere or nowhere."""
     attempt = new_attempt()
     try:
-        spreader = Spreader(cluster, attempt, origin)
-        try:
-            feed(spreader)
-        except BaseException:
-            spreader.abandon()
-            raise
-        received = spreader.finish()
+        with display(origin, cluster) as progress:
+            spreader = Spreader(cluster, attempt, origin, progress)
+            try:
+                feed(spreader)
+            except BaseException:
+                spreader.abandon()
+                raise
+            received = spreader.finish()
         publish(cluster, attempt, target, received, facts, origin)
     except BaseException:
         discard(cluster, attempt)
@@ -100,10 +102,11 @@ def arrivals(received: Dict[str, dict]) -> Dict[str, dict]:
 class Spreader:
     """One ``receive`` stream per worker; whole blocks go to each in turn."""
 
-    def __init__(self, cluster, attempt: str, origin: str) -> None:
+    def __init__(self, cluster, attempt: str, origin: str, progress) -> None:
         self.name, self.origin = f"s00000.{origin}", origin
-        self.streams = [w.open("receive", {"attempt": attempt, "name": self.name}, "w") for w in cluster.workers]
-        self.workers = cluster.workers
+        self.streams = [w.open("receive", {"attempt": attempt, "name": self.name}, "w", progress.progress_of(w.name))
+                        for w in cluster.workers]
+        self.workers, self.progress = cluster.workers, progress
         self.digests = [hashlib.sha256() for _ in self.workers]
         self.sizes = [0] * len(self.workers)
         self.turn = 0
@@ -126,6 +129,7 @@ class Spreader:
                 facts = stream.finish()["files"][self.name]
             except ReductioError as err:
                 raise StepFailed(self.origin, {worker.name: err}, len(self.workers)) from None
+            self.progress.finished(worker.name)
             if facts["bytes"] != self.sizes[i] or facts["sha256"] != self.digests[i].hexdigest():
                 raise ReductioError(
                     f"worker {worker.name}: shard arrived damaged ({facts['bytes']} of {self.sizes[i]} bytes)"

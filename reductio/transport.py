@@ -120,11 +120,15 @@ class Command:
         tail = "\n".join(self.reply.tail)
         return Finished(code, self._stdout.decode("utf-8", "replace"), tail)
 
-    def end(self, why: ReductioError) -> None:
-        """Stop the command from outside (the worker is lost, or the step abandoned); ``why`` is its error."""
-        if self._code is None and self.ended is None:
-            self.ended = why
-            self._kill()
+    def end(self, why: ReductioError, kill: bool = True) -> None:
+        """Stop the command from outside (the worker is lost, or the step abandoned); ``why`` is its error.
+
+        ``kill=False`` only records why, for a caller about to cut the connection under it.
+        """
+        if self._code is None:
+            self.ended = self.ended or why
+            if kill:
+                self._kill()
 
     def kill(self) -> None:
         """Abandon the command: the transfer is being given up."""
@@ -266,14 +270,22 @@ class SshCommand(Command):
         return self._channel.recv_exit_status()
 
     def _kill(self) -> None:
-        self._channel.close()
+        _close(self._channel)
 
     def _release(self) -> None:
-        self._channel.close()
+        _close(self._channel)
 
     def _check_exit(self, code: int) -> None:
         if code == -1 and not self._transport.is_active():
             raise WorkerUnreachable("lost the connection during a command")
+
+
+def _close(channel) -> None:
+    """Close a channel; on a connection that already died, paramiko raises EOFError or SSHException."""
+    try:
+        channel.close()
+    except Exception:  # noqa: BLE001 - the channel is gone either way
+        pass
 
 
 def shut(sock) -> None:

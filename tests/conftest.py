@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,22 @@ def files_per_dataset(c, capsys) -> dict:
     capsys.readouterr()
     tasks.status(c)
     return {row.split()[1]: int(row.split()[5]) for row in capsys.readouterr().out.splitlines()[1:]}
+
+
+class Background(threading.Thread):
+    """Run a task in a thread, keeping what it raised and when it ended (time.monotonic)."""
+
+    def __init__(self, action):
+        super().__init__(daemon=True)
+        self.action, self.error, self.ended = action, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.action()
+        except BaseException as err:  # noqa: BLE001 - the test inspects it
+            self.error = err
+        self.ended = time.monotonic()
 
 
 def write_lines(path: Path, lines) -> Path:

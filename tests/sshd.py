@@ -38,21 +38,24 @@ def free_port() -> int:
 
 
 class Sshd:
-    """One sshd on 127.0.0.1 with its own config, host key and port."""
+    """One sshd with its own config, host key and port: on 127.0.0.1, or on a test host's address inside its
+    network namespace (netns.py)."""
 
-    def __init__(self, root: Path, index: int, authorized_keys: Path) -> None:
+    def __init__(self, root: Path, index: int, authorized_keys: Path, address: str = "127.0.0.1",
+                 port: int = None, namespace: str = None) -> None:
         self.root = root / f"sshd-{index}"
         self.root.mkdir()
         self.host_key = self.root / "host_key"
         keygen(self.host_key)
-        self.port = free_port()
+        self.address, self.namespace = address, namespace
+        self.port = port or free_port()
         self.config = self.root / "sshd_config"
         self.write_config(authorized_keys)
         self.process = None
 
     def write_config(self, authorized_keys: Path) -> None:
         self.config.write_text(
-            f"ListenAddress 127.0.0.1\nPort {self.port}\nHostKey {self.host_key}\n"
+            f"ListenAddress {self.address}\nPort {self.port}\nHostKey {self.host_key}\n"
             f"PidFile {self.root / 'sshd.pid'}\nAuthorizedKeysFile {authorized_keys}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
             "StrictModes no\nPermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 100\n"
@@ -62,13 +65,15 @@ class Sshd:
     def start(self) -> None:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
         with open(self.root / "sshd.log", "ab") as log:
-            self.process = subprocess.Popen([find_sshd(), "-D", "-e", "-f", str(self.config)], stderr=log, stdout=log)
+            inside = ["ip", "netns", "exec", self.namespace] if self.namespace else []  # it execs: same pid
+            self.process = subprocess.Popen(inside + [find_sshd(), "-D", "-e", "-f", str(self.config)],
+                                            stderr=log, stdout=log)
         deadline = time.time() + 10
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sshd exited: {(self.root / 'sshd.log').read_text()[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                with socket.create_connection((self.address, self.port), timeout=1) as conn:
                     if conn.recv(4).startswith(b"SSH-"):
                         return
             except OSError:
@@ -83,7 +88,8 @@ class Sshd:
 
     def known_hosts_line(self) -> str:
         kind, key = (self.host_key.with_suffix(".pub")).read_text().split()[:2]
-        return f"[127.0.0.1]:{self.port} {kind} {key}\n"
+        host = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        return f"{host} {kind} {key}\n"
 
 
 class SshCluster:

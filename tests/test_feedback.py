@@ -5,16 +5,37 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import io
 import subprocess
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from invoke import Exit
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
+from reductio.feedback import Display
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_progress_line_names_a_worker_gone_quiet_and_not_one_that_finished():
+    stream = io.StringIO()
+    display = Display("map", [SimpleNamespace(name=n) for n in ("busy", "quiet", "done")], 0.05, stream)
+    for name in ("busy", "quiet", "done"):
+        display.update(name, 1, 100)
+    display.finished("done")
+    until = time.time() + 0.6
+    while time.time() < until:
+        display.update("busy", 2, 100)
+        display.update("busy", None, None)  # a heartbeat counts as a report too
+        time.sleep(0.01)
+    display.close()
+    lines = stream.getvalue().splitlines()
+    assert any("quiet: no report for" in line for line in lines), lines
+    assert not any("busy: no report" in line or "done: no report" in line for line in lines), lines
 
 
 def test_progress_lines_appear_during_a_run_on_the_ssh_cluster(ssh_workers, tmp_path, capsys):

@@ -14,25 +14,10 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, make_context, write_lines
+from conftest import WORDJOBS, Background, make_context, write_lines
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Background(threading.Thread):
-    """Run a task in a thread, keeping what it raised."""
-
-    def __init__(self, action):
-        super().__init__(daemon=True)
-        self.action, self.error = action, None
-        self.start()
-
-    def run(self):
-        try:
-            self.action()
-        except BaseException as err:  # noqa: BLE001 - the test inspects it
-            self.error = err
 
 
 def wait_for(path: Path, timeout: float = 60) -> Path:

@@ -1,0 +1,159 @@
+"""Test hosts that are real hosts: one network namespace each, its own address, link and sshd.
+
+Host i lives in namespace ``rdxTAG-i`` with address 198.18.(i+1).2 on a veth
+whose other end (198.18.(i+1).1) is in the test's own namespace; that end
+forwards between the hosts' links, so hosts reach each other through it as
+through a router. 198.18.0.0/15 is the range set aside for testing network
+devices (RFC 2544); a blackhole route for all of it keeps every packet
+addressed there on this machine, and the hosts have no route anywhere else.
+
+``cut(i)`` drops every packet to and from host i silently (no reset, no ICMP),
+as a pulled cable or a dead switch port does; ``heal(i)`` undoes it. Each
+link can be slowed with a token bucket so a transfer lasts long enough to be
+cut in the middle. All of it needs root and iproute2; without them the
+fixture fails saying so, never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import List
+
+from sshd import Sshd, keygen
+
+RANGE = "198.18.0.0/15"
+HOSTS_NET = "198.18.0.0/16"
+
+
+def ip(*args: str, namespace: str = None, check: bool = True) -> subprocess.CompletedProcess:
+    argv = ["ip"] + (["-n", namespace] if namespace else []) + list(args)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done
+
+
+class Host:
+    """One test host: a namespace, its link to us, its address and its sshd."""
+
+    def __init__(self, root: Path, tag: str, index: int, authorized_keys: Path) -> None:
+        self.index = index
+        self.namespace = f"rdx{tag}-{index}"
+        self.link = f"rdx{tag}v{index}"  # our end of the veth; at most 15 characters
+        self.gateway = f"198.18.{index + 1}.1"
+        self.address = f"198.18.{index + 1}.2"
+        self.sshd = Sshd(root, index, authorized_keys, address=self.address, port=22, namespace=self.namespace)
+
+    def create(self, rate: str = None) -> None:
+        ip("netns", "add", self.namespace)
+        ip("link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns", self.namespace)
+        ip("addr", "add", f"{self.gateway}/24", "dev", self.link)
+        ip("link", "set", self.link, "up")
+        Path(f"/proc/sys/net/ipv4/conf/{self.link}/forwarding").write_text("1")  # this link only
+        inside = self.namespace
+        ip("addr", "add", f"{self.address}/24", "dev", "eth0", namespace=inside)
+        ip("link", "set", "eth0", "up", namespace=inside)
+        ip("link", "set", "lo", "up", namespace=inside)
+        ip("route", "add", HOSTS_NET, "via", self.gateway, namespace=inside)
+        # Local delivery after our cut rules, so a cut drops packets to the host's own address too.
+        ip("rule", "add", "pref", "100", "lookup", "local", namespace=inside)
+        ip("rule", "del", "pref", "0", namespace=inside)
+        if rate:
+            for device, where in ((self.link, None), ("eth0", inside)):
+                subprocess.run(["tc"] + (["-n", where] if where else []) + ["qdisc", "add", "dev", device, "root",
+                               "tbf", "rate", rate, "burst", "64kb", "latency", "400ms"], check=True, capture_output=True)
+
+    def cut(self) -> None:
+        """Drop everything to and from this host, silently."""
+        ip("rule", "add", "pref", "10", "iif", "eth0", "blackhole", namespace=self.namespace)
+        ip("rule", "add", "pref", "11", "to", HOSTS_NET, "blackhole", namespace=self.namespace)
+
+    def heal(self) -> None:
+        for pref in ("10", "11"):
+            ip("rule", "del", "pref", pref, namespace=self.namespace, check=False)
+
+    def processes(self, word: str = "reductio.worker") -> List[str]:
+        """Command lines of this host's processes that contain ``word``."""
+        inode = os.stat(f"/run/netns/{self.namespace}").st_ino
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "ns" / "net") != f"net:[{inode}]":
+                    continue
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:  # it ended meanwhile
+                continue
+            if word in command:
+                found.append(command)
+        return found
+
+    def remove(self) -> None:
+        self.sshd.stop()
+        ip("link", "del", self.link, check=False)
+        ip("netns", "del", self.namespace, check=False)
+
+
+class Network:
+    """``size`` test hosts, each with an sshd that accepts one user key."""
+
+    def __init__(self, root: Path, size: int, rate: str = None) -> None:
+        if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+            raise RuntimeError("the network tests make namespaces: run them as root with iproute2 installed"
+                               " (apt-get install iproute2)")
+        self.root, self.rate = root, rate
+        self.user_key = root / "user_key"
+        keygen(self.user_key)
+        self.authorized_keys = root / "authorized_keys"
+        shutil.copy(self.user_key.with_suffix(".pub"), self.authorized_keys)
+        tag = f"{os.getpid() % 10000:04d}"
+        self.hosts = [Host(root, tag, i, self.authorized_keys) for i in range(size)]
+        self._added_range = False
+
+    def create(self) -> None:
+        try:
+            self._added_range = ip("route", "add", "blackhole", RANGE, check=False).returncode == 0
+            for host in self.hosts:
+                host.create(self.rate)
+                host.sshd.start()
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for host in self.hosts:
+            host.remove()
+        if self._added_range:
+            ip("route", "del", "blackhole", RANGE, check=False)
+
+    def heal_all(self) -> None:
+        for host in self.hosts:
+            host.heal()
+
+    def known_hosts(self) -> str:
+        return "".join(host.sshd.known_hosts_line() for host in self.hosts)
+
+    def workers_cfg(self, homes: Path) -> str:
+        import getpass
+
+        return "\n".join(
+            f"[host{h.index}]\nhost = {h.address}\nusername = {getpass.getuser()}\nkey_filename = {self.user_key}\n"
+            f"home = {homes / f'host{h.index}'}\nauthorized_keys = {self.authorized_keys}\n"
+            for h in self.hosts
+        )
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 0.02):
+    """Poll ``condition`` until it gives something true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"waited {timeout:g} s for {what}")

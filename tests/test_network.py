@@ -1,0 +1,149 @@
+"""A host that drops off the network never hangs a job: real hosts in network namespaces, cut silently.
+
+Three test hosts (netns.py), each with its own address, sshd and a link slowed
+to 16 Mbit/s so transfers last long enough to be cut in the middle. For each
+step, one host's packets are dropped while its part of the step runs; the head
+must exit 1 within dead_after and a few seconds naming that host, publish
+nothing anywhere, leave no reductio process running on any host once healed,
+and give the exact output when the job is run again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from invoke import Exit
+
+from conftest import WORDJOBS, Background, make_context, write_lines
+from netns import Network, wait_until
+from reductio import tasks
+
+DEAD_AFTER = 3.0
+WITHIN = DEAD_AFTER + 8  # seconds from the cut to the head's exit
+STEPS = ["input", "pairs", "here", "sorted", "counts"]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    net = Network(tmp_path_factory.mktemp("net"), 3, rate="16mbit")
+    net.homes = tmp_path_factory.mktemp("hosts")
+    net.create()
+    yield net
+    net.remove()
+
+
+@pytest.fixture
+def job(network, isolated_home, tmp_path):
+    """A set-up context on the three hosts, the input, and its expected output."""
+    ssh = isolated_home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "known_hosts").write_text(network.known_hosts())
+    Path("workers.cfg").write_text(network.workers_cfg(network.homes))
+    c = make_context(project=WORDJOBS, dead_after=DEAD_AFTER, progress_interval=0.5, retry_delay=0.2)
+    tasks.setup(c)
+    for name in STEPS:
+        tasks.delete(c, name)
+    keys = [f"w{(i * 7919) % 60000:06d}" for i in range(240_000)]
+    data = write_lines(tmp_path / "input.txt", [f"{key}\t1" for key in keys])
+    expected = "".join(f"{key}\t{n}\n" for key, n in sorted(Counter(keys).items())).encode()
+    yield c, data, expected
+    network.heal_all()
+    _close_connections()
+
+
+def _close_connections():
+    from reductio.cluster import SshWorker
+
+    for connection in SshWorker._connections.values():
+        connection.close()
+    SshWorker._connections.clear()
+
+
+def run_job(c, data: Path, output: Path) -> None:
+    tasks.load(c, str(data), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "reductio.reducers.sum", "sorted", "counts")
+    tasks.merge(c, "counts", str(output))
+
+
+def cut_during(network, job, host: int, process: str, target: str, capsys, before=None):
+    """Run the job, cut ``host`` once ``process`` runs there, and check everything the issue asks."""
+    c, data, expected = job
+    output = Path("counts.tsv")
+    if before:
+        before(c, data)
+    victim = network.hosts[host]
+    run = Background(lambda: run_job(c, data, output))
+    wait_until(lambda: victim.processes(process), 120, f"'{process}' to run on host{host}", every=0.005)
+    victim.cut()
+    cut = time.monotonic()
+    run.join(WITHIN + 30)
+    assert not run.is_alive(), f"the head still runs {WITHIN + 30:g} s after host{host} was cut"
+    assert isinstance(run.error, Exit) and run.error.code == 1, run.error
+    assert run.ended - cut <= WITHIN, f"the head took {run.ended - cut:.1f} s to give up"
+    assert f"host{host}" in run.error.message and "lost" in run.error.message, run.error.message
+    for other in network.hosts:
+        assert not (network.homes / f"host{other.index}" / "data" / target).exists(), f"{target} on host{other.index}"
+    assert not output.exists()
+    progress = [line for line in capsys.readouterr().err.splitlines() if f"host{host}: no report for" in line]
+    assert progress, f"no progress line named host{host} as quiet before it was declared lost"
+
+    victim.heal()
+    for each in network.hosts:
+        wait_until(lambda: not each.processes(), DEAD_AFTER + 10,
+                   f"the dead job's reductio processes on host{each.index} to stop ({each.processes()})", every=0.2)
+    capsys.readouterr()
+    run_job(c, data, output)
+    assert output.read_bytes() == expected
+    return capsys.readouterr().out
+
+
+def test_a_host_cut_off_mid_load_fails_the_load_and_a_rerun_is_exact(network, job, capsys):
+    cut_during(network, job, 1, "reductio.worker receive", "input", capsys)
+
+
+def test_a_host_cut_off_mid_map_fails_the_step_and_a_rerun_skips_what_was_done(network, job, capsys):
+    out = cut_during(network, job, 2, "reductio.worker map", "pairs", capsys)
+    assert "load: input is up to date; skipped" in out
+
+
+def test_a_host_cut_off_mid_scatter_as_a_sender(network, job, capsys):
+    out = cut_during(network, job, 0, "reductio.worker send", "here", capsys)
+    assert "map: pairs is up to date from input; skipped" in out
+
+
+def test_a_host_cut_off_mid_scatter_as_a_receiver(network, job, capsys):
+    out = cut_during(network, job, 1, "reductio.worker receive", "here", capsys,
+                     before=lambda c, data: (tasks.load(c, str(data), "input"),
+                                             tasks.map(c, "wordjobs.identity", "input", "pairs")))
+    assert "map: pairs is up to date from input; skipped" in out
+
+
+def test_a_host_cut_off_mid_sort(network, job, capsys):
+    out = cut_during(network, job, 2, "reductio.worker sort", "sorted", capsys)
+    assert "scatter: here is up to date from pairs; skipped" in out
+
+
+def test_a_host_cut_off_mid_merge_writes_no_output(network, job, capsys):
+    out = cut_during(network, job, 0, "reductio.worker cat", "no-such-dataset", capsys)
+    assert "reduce: counts is up to date from sorted; skipped" in out
+
+
+def test_a_host_unreachable_before_a_step_fails_it_within_dead_after(network, job, capsys):
+    c, data, expected = job
+    tasks.load(c, str(data), "input")
+    network.hosts[1].cut()
+    started = time.monotonic()
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.identity", "input", "pairs")
+    assert time.monotonic() - started <= WITHIN
+    assert "host1" in failure.value.message, failure.value.message
+    assert "retrying" not in capsys.readouterr().err  # a silent host already had dead_after to answer
+    network.hosts[1].heal()
+    run_job(c, data, Path("counts.tsv"))
+    assert Path("counts.tsv").read_bytes() == expected
