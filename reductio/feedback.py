@@ -139,8 +139,8 @@ class Display:
 def summary(step: str, results: Dict[str, dict]) -> str:
     """A worker x counter table of a step, with totals and the user's counters."""
     counters = {name: result.get("counters") or {} for name, result in results.items()}
-    columns = [key for key in ("lines in", "lines out", "bytes in", "bytes out", "bytes crossed", "seconds",
-                               "cpu seconds")
+    columns = [key for key in ("lines in", "lines out", "bytes in", "bytes out", "bytes crossed", "connections",
+                               "seconds", "cpu seconds")
                if any(key in c for c in counters.values())]
     if not columns:
         return ""

@@ -1,14 +1,18 @@
 """The head's half of ``scatter``: each worker sends partition i straight to worker i.
 
-The head only tells every worker where each partition goes, relays the
-few files an SSH worker cannot deliver to a local one, and publishes what
-arrived everywhere or nowhere.
+The head only tells every worker where each partition goes (each sender
+then opens one connection per destination, a few at a time: delivery.py),
+relays the few files an SSH worker cannot deliver to a local one, and
+publishes what arrived everywhere or nowhere.
 """
 
 from __future__ import annotations
 
 from typing import Dict
 
+from reductio import framing
+from reductio.config import settings
+from reductio.delivery import DEFAULT_STREAMS
 from reductio.errors import DatasetError
 from reductio.feedback import display
 from reductio.job import common_source, discard, new_attempt, publish
@@ -20,8 +24,7 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
     try:
         with display("scatter", cluster) as progress:
             results = cluster.each("scatter", progress.reporting(lambda w, on_progress: w.step(
-                "send", {"attempt": attempt, "source": source, "destinations": destinations(cluster, w),
-                         "self": w.index}, on_progress)))
+                "send", dict(send_params(cluster, w, source), attempt=attempt), on_progress)))
         if common_source(results, source)["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         arrived = {w.name: {} for w in cluster.workers}
@@ -45,12 +48,21 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
         "lines out": _sum(sent[w.name], "lines"), "bytes out": _sum(sent[w.name], "bytes"),
         "lines in": _sum(arrived[w.name], "lines"), "bytes in": _sum(arrived[w.name], "bytes"),
         "bytes crossed": _sum(sent[w.name], "bytes") - _sum(results[w.name]["sent"].get(str(w.index), {}), "bytes"),
+        "connections": results[w.name]["connections"],
         **results[w.name]["clock"],
     }} for w in cluster.workers}
 
 
 def _sum(files: dict, fact: str) -> int:
     return sum(entry[fact] for entry in files.values())
+
+
+def send_params(cluster, sender, source: str) -> dict:
+    """What ``sender``'s send step needs, but the attempt: where each partition goes, and how to send."""
+    found = settings(cluster.config)
+    return {"source": source, "destinations": destinations(cluster, sender), "self": sender.index,
+            "streams": found.get("scatter_streams", DEFAULT_STREAMS), "retries": found.get("retries", 3),
+            "retry_delay": found.get("retry_delay", 1.0)}
 
 
 def destinations(cluster, sender) -> list:
@@ -62,20 +74,28 @@ def destinations(cluster, sender) -> list:
 
 
 def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
-    """Carry files from an SSH worker to local workers through the head, streaming."""
+    """Carry files from an SSH worker to local workers through the head, streaming: one stream per destination."""
     received = {}
     for index, files in relay.items():
         destination = cluster.workers[int(index)]
-        for name, expected in files.items():
-            incoming = sender.open("read", {"source": source, "name": name}, "r")
-            outgoing = destination.open("receive", {"attempt": attempt, "name": name, "expected": expected}, "w")
-            try:
-                for block in iter(lambda: incoming.read(1 << 20), b""):
-                    outgoing.write(block)
-            except BaseException:
-                incoming.kill()
-                outgoing.kill()
-                raise
-            incoming.finish()
-            received.setdefault(destination.name, {}).update(outgoing.finish()["files"])
+        outgoing = destination.open("receive", {"attempt": attempt}, "w")
+        try:
+            for name, expected in files.items():
+                outgoing.write(framing.file_header(name, expected["bytes"]))
+                incoming = sender.open("read", {"source": source, "name": name}, "r")
+                try:
+                    copied = 0
+                    for block in iter(lambda: incoming.read(1 << 20), b""):
+                        outgoing.write(block)
+                        copied += len(block)
+                    incoming.finish()
+                finally:
+                    incoming.kill()
+                if copied != expected["bytes"]:
+                    raise DatasetError(f"{name} came from {sender.name} {copied:,} of {expected['bytes']:,} bytes long")
+                outgoing.write(framing.end_header(name, expected))
+        except BaseException:
+            outgoing.kill()
+            raise
+        received[destination.name] = outgoing.finish()["files"]
     return received

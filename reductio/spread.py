@@ -1,18 +1,21 @@
 """From the head to the workers: local text files and generated lines, dealt out evenly.
 
 ``load`` and ``initialize`` read on the head and stream blocks of whole
-lines round-robin to one ``receive`` command per worker. Memory holds one
-block; each worker's shard is checked against the size and SHA-256 the
-head sent before anything is published.
+lines round-robin to one ``receive`` command per worker, as frames of one
+file (framing.py). Memory holds one block; each worker checks its shard
+against the size and SHA-256 the head sent before anything is published.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import threading
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
+from reductio import framing
 from reductio.errors import InputError, ReductioError, StepFailed
 from reductio.feedback import display
 from reductio.job import discard, new_attempt, publish
@@ -104,36 +107,61 @@ class Spreader:
 
     def __init__(self, cluster, attempt: str, origin: str, progress) -> None:
         self.name, self.origin = f"s00000.{origin}", origin
-        self.streams = [w.open("receive", {"attempt": attempt, "name": self.name}, "w", progress.progress_of(w.name))
+        self.streams = [w.open("receive", {"attempt": attempt}, "w", progress.progress_of(w.name))
                         for w in cluster.workers]
         self.workers, self.progress = cluster.workers, progress
         self.digests = [hashlib.sha256() for _ in self.workers]
         self.sizes = [0] * len(self.workers)
         self.turn = 0
+        self._locks = [threading.Lock() for _ in self.workers]
+        self._sent = [time.monotonic()] * len(self.workers)
+        self._over = threading.Event()
+        threading.Thread(target=self._keep_alive, args=(min(w.beat for w in self.workers),), daemon=True).start()
 
     def write(self, block: bytes) -> None:
         i = self.turn
         try:
-            self.streams[i].write(block)
+            self._send(i, framing.file_header(self.name, len(block)) + block)
         except StreamBroken:
             self._failed(i)
         self.digests[i].update(block)
         self.sizes[i] += len(block)
         self.turn = (i + 1) % len(self.streams)
 
+    def _send(self, i: int, data: bytes) -> None:
+        with self._locks[i]:
+            self.streams[i].write(data)
+            self._sent[i] = time.monotonic()
+
+    def _keep_alive(self, beat: float) -> None:
+        """Ping a worker that had no data for a beat: a slow initialize must not look like a lost head."""
+        while not self._over.wait(beat):
+            for i, stream in enumerate(self.streams):
+                if time.monotonic() - self._sent[i] < beat or not self._locks[i].acquire(blocking=False):
+                    continue  # data went there just now, or is going there now
+                try:
+                    stream.write(framing.PING)
+                    self._sent[i] = time.monotonic()
+                except ReductioError:  # the next write finds out, and says why
+                    pass
+                finally:
+                    self._locks[i].release()
+
     def finish(self) -> Dict[str, dict]:
         """Close every stream and check each worker got exactly what was sent."""
+        self._over.set()
         received = {}
         for i, (worker, stream) in enumerate(zip(self.workers, self.streams)):
+            end = {"bytes": self.sizes[i], "sha256": self.digests[i].hexdigest()}
+            try:  # the worker checks its shard against what we sent
+                self._send(i, framing.end_header(self.name, end))
+            except StreamBroken:
+                self._failed(i)
             try:
                 facts = stream.finish()["files"][self.name]
             except ReductioError as err:
                 raise StepFailed(self.origin, {worker.name: err}, len(self.workers)) from None
             self.progress.finished(worker.name)
-            if facts["bytes"] != self.sizes[i] or facts["sha256"] != self.digests[i].hexdigest():
-                raise ReductioError(
-                    f"worker {worker.name}: shard arrived damaged ({facts['bytes']} of {self.sizes[i]} bytes)"
-                )
             received[worker.name] = {self.name: facts}
         return received
 
@@ -148,6 +176,7 @@ class Spreader:
         raise StepFailed(self.origin, {worker.name: error}, len(self.workers))
 
     def abandon(self) -> None:
+        self._over.set()
         for stream in self.streams:
             stream.kill()
 

@@ -156,7 +156,7 @@ def load(c, path, target, force=False):
     check_name(target)
     files = spread.input_files(path)
     cluster = Cluster.from_context(c)
-    if _dry(c, cluster, "receive", lambda w: {"name": "s00000.load"}):
+    if _dry(c, cluster, "receive", lambda w: {}):
         return
     size = spread.block_size(files, len(cluster))
     started = time.time()
@@ -188,7 +188,7 @@ def initialize(c, function, target, force=False):
         sys.path.insert(0, folder)
     generate = load_function(_check_function(function))
     cluster = Cluster.from_context(c)
-    if _dry(c, cluster, "receive", lambda w: {"name": "s00000.initialize"}):
+    if _dry(c, cluster, "receive", lambda w: {}):
         return
     facts = {"step": "initialize", "function": function, "code": code_digest(function), "format": TEXT,
              "partitions": None, "workers": len(cluster)}
@@ -282,8 +282,7 @@ def scatter(c, source, target, force=False):
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
-    if _dry(c, cluster, "send", lambda w: {"source": source, "destinations": shuffle.destinations(cluster, w),
-                                           "self": w.index}):
+    if _dry(c, cluster, "send", lambda w: shuffle.send_params(cluster, w, source)):
         return
     survey = Survey(cluster, "scatter", target, source)
     facts = {"step": "scatter", "source": source, "source_attempt": survey.source["attempt"],

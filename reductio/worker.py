@@ -5,14 +5,13 @@ Its result or error goes to stderr as protocol lines (protocol.py), so
 stdout stays free for data (``cat``) and stdin for data (``receive``).
 Any exception that is not a ReductioError is a bug in reductio and keeps
 its traceback. map, transform and reduce may run as several such processes
-over shares of the input, started and added up here (shares.py). This module and the ones it imports use only the standard
-library.
+over shares of the input, started and added up here (shares.py); files
+between workers are delivery.py's. This module and the ones it imports use
+only the standard library.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import heapq
 import itertools
 import json
@@ -26,11 +25,12 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Dict, List
 
-from reductio import heartbeat, reducers, shares
+from reductio import delivery, heartbeat, reducers, shares
+from reductio.clock import Clock
 from reductio.errors import DatasetError, ReductioError, UserCodeError, environment_error
 from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
-from reductio.protocol import ERROR, RESULT, emit, parse_reply, shell_path, worker_command
+from reductio.protocol import ERROR, RESULT, emit
 from reductio.records import decode_error, lines_before, open_slice, read_lines, split_record
 from reductio.shares import Range
 from reductio.sorting import sort_argv, sort_env
@@ -38,28 +38,9 @@ from reductio.steps import (
     check_sorted, code_digest, combine_into, load_function, map_into, reduce_into, sum_into, sum_runs_into,
     transform_lines, unsorted,
 )
-from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, TEXT, Home, check_name, file_facts, partition_of_file
+from reductio.store import TEXT, Home, check_name, file_facts
 
 _CHUNK = 1 << 20
-
-
-class _Clock:
-    """When a step started, in wall and CPU seconds; CPU counts the children it waited for (sort, shares, ssh).
-
-    A worker's CPU seconds beside its wall seconds tell a step slowed by
-    a busy machine (same CPU, more wall) from one doing more work.
-    """
-
-    def __init__(self) -> None:
-        self.wall, self.cpu = time.time(), _cpu_seconds()
-
-    def counters(self) -> Dict[str, float]:
-        return {"seconds": round(time.time() - self.wall, 3), "cpu seconds": round(_cpu_seconds() - self.cpu, 3)}
-
-
-def _cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 class _Position:
@@ -222,7 +203,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
     output = PartitionedOutput(folder, int(params["partitions"]), params["origin"])
     position = _Position()
     text = marker.get("format") == TEXT
-    started = _Clock()
+    started = Clock()
     _report_progress(position, marker)
     try:
         write(function, function_path, ranges, position, text, output)
@@ -263,7 +244,7 @@ def _share(params: dict, marker: dict, files: List[Path]) -> List[Range]:
 
 def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) -> dict:
     """The step over several processes, one per share; their files, lines and counters added up."""
-    started = _Clock()
+    started = Clock()
     done = shares.Progress(len(cuts))
     _report_progress(done, marker)
     results = shares.run(step, dict(params, source_attempt=marker.get("attempt")), cuts, done)
@@ -278,7 +259,7 @@ def _run_shares(step: str, params: dict, marker: dict, cuts: List[List[Range]]) 
             "counters": _counters(marker, written, lines_in, started, user)}
 
 
-def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: _Clock, user: dict = None) -> dict:
+def _counters(marker: dict, written: Dict[str, dict], lines_in: int, started: Clock, user: dict = None) -> dict:
     """The built-in counters of a step on one worker, and the user's (``user``: already added up)."""
     counters = {
         "lines in": lines_in,
@@ -342,7 +323,7 @@ def step_sort(params: dict) -> dict:
     sort_tmp = folder / ".sort-tmp"
     sort_tmp.mkdir(exist_ok=True)
     output = folder / f"sorted.{params['origin']}"
-    started = _Clock()
+    started = Clock()
     try:
         argv = sort_argv(files, sort_tmp, output=output, unique=bool(params.get("unique")),
                          buffer=params.get("buffer"), parallel=params.get("parallel"))
@@ -374,152 +355,6 @@ def _run_sort(argv: List[str], stdout=None) -> None:
     if done.returncode != 0:
         message = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise ReductioError(f"sort failed (exit {done.returncode}): {message[-1] if message else 'no message'}")
-
-
-def receive(stream, folder: Path, name: str, expected: dict = None) -> dict:
-    """Copy ``stream`` into ``folder/name``, visible under that name only once whole.
-
-    With ``expected`` facts (bytes, sha256, ...), a file that arrives
-    different is deleted and refused; a re-sent file replaces the old one.
-    """
-    partial = folder / f".{name}.part"
-    digest, size, lines = hashlib.sha256(), 0, 0
-    with open(partial, "wb") as out:
-        for block in iter(lambda: stream.read(_CHUNK), b""):
-            out.write(block)
-            digest.update(block)
-            size += len(block)
-            lines += block.count(b"\n")
-    facts = {"bytes": size, "lines": lines, "sha256": digest.hexdigest(),
-             "sorted": bool(expected and expected.get("sorted"))}
-    if expected and (size, facts["sha256"]) != (expected["bytes"], expected["sha256"]):
-        partial.unlink()
-        raise DatasetError(f"{name} arrived damaged: {size} of {expected['bytes']} bytes, checksum"
-                           f" {'matches' if facts['sha256'] == expected['sha256'] else 'differs'}")
-    os.replace(partial, folder / name)
-    return facts
-
-
-def step_receive(params: dict) -> dict:
-    """Take one file of an attempt on stdin (load, initialize, scatter over SSH)."""
-    home = Home(params["home"])
-    name = params["name"]
-    if "/" in name or name.startswith("."):
-        raise DatasetError(f"bad file name {name!r}")
-    folder = home.attempt_dir(params["attempt"])
-    _widen_pipe(sys.stdin.fileno())
-    return {"files": {name: receive(_Stdin(), folder, name, params.get("expected"))}}
-
-
-class _Stdin:
-    """Raw reads of a data stdin, refusing a sender that falls silent (heartbeat.read)."""
-
-    def read(self, size: int) -> bytes:
-        return heartbeat.read(0, size)
-
-
-def _widen_pipe(fd: int) -> None:
-    """Let a pipe hold 1 MB, not 64 KB: sshd then hands data over in fewer, larger writes (a third faster here)."""
-    if _F_SETPIPE_SZ is None:
-        return
-    try:
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
-    except OSError:  # not a pipe, or above the system's pipe-max-size: the default size still works
-        pass
-
-
-# Linux only; named in fcntl from Python 3.10.
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform.startswith("linux") else None)
-
-
-def step_send(params: dict) -> dict:
-    """Scatter's sender: partition i of the source goes to destination i.
-
-    A worker's own partition is hard-linked, not copied; a local destination
-    is written directly, an SSH one through the worker's ``ssh`` with the
-    cluster key; a "relay" destination is left for the head to carry.
-    Returns, per destination index, the files it now holds for this attempt,
-    and its seconds and CPU seconds (``clock``).
-    """
-    home = Home(params["home"])
-    marker, files = _source(home, params["source"])
-    partitions = len(params["destinations"])
-    if marker.get("partitions") != partitions:
-        raise DatasetError(
-            f"dataset {params['source']!r} has {marker.get('partitions') or 'no'} partitions,"
-            f" the cluster has {partitions} workers; re-run the step that made it"
-        )
-    sent: Dict[str, dict] = {}
-    relay: Dict[str, dict] = {}
-    started = _Clock()
-    for path in files:
-        index = partition_of_file(path.name)
-        destination = params["destinations"][index]
-        expected = marker["files"][path.name]
-        if destination["kind"] == "relay":
-            relay.setdefault(str(index), {})[path.name] = expected
-            continue
-        facts = _send_file(home, path, destination, params["attempt"], index == params["self"], expected)
-        sent.setdefault(str(index), {})[path.name] = facts
-    return {"sent": sent, "relay": relay, "source": _about(marker), "clock": started.counters()}
-
-
-def _send_file(home: Home, path: Path, destination: dict, attempt: str, is_self: bool, expected: dict) -> dict:
-    if is_self:  # whatever kind of worker this is: its own partition never leaves the disk
-        target = home.attempt_dir(attempt) / path.name
-        if target.exists():  # a retried send: link again, never append
-            target.unlink()
-        os.link(path, target)
-        return dict(expected)
-    if destination["kind"] == "ssh":
-        return _send_over_ssh(home, path, destination, attempt, expected)
-    folder = Home(destination["home"]).attempt_dir(attempt)
-    with open(path, "rb") as data:
-        return receive(data, folder, path.name, expected)
-
-
-# AES-GCM first: with the AES instructions of any recent x86 or ARM CPU it is the cheapest cipher, and
-# two scatters at once moved 777 MB/s over loopback here with it against 551 MB/s with ssh's default,
-# chacha20-poly1305. Every cipher listed is in OpenSSH since 6.5 (2014), so any worker shares one.
-SCATTER_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr"
-
-
-def _send_over_ssh(home: Home, path: Path, destination: dict, attempt: str, expected: dict) -> dict:
-    """Stream one file to another worker's ``receive`` with the worker's own ssh client.
-
-    Only the cluster key and the host keys pinned at setup are used: no
-    user ssh config, no agent, no prompt, no unknown host accepted.
-    """
-    params = {"home": destination["home"], "attempt": attempt, "name": path.name, "expected": expected,
-              "head": {"beat": 1.0, "dead_after": destination.get("dead_after") or 30, "stdin": "data"}}
-    remote = worker_command(shell_path(destination["python"]), "receive", params)
-    argv = [
-        "ssh", "-F", "/dev/null", "-i", str(home.root / CLUSTER_KEY), "-o", "IdentitiesOnly=yes",
-        *liveness_options(destination),
-        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"Ciphers={SCATTER_CIPHERS}",
-        "-o", f"UserKnownHostsFile={home.root / KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
-        "-p", str(destination["port"]),
-    ]
-    if destination.get("compress"):
-        argv += ["-o", "Compression=yes"]
-    if destination.get("user"):
-        argv += ["-l", destination["user"]]
-    argv += [destination["host"], remote]
-    with open(path, "rb") as data:
-        done = subprocess.run(argv, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        return parse_reply(done.stderr.decode("utf-8", "replace"), done.returncode)["files"][path.name]
-    except ReductioError as err:
-        raise ReductioError(f"sending {path.name} to {destination['host']}:{destination['port']} failed: {err}",
-                            err.details) from None
-
-
-def liveness_options(destination: dict) -> List[str]:
-    """ssh options that give up on a silent destination as the head would: within dead_after seconds."""
-    dead_after = float(destination.get("dead_after") or 30)
-    beat = max(1, int(dead_after // 3))
-    return ["-o", f"ConnectTimeout={max(1, int(dead_after))}", "-o", f"ServerAliveInterval={beat}",
-            "-o", f"ServerAliveCountMax={max(1, int(dead_after // beat))}"]
 
 
 def step_read(params: dict) -> dict:
@@ -595,7 +430,7 @@ def step_status(params: dict) -> dict:
 
 STEPS = {
     "map": step_map, "transform": step_transform, "reduce": step_reduce, "sort": step_sort,
-    "cat": step_cat, "receive": step_receive, "send": step_send, "read": step_read, "publish": step_publish, "check": step_check,
+    "cat": step_cat, "receive": delivery.step_receive, "send": delivery.step_send, "read": step_read, "publish": step_publish, "check": step_check,
     "discard": step_discard, "prepare": step_prepare, "delete": step_delete, "status": step_status,
 }
 

@@ -169,3 +169,11 @@ def test_an_empty_input_file_makes_an_empty_dataset_and_an_empty_result(c, tmp_p
     tasks.reduce(c, "wordjobs.total", "sorted", "counts")
     tasks.merge(c, "counts", str(tmp_path / "out.tsv"))
     assert (tmp_path / "out.tsv").read_bytes() == b""
+
+
+def test_initialize_keeps_workers_waiting_through_a_slow_generator_longer_than_dead_after(tmp_path):
+    c = make_context(2, dead_after=1, progress_interval=0.2)
+    tasks.setup(c)
+    tasks.initialize(c, "wordjobs.slow_generate", "generated")
+    tasks.merge(c, "generated", str(tmp_path / "out.tsv"))
+    assert (tmp_path / "out.tsv").read_text() == "first\t1\nsecond\t2\n"

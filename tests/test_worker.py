@@ -10,13 +10,17 @@ import platform
 import stat
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from reductio import framing
 from reductio.partition import partition_of
 from reductio.store import MARKER, Home, file_facts
+
+REPO = Path(__file__).resolve().parent.parent
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
 RESULT = "reductio-result: "
@@ -370,19 +374,31 @@ def test_cat_sorts_map_output_whose_lines_differ_only_after_a_shared_prefix(home
     assert reply.stdout.decode("utf-8") == "k\tx\nk\tx\t\n"
 
 
-def test_receive_copies_stdin_into_the_attempt_and_reports_bytes_lines_and_sha256(home):
+def framed(files: dict, facts=None) -> bytes:
+    """A framed stream of whole files (framing.py), each ending with ``facts`` or its true size and digest."""
+    stream = b""
+    for name, data in files.items():
+        end = facts if facts is not None else {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        stream += framing.file_header(name, len(data)) + data + framing.end_header(name, end)
+    return stream
+
+
+def test_receive_takes_several_files_on_one_stream_and_reports_bytes_lines_and_sha256(home):
     data = "one\ntwo\t2\n\u00fc\xe9\nno final newline".encode("utf-8") * 1000
-    reply = run_worker("receive", {"home": str(home.root), "attempt": "l1", "name": "part-0"}, stdin=data)
-    assert reply.result == {"files": {"part-0": {
-        "bytes": len(data), "lines": data.count(b"\n"),
-        "sha256": hashlib.sha256(data).hexdigest(), "sorted": False,
-    }}}
+    reply = run_worker("receive", {"home": str(home.root), "attempt": "l1"},
+                       stdin=framed({"part-0": data, "part-1": b"a\n", "empty": b""}))
+    assert reply.result == {"files": {
+        "part-0": {"bytes": len(data), "lines": data.count(b"\n"), "sha256": hashlib.sha256(data).hexdigest(),
+                   "sorted": False},
+        "part-1": {"bytes": 2, "lines": 1, "sha256": hashlib.sha256(b"a\n").hexdigest(), "sorted": False},
+        "empty": {"bytes": 0, "lines": 0, "sha256": hashlib.sha256(b"").hexdigest(), "sorted": False},
+    }}
     assert (home.tmp / "l1" / "part-0").read_bytes() == data
-    assert sorted(os.listdir(home.tmp / "l1")) == ["part-0"]
+    assert sorted(os.listdir(home.tmp / "l1")) == ["empty", "part-0", "part-1"]
 
 
 def test_receive_widens_its_stdin_pipe_to_a_megabyte_and_leaves_other_files_alone(tmp_path):
-    from reductio.worker import _F_SETPIPE_SZ, _widen_pipe
+    from reductio.delivery import _F_SETPIPE_SZ, _widen_pipe
 
     read_end, write_end = os.pipe()
     try:
@@ -397,26 +413,50 @@ def test_receive_widens_its_stdin_pipe_to_a_megabyte_and_leaves_other_files_alon
 
 def test_receive_refuses_a_file_that_arrives_different_from_what_was_expected(home):
     data = b"a\t1\nb\t2\n"
-    expected = {"bytes": len(data) + 1, "lines": 2, "sha256": hashlib.sha256(data).hexdigest(), "sorted": True}
-    error = run_worker("receive", {
-        "home": str(home.root), "attempt": "l1", "name": "p00000.w0", "expected": expected,
-    }, stdin=data).error
+    expected = {"bytes": len(data) + 1, "sha256": hashlib.sha256(data).hexdigest(), "sorted": True}
+    error = run_worker("receive", {"home": str(home.root), "attempt": "l1"},
+                       stdin=framed({"p00000.w0": data}, expected)).error
     assert error["kind"] == "DatasetError"
     assert error["message"].startswith("p00000.w0 arrived damaged")
     assert os.listdir(home.tmp / "l1") == []
 
 
 def test_receive_refuses_a_file_name_that_could_leave_the_attempt_folder(home):
-    error = run_worker("receive", {"home": str(home.root), "attempt": "l1", "name": "../escape"},
-                       stdin=b"x\n").error
+    error = run_worker("receive", {"home": str(home.root), "attempt": "l1"},
+                       stdin=framed({"../escape": b"x\n"})).error
     assert error["kind"] == "DatasetError"
     assert "'../escape'" in error["message"]
     assert not (home.tmp / "escape").exists()
 
 
+def test_receive_refuses_a_stream_cut_inside_a_file_and_keeps_nothing_of_it(home):
+    whole = framed({"part-0": b"a\nb\n"})
+    for cut in (len(framing.file_header("part-0", 4)) + 2, len(whole) - 3):
+        error = run_worker("receive", {"home": str(home.root), "attempt": "l1"}, stdin=whole[:cut]).error
+        assert error["kind"] == "DatasetError", error
+        assert os.listdir(home.tmp / "l1") == []
+
+
+def test_receive_stops_when_its_sender_falls_silent_for_dead_after(home):
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reductio.worker", "receive", json.dumps({
+            "home": str(home.root), "attempt": "l1", "head": {"beat": 0.2, "dead_after": 1, "stdin": "data"}})],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    process.stdin.write(framing.file_header("part-0", 10) + b"abc")
+    process.stdin.flush()
+    process.wait(timeout=30)  # stdin stays open: the sender is silent, not gone
+    with process.stdin, process.stderr:
+        stderr = process.stderr.read()
+    assert process.returncode == 1
+    assert time.monotonic() - started < 10
+    assert b"the sender sent nothing for 1 s" in stderr
+    assert os.listdir(home.tmp / "l1") == []
+
+
 def test_publish_step_refuses_files_that_do_not_match_and_publishes_nothing(home):
-    result = run_worker("receive", {"home": str(home.root), "attempt": "l1", "name": "part-0"},
-                        stdin=b"a\nb\n").result
+    result = run_worker("receive", {"home": str(home.root), "attempt": "l1"},
+                        stdin=framed({"part-0": b"a\nb\n"})).result
     files = {"part-0": dict(result["files"]["part-0"], bytes=3)}
     error = run_worker("publish", {
         "home": str(home.root), "attempt": "l1", "target": "loaded", "files": files, "facts": {"step": "load"},

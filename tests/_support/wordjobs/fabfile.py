@@ -25,3 +25,14 @@ def pausejob(c, path, output, prefix="a"):
     sort(c, f"{prefix}-here", f"{prefix}-sorted")
     reduce(c, "wordjobs.gather", f"{prefix}-sorted", f"{prefix}-gathered")
     merge(c, f"{prefix}-gathered", output)
+
+
+@task
+def anagrams(c, words, output):
+    """Classes of words made of the same letters (bench/scatter_scale.py runs it on many workers)."""
+    load(c, words, "words")
+    map(c, "wordjobs.anagram_key", "words", "keyed")
+    scatter(c, "keyed", "here")
+    sort(c, "here", "sorted")
+    reduce(c, "wordjobs.anagram_class", "sorted", "classes")
+    merge(c, "classes", output)

@@ -71,6 +71,15 @@ def generate(out):
     out.write("no tab here")
 
 
+def slow_generate(out):
+    """An initialize function that pauses longer than the tests' short dead_after between its lines."""
+    import time
+
+    out.write_pair("first", "1")
+    time.sleep(2.5)
+    out.write_pair("second", "2")
+
+
 not_a_function = 42
 
 

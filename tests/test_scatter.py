@@ -1,0 +1,90 @@
+"""Scatter that scales: one connection per sender and destination, a few at a time, retried when refused."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import WORDJOBS, make_context, write_lines
+from reductio import tasks
+from reductio.delivery import send_order
+
+
+def scatter_counters(log: Path) -> dict:
+    (record,) = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["step"] == "scatter"]
+    return record["workers"]
+
+
+def receives_logged(home: Path) -> int:
+    """How many receive commands finished in this worker's home (one per connection that delivered)."""
+    return sum(1 for line in (home / "logs" / "steps.log").read_text().splitlines() if " receive done in " in line)
+
+
+def counted(path: Path) -> dict:
+    return dict(line.split("\t") for line in path.read_text().splitlines())
+
+
+@pytest.fixture
+def big_input(tmp_path) -> Path:
+    """Over 2 MB on each of three workers, so map runs two processes there and writes two files per partition."""
+    return write_lines(tmp_path / "in.txt", [f"k{i % 5000:05d}\t{'x' * 40}" for i in range(160_000)])
+
+
+@pytest.mark.parametrize("streams", [1, 4])
+def test_each_sender_opens_one_connection_per_other_worker_carrying_all_its_files(
+        ssh_workers, sshd_cluster, big_input, tmp_path, streams):
+    ssh_workers(3)
+    log = tmp_path / "job.jsonl"
+    c = make_context(project=WORDJOBS, processes=2, log=str(log), scatter_streams=streams)
+    tasks.setup(c)
+    tasks.load(c, str(big_input), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    homes = [sshd_cluster.homes / f"ssh-{i}" for i in range(3)]
+    before = [receives_logged(home) for home in homes]
+    tasks.scatter(c, "pairs", "here", force=True)
+    for index, home in enumerate(homes):
+        files = sorted(p.name for p in (home / "data" / "here").glob("p*"))
+        senders = Counter(name.split(".")[1].split("-")[0] for name in files)
+        assert senders == {f"w{i:05d}": 2 for i in range(3)}, files  # two files from each sender, itself too
+        assert receives_logged(home) - before[index] == 2  # one connection from each other sender
+    assert {name: counters["connections"] for name, counters in scatter_counters(log).items()} == {
+        "ssh-0": 2, "ssh-1": 2, "ssh-2": 2}
+    tasks.merge(c, "here", str(tmp_path / "here.tsv"))
+    lines = (tmp_path / "here.tsv").read_text().splitlines()
+    assert sorted(lines) == sorted(big_input.read_text().splitlines())
+
+
+def test_a_refused_connection_is_retried_with_backoff_and_the_scatter_completes(ssh_workers, sshd_cluster, tmp_path):
+    ssh_workers(3)
+    log = tmp_path / "job.jsonl"
+    c = make_context(project=WORDJOBS, log=str(log), retries=5, retry_delay=0.3)
+    tasks.setup(c)
+    keys = [f"k{i % 3000:05d}" for i in range(30_000)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"{key}\t1" for key in keys])), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    daemon = sshd_cluster.daemons[2]
+    daemon.stop()  # its listener: the head's open connection to ssh-2 stays, the other workers are refused
+    restart = threading.Timer(1.5, daemon.start)
+    restart.start()
+    try:
+        tasks.scatter(c, "pairs", "here")
+    finally:
+        restart.join()
+    connections = {name: counters["connections"] for name, counters in scatter_counters(log).items()}
+    assert connections["ssh-2"] == 2
+    assert connections["ssh-0"] > 2 and connections["ssh-1"] > 2, connections  # they tried ssh-2 again
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "reductio.reducers.sum", "sorted", "counts")
+    tasks.merge(c, "counts", str(tmp_path / "counts.tsv"))
+    assert counted(tmp_path / "counts.tsv") == {key: str(n) for key, n in Counter(keys).items()}
+
+
+def test_senders_start_with_different_receivers():
+    for count in (2, 5, 32):
+        first = [send_order(own, [i for i in range(count) if i != own], count)[0] for own in range(count)]
+        assert sorted(first) == list(range(count))  # every receiver is some sender's first, none twice
+        assert all(sorted(send_order(own, range(count), count)) == list(range(count)) for own in range(count))
