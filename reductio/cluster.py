@@ -104,18 +104,27 @@ class Worker:
     def _head(self, stdin: str) -> dict:
         return {"beat": self.beat, "dead_after": self.dead_after, "stdin": stdin}
 
-    def step(self, step: str, params: dict, on_progress=None) -> dict:
+    def step(self, step: str, params: dict, on_progress=None, held: Dict[str, Command] = None) -> dict:
         """Run a control step and return its result, retrying only when the worker was unreachable.
 
         Every step is safe to repeat with the same attempt id: outputs are
         rewritten, received files replaced, a done publish recognised. A
         worker that fell silent is not retried: that already took dead_after.
+        With ``held``, the command stays open after its result, waiting for
+        its verdict (job.publish), and is put there under the worker's name.
         """
         retries, delay = self.retries
         for round_ in range(retries + 1):
             try:
-                command = self.command(step, dict(params, head=self._head("beats")))
-                return self.start(command, "step", on_progress, watch=True).finish()
+                if held is not None:
+                    params = dict(params, then="publish")
+                command = self.start(self.command(step, dict(params, head=self._head("beats"))), "step",
+                                     on_progress, watch=True)
+                if held is None:
+                    return command.finish()
+                result = command.first_result()
+                held[self.name] = command
+                return result
             except WorkerUnreachable as err:
                 if round_ == retries or isinstance(err, WorkerSilent) or self.lost is not None:
                     raise
@@ -158,7 +167,8 @@ class SshWorker(Worker):
 
     is_local = False
     _connections: Dict[tuple, object] = {}
-    _lock = threading.Lock()
+    _connecting: Dict[tuple, threading.Lock] = {}  # one per host: a host that does not answer holds up no other
+    _connections_lock = threading.Lock()
 
     def __init__(self, spec: WorkerSpec, index: int, config) -> None:
         super().__init__(spec, index, config)
@@ -176,11 +186,14 @@ class SshWorker(Worker):
     def connection(self):
         """The open Fabric connection to this worker, shared by every task of this process."""
         key = self._key()
-        with SshWorker._lock:
+        with SshWorker._connections_lock:
+            connecting = SshWorker._connecting.setdefault(key, threading.Lock())
+        with connecting:
             connection = self._connections.get(key)
             if connection is None or not connection.is_connected:
                 connection = self._connect()
-                self._connections[key] = connection
+                with SshWorker._connections_lock:
+                    self._connections[key] = connection
         return connection
 
     def _key(self) -> tuple:
@@ -213,7 +226,7 @@ class SshWorker(Worker):
         return _Reaching(self)
 
     def hang_up(self) -> None:
-        with SshWorker._lock:
+        with SshWorker._connections_lock:
             connection = self._connections.pop(self._key(), None)
         if connection is not None:
             transport = connection.transport
@@ -290,7 +303,8 @@ class _Reaching:
                        f" (ssh-keyscan -p {spec.port or 22} {spec.host})")
         elif isinstance(error, (socket.timeout, TimeoutError)) or (
                 isinstance(error, paramiko.SSHException) and str(error).startswith("Timeout opening channel")):
-            raise WorkerSilent(f"cannot reach {where}: no answer within {self.worker.dead_after:g} s (dead_after)") from None
+            silent = f"cannot reach {where}: no answer within {self.worker.dead_after:g} s (dead_after)"
+            raise WorkerSilent(silent) from None
         elif isinstance(error, EOFError):
             message = f"cannot reach {where}: the connection dropped"
         elif isinstance(error, (OSError, paramiko.SSHException)):

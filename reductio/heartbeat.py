@@ -8,12 +8,16 @@ often (``stdin: "beats"``); a command that hears nothing for D seconds, or
 sees its stdin close, stops at once with every process it started. A head
 that drops off the network therefore leaves nothing running on the worker.
 A command whose stdin carries data (``stdin: "data"``, ``receive``) checks
-the silence where it reads instead. Standard library only.
+the silence where it reads instead. Lines other than beats are messages:
+how the head tells a step that finished to publish its attempt or drop it
+in the same session. Standard library only.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import select
 import signal
 import sys
@@ -58,13 +62,30 @@ def _beat(every: float) -> None:
 
 
 def _watch(silence: Optional[float]) -> None:
-    """Read stdin until it closes or stays silent for ``silence`` seconds; then stop everything."""
+    """Read stdin until it closes or stays silent for ``silence`` seconds; then stop everything.
+
+    A beat is an empty line; any other line is a message for the step (``message()``).
+    """
+    pending = b""
     while True:
         readable, _, _ = select.select([0], [], [], silence)
         if not readable:
             _stop(f"no word from the head for {silence:g} s")
-        if not os.read(0, 1 << 16):  # raw reads: a buffered stdin would block interpreter shutdown
+        data = os.read(0, 1 << 16)  # raw reads: a buffered stdin would block interpreter shutdown
+        if not data:
             _stop(None)
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            if line:
+                _messages.put(json.loads(line))
+
+
+_messages: "queue.Queue[dict]" = queue.Queue()
+
+
+def message() -> dict:
+    """The head's next message (a JSON line on stdin); the watcher stops us if the head goes silent first."""
+    return _messages.get()
 
 
 def _stop(why: Optional[str]) -> None:

@@ -1,8 +1,10 @@
 """The head's half of each step: fan out, check, then publish everywhere or nowhere.
 
 Every step writes into a fresh attempt folder on each worker. Only when all
-workers succeeded does the head tell each one to publish; if any failed,
-every worker discards the attempt, so a target is never half made.
+workers succeeded does the head tell each one to publish -- in the step's
+own session, which waits for that verdict after its result, so a step
+costs a check and one session per worker; if any failed, every worker
+discards the attempt, so a target is never half made.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import time
 from typing import Callable, Dict
 
 from reductio.cluster import Cluster
-from reductio.errors import DatasetError
+from reductio.transport import Command
+from reductio.errors import DatasetError, WorkerUnreachable
 from reductio.feedback import display
 
 
@@ -52,30 +55,52 @@ def run_and_publish(cluster: Cluster, step: str, params_for: Callable, target: s
     """
     attempt = new_attempt()
     progress = display(step, cluster)
+    held: Dict[str, Command] = {}
     try:
         results = cluster.each(step, progress.reporting(
-            lambda w, on_progress: w.step(step, dict(params_for(w), attempt=attempt), on_progress)))
+            lambda w, on_progress: w.step(step, dict(params_for(w), attempt=attempt), on_progress, held)))
         progress.close()
         if "source_attempt" in facts and common_source(results, facts["source"])["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {facts['source']!r} changed while {step} was reading it; run it again")
-        publish(cluster, attempt, target, {name: r["files"] for name, r in results.items()}, facts, step)
+        publish(cluster, attempt, target, {name: r["files"] for name, r in results.items()}, facts, step, held)
     except BaseException:
         progress.close()
-        discard(cluster, attempt)
+        discard(cluster, attempt, held)
         raise
     return results
 
 
-def publish(cluster: Cluster, attempt: str, target: str, files: Dict[str, dict], facts: dict, what: str) -> None:
-    """Publish ``attempt`` as ``target`` on every worker, each checking it holds ``files[worker]``."""
-    cluster.each(
-        f"{what} (publishing {target})",
-        lambda w: w.step("publish", {"attempt": attempt, "target": target, "files": files[w.name], "facts": facts}),
-    )
+def publish(cluster: Cluster, attempt: str, target: str, files: Dict[str, dict], facts: dict, what: str,
+            held: Dict[str, Command] = None) -> None:
+    """Publish ``attempt`` as ``target`` on every worker, each checking it holds ``files[worker]``.
+
+    A worker whose step command is ``held`` open is told so in that same
+    session; any other, or one whose session dropped meanwhile, gets a
+    publish step of its own (publishing twice is recognised as done).
+    """
+    held = held if held is not None else {}
+
+    def one(worker):
+        verdict = {"target": target, "files": files[worker.name], "facts": facts}
+        command = held.pop(worker.name, None)
+        if command is not None:
+            command.tell({"publish": verdict})
+            try:
+                result = command.finish()
+                if "published" in result:  # else a worker older than this head, which did not wait
+                    return result
+            except WorkerUnreachable:
+                if worker.lost is not None:
+                    raise
+        return worker.step("publish", dict(verdict, attempt=attempt))
+
+    cluster.each(f"{what} (publishing {target})", one)
 
 
-def discard(cluster: Cluster, attempt: str) -> None:
+def discard(cluster: Cluster, attempt: str, held: Dict[str, Command] = None) -> None:
     """Remove an attempt's leftovers on every worker still reachable; a lost one keeps them until it cleans."""
+    for command in (held or {}).values():  # a step waiting for its verdict: it is "no"
+        command.kill()
     try:
         cluster.each("discard", lambda w: w.step("discard", {"attempt": attempt}),
                      [w for w in cluster.workers if w.lost is None])

@@ -156,7 +156,8 @@ def push(worker, local: Path, remote: str, mode: str = "600") -> None:
         raise
     done = stream.finished()
     if done.exited != 0:
-        raise ReductioError(f"copying {local.name} to {remote} failed (exit {done.exited}): {done.stderr.strip()[-300:]}")
+        raise ReductioError(f"copying {local.name} to {remote} failed (exit {done.exited}):"
+                            f" {done.stderr.strip()[-300:]}")
 
 
 def ensure_venv(worker) -> None:

@@ -65,9 +65,10 @@ class Reply:
     no worker output grows the head's memory without bound.
     """
 
-    def __init__(self, on_progress=None) -> None:
-        self.on_progress = on_progress
+    def __init__(self, on_progress=None, on_result=None) -> None:
+        self.on_progress, self.on_result = on_progress, on_result
         self.result = self.error = None
+        self.first = None  # the first result: a step held open for its verdict reports twice
         self.tail: Deque[str] = deque(maxlen=_TAIL)
         self._pending = bytearray()
         self._skipping = False  # inside a line already cut at MAX_REPLY_LINE
@@ -100,6 +101,10 @@ class Reply:
         try:
             if line.startswith(RESULT):
                 self.result = _payload(line, RESULT, cut)
+                if self.first is None:
+                    self.first = self.result
+                    if self.on_result is not None:
+                        self.on_result()
             elif line.startswith(ERROR):
                 self.error = _payload(line, ERROR, cut)
             elif line.startswith(PROGRESS):
@@ -112,8 +117,8 @@ class Reply:
             else:
                 self.tail.append(line[:_MAX_TAIL_LINE] + (" [cut]" if cut or len(line) > _MAX_TAIL_LINE else ""))
         except (ValueError, KeyError, TypeError, RecursionError) as err:
-            self.error = {"kind": "ReductioError", "message": f"the worker sent a malformed reply line ({_why(err, cut)}):"
-                          f" {line[:200]!r}", "details": ""}
+            why = f"the worker sent a malformed reply line ({_why(err, cut)}): {line[:200]!r}"
+            self.error = {"kind": "ReductioError", "message": why, "details": ""}
 
     def outcome(self, exit_code: int) -> dict:
         """The result the command reported, or its error raised as a ReductioError."""

@@ -21,10 +21,11 @@ from reductio.job import common_source, discard, new_attempt, publish
 def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
     """Move every partition of ``source`` to its owner as ``target``; per-worker counters."""
     attempt = new_attempt()
+    held = {}
     try:
         with display("scatter", cluster) as progress:
             results = cluster.each("scatter", progress.reporting(lambda w, on_progress: w.step(
-                "send", dict(send_params(cluster, w, source), attempt=attempt), on_progress)))
+                "send", dict(send_params(cluster, w, source), attempt=attempt), on_progress, held)))
         if common_source(results, source)["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         arrived = {w.name: {} for w in cluster.workers}
@@ -40,9 +41,9 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
             for name, files in files_by_worker.items():
                 arrived[name].update(files)
                 sent[sender].update(files)
-        publish(cluster, attempt, target, arrived, facts, "scatter")
+        publish(cluster, attempt, target, arrived, facts, "scatter", held)
     except BaseException:
-        discard(cluster, attempt)
+        discard(cluster, attempt, held)
         raise
     return {w.name: {"counters": {
         "lines out": _sum(sent[w.name], "lines"), "bytes out": _sum(sent[w.name], "bytes"),

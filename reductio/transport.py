@@ -15,6 +15,7 @@ command: stdin closed, the end of stdout kept).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -49,16 +50,18 @@ class Command:
 
     def __init__(self, mode: str, beat: float, on_progress=None) -> None:
         self.mode, self.beat = mode, beat
-        self.reply = Reply(on_progress)
+        self._answered = threading.Event()  # a first result came, or stderr ended
+        self.reply = Reply(on_progress, self._answered.set)
         self.heard = time.monotonic()
         self.ended: Optional[ReductioError] = None  # why it was stopped from outside: lost, aborted
         self._stdout = bytearray()
         self._done = threading.Event()
         self._readers = []
+        self._stdin_lock = threading.RLock()  # beats and messages never interleave
         self._code: Optional[int] = None
 
     def _start_threads(self) -> None:
-        self._readers.append(_daemon(self._drain, self._read_stderr, self._heard_stderr))
+        self._readers.append(_daemon(self._drain_stderr))
         if self.mode != "r":
             self._readers.append(_daemon(self._drain, self._read_stdout, self._kept_stdout))
         if self.mode in ("step", "r"):  # the worker does not read this stdin: beat on it
@@ -103,6 +106,22 @@ class Command:
             self._code = code
         return self._code
 
+    def first_result(self) -> dict:
+        """The step's result, leaving the command running for its verdict (``tell``); else finish's error."""
+        self._answered.wait()
+        if self.reply.first is not None and self.reply.error is None and self.ended is None:
+            return self.reply.first
+        return self.finish()
+
+    def tell(self, message: dict) -> None:
+        """Send a step held open after its result one message (a JSON line on its stdin)."""
+        line = json.dumps(message, sort_keys=True).encode("utf-8") + b"\n"
+        try:
+            with self._stdin_lock:
+                self._write(line)
+        except (OSError, EOFError):
+            pass  # finish() says what became of the command
+
     def finish(self) -> dict:
         """Close, and return the reply of a reductio.worker command, or raise its error."""
         code = self.close()
@@ -146,6 +165,12 @@ class Command:
             self.heard = time.monotonic()
             handle(data)
 
+    def _drain_stderr(self) -> None:
+        try:
+            self._drain(self._read_stderr, self._heard_stderr)
+        finally:
+            self._answered.set()  # no result is coming any more: first_result() then finishes
+
     def _heard_stderr(self, data: bytes) -> None:
         self.reply.feed(data)
 
@@ -158,7 +183,8 @@ class Command:
         """Beat on a control step's stdin, so the worker knows we are here."""
         while not self._done.wait(self.beat):
             try:
-                self._write(b"\n")
+                with self._stdin_lock:
+                    self._write(b"\n")
             except (OSError, EOFError):
                 return
 
@@ -201,12 +227,13 @@ class LocalCommand(Command):
         super().__init__(mode, beat, on_progress)
         self._process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, bufsize=0)
-        self._stdin_lock = threading.Lock()
         self._start_threads()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         with self._stdin_lock:
+            if self._process.stdin.closed:  # we closed it: the command is over, or being stopped
+                raise BrokenPipeError("stdin closed")
             while view:
                 view = view[self._process.stdin.write(view):]
 

@@ -442,6 +442,7 @@ def main(argv: List[str] = None) -> int:
         return 2
     os.umask(0o077)  # everything in a reductio home is its owner's alone
     params = json.loads(argv[1])
+    then = params.pop("then", None)  # "publish": wait for the head's verdict after the result (job.py)
     if params.get("head"):
         heartbeat.start(params["head"])
     started = time.time()
@@ -463,6 +464,27 @@ def main(argv: List[str] = None) -> int:
     emit(RESULT, result)
     if argv[0] not in ("check", "status") and "share" not in params:  # a share's worker logs the step
         _log(params, f"{argv[0]} done in {time.time() - started:.1f} s")
+    return _verdict(params) if then == "publish" else 0
+
+
+def _verdict(params: dict) -> int:
+    """After a step's result: publish its attempt or discard it, as the head says, without a new session."""
+    verdict = heartbeat.message()
+    started = time.time()
+    try:
+        try:
+            if "publish" in verdict:
+                result = step_publish(dict(verdict["publish"], home=params["home"], attempt=params["attempt"]))
+            else:
+                result = step_discard(params)
+        except OSError as err:
+            raise environment_error(err) from err
+    except ReductioError as err:
+        emit(ERROR, err.to_dict())
+        _log(params, f"publish failed: {err}")
+        return 1
+    emit(RESULT, result)
+    _log(params, f"{'publish' if 'publish' in verdict else 'discard'} done in {time.time() - started:.1f} s")
     return 0
 
 

@@ -64,8 +64,9 @@ class Host:
         ip("rule", "del", "pref", "0", namespace=inside)
         if rate:
             for device, where in ((self.link, None), ("eth0", inside)):
-                subprocess.run(["tc"] + (["-n", where] if where else []) + ["qdisc", "add", "dev", device, "root",
-                               "tbf", "rate", rate, "burst", "64kb", "latency", "400ms"], check=True, capture_output=True)
+                bucket = ["tbf", "rate", rate, "burst", "64kb", "latency", "400ms"]
+                subprocess.run(["tc"] + (["-n", where] if where else []) + ["qdisc", "add", "dev", device, "root"]
+                               + bucket, check=True, capture_output=True)
 
     def cut(self) -> None:
         """Drop everything to and from this host, silently."""

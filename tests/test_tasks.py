@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,18 @@ def test_initialize_keeps_workers_waiting_through_a_slow_generator_longer_than_d
     tasks.initialize(c, "wordjobs.slow_generate", "generated")
     tasks.merge(c, "generated", str(tmp_path / "out.tsv"))
     assert (tmp_path / "out.tsv").read_text() == "first\t1\nsecond\t2\n"
+
+
+def test_a_step_costs_each_worker_its_check_and_one_command_that_also_publishes(ctx, tmp_path, caplog):
+    tasks.setup(ctx)
+    tasks.load(ctx, str(write_lines(tmp_path / "in.txt", ["a b", "b c", "c d"])), "text")
+    caplog.set_level(logging.DEBUG, logger="reductio")
+    for step, run in (("map", lambda: tasks.map(ctx, "wordjobs.words", "text", "pairs")),
+                      ("send", lambda: tasks.scatter(ctx, "pairs", "here"))):
+        caplog.clear()
+        run()
+        started = Counter(record.getMessage().split(" -m reductio.worker ")[1].split()[0]
+                          for record in caplog.records if " -m reductio.worker " in record.getMessage())
+        assert started == {"check": 2, step: 2}, started  # no publish command: the step's own session did it
+    for home in (Path(os.environ["HOME"]) / ".reductio" / "local").iterdir():
+        assert (home / "data" / "here" / "_SUCCESS").exists()
