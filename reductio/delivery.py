@@ -26,6 +26,7 @@ from typing import Dict, List
 from reductio import framing, heartbeat
 from reductio.clock import Clock
 from reductio.errors import DatasetError, ReductioError
+from reductio.machine import cores_each
 from reductio.protocol import Reply, shell_path, worker_command
 from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, Home, check_name, partition_of_file
 
@@ -95,13 +96,21 @@ def step_send(params: dict) -> dict:
         if destinations[index]["kind"] == "relay":
             relay[str(index)] = {path.name: marker["files"][path.name] for path in by_index.pop(index)}
     order = send_order(own, by_index, len(destinations))
-    sender = _Sender(home, attempt, marker, int(params.get("streams") or DEFAULT_STREAMS),
-                     int(params.get("retries") or 0), float(params.get("retry_delay") or 0))
+    sender = _Sender(home, attempt, marker, _streams(params), int(params.get("retries") or 0),
+                     float(params.get("retry_delay") or 0))
     for index, facts in zip(order, sender.send([(destinations[i], by_index[i]) for i in order])):
         sent[str(index)] = facts
     return {"sent": sent, "relay": relay, "connections": sender.connections,
             "source": {key: marker.get(key) for key in ("attempt", "format", "partitions")},
             "clock": clock.counters()}
+
+
+def _streams(params: dict) -> int:
+    """Destinations served at once: as configured, else DEFAULT_STREAMS, fewer when this machine's cores are
+    shared with other workers (each connection costs a handshake and a process on both ends)."""
+    if params.get("streams"):
+        return int(params["streams"])
+    return min(DEFAULT_STREAMS, cores_each(params.get("sharing")))
 
 
 def send_order(own: int, indices, count: int) -> List[int]:

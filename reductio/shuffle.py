@@ -12,7 +12,6 @@ from typing import Dict
 
 from reductio import framing
 from reductio.config import settings
-from reductio.delivery import DEFAULT_STREAMS
 from reductio.errors import DatasetError
 from reductio.feedback import display
 from reductio.job import common_source, discard, new_attempt, publish
@@ -62,8 +61,8 @@ def send_params(cluster, sender, source: str) -> dict:
     """What ``sender``'s send step needs, but the attempt: where each partition goes, and how to send."""
     found = settings(cluster.config)
     return {"source": source, "destinations": destinations(cluster, sender), "self": sender.index,
-            "streams": found.get("scatter_streams", DEFAULT_STREAMS), "retries": found.get("retries", 3),
-            "retry_delay": found.get("retry_delay", 1.0)}
+            "streams": found.get("scatter_streams"), "sharing": cluster.sharing(sender),
+            "retries": found.get("retries", 3), "retry_delay": found.get("retry_delay", 1.0)}
 
 
 def destinations(cluster, sender) -> list:

@@ -27,6 +27,7 @@ from typing import Dict, List
 
 from reductio import delivery, heartbeat, reducers, shares
 from reductio.clock import Clock
+from reductio.machine import cores_each
 from reductio.errors import DatasetError, ReductioError, UserCodeError, environment_error
 from reductio.output import PartitionedOutput
 from reductio.counters import snapshot
@@ -229,8 +230,7 @@ def _processes(params: dict) -> int:
     """How many processes a step may use: as configured, else the cores it may use over the workers sharing them."""
     if params.get("processes"):
         return int(params["processes"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(params.get("sharing") or 1))
+    return cores_each(params.get("sharing"))
 
 
 def _share(params: dict, marker: dict, files: List[Path]) -> List[Range]:

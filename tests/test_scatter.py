@@ -11,7 +11,8 @@ import pytest
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.delivery import send_order
+from reductio.delivery import _streams, send_order
+from reductio.machine import cores_each
 
 
 def scatter_counters(log: Path) -> dict:
@@ -88,3 +89,9 @@ def test_senders_start_with_different_receivers():
         first = [send_order(own, [i for i in range(count) if i != own], count)[0] for own in range(count)]
         assert sorted(first) == list(range(count))  # every receiver is some sender's first, none twice
         assert all(sorted(send_order(own, range(count), count)) == list(range(count)) for own in range(count))
+
+
+def test_a_sender_serves_fewer_destinations_at_once_when_other_workers_share_its_cores():
+    assert _streams({"streams": 7, "sharing": 16}) == 7  # scatter_streams, as configured
+    assert _streams({"sharing": 1}) == min(4, cores_each(1))
+    assert _streams({"sharing": cores_each(1) * 8}) == 1  # 16 loopback workers on two cores, as in the bench
