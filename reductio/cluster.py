@@ -87,6 +87,10 @@ class Worker:
     def hang_up(self) -> None:
         """Drop the worker's connection, if it has one."""
 
+    def heard(self, command: Command) -> float:
+        """When this worker last gave a sign of life while running ``command`` (time.monotonic)."""
+        return command.heard
+
     def run(self, command: str) -> Finished:
         """Run a plain shell command (small output only: the end of it is kept)."""
         return self.start(command, "shell").finished()
@@ -219,8 +223,14 @@ class SshWorker(Worker):
         connection.client.set_missing_host_key_policy(RejectPolicy())
         with self.reaching():
             connection.open()
-        _keep_alive(connection.transport, self.beat, self.dead_after)
+        _keep_alive(connection.transport, self.dead_after)
+        connection.reductio_heard = liveness.hear_connection(connection.transport, self.beat)
         return connection
+
+    def heard(self, command: Command) -> float:
+        connection = self._connections.get(self._key())
+        heard = getattr(connection, "reductio_heard", None)
+        return max(command.heard, heard()) if heard else command.heard
 
     def reaching(self):
         return _Reaching(self)
@@ -252,9 +262,8 @@ class SshWorker(Worker):
                 "compress": settings(self._config).get("compress", False), "dead_after": self.dead_after}
 
 
-def _keep_alive(transport, beat: float, dead_after: float) -> None:
-    """SSH keepalives every beat, and a kernel that drops the connection when they go unacknowledged."""
-    transport.set_keepalive(max(1, int(beat)))
+def _keep_alive(transport, dead_after: float) -> None:
+    """A kernel that drops the connection when what we send (keepalives too) goes unacknowledged."""
     sock = transport.sock
     if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):  # not through a gateway
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))

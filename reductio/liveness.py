@@ -2,11 +2,13 @@
 
 Every reductio command on a worker says something at least every beat
 (heartbeat.py: progress, ``reductio-alive``, or its data), and the head beats
-on its stdin. A watchdog thread looks at every such command; one silent for
-``dead_after`` seconds is ended with a WorkerSilent error naming its host,
-and that worker's connection is hung up so nothing else waits on it. Below
-that, SSH keepalives and TCP_USER_TIMEOUT close a connection whose peer
-stopped acknowledging, between commands too (cluster.py).
+on its stdin; on an SSH connection the head also asks the server for a
+keepalive reply every beat. A watchdog thread looks at every such command;
+one whose worker was not heard from -- no output, and over SSH no packet at
+all -- for ``dead_after`` seconds is ended with a WorkerSilent error naming
+its host, and that worker's connection is hung up so nothing else waits on
+it. Below that, TCP_USER_TIMEOUT closes a connection whose peer stopped
+acknowledging, between commands too (cluster.py).
 
 The commands of one fan-out form a ``Group``: when one worker is lost the
 others' commands of that step are ended as well, so the step stops within
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from reductio.config import settings
 from reductio.errors import ReductioError, WorkerSilent
@@ -103,7 +105,7 @@ class _Watchdog:
             now = time.monotonic()
             with self._lock:
                 self._watched = [entry for entry in self._watched if not entry[0].is_over()]
-                silent = [entry for entry in self._watched if now - entry[0].heard > entry[2]]
+                silent = [entry for entry in self._watched if now - entry[1].heard(entry[0]) > entry[2]]
             for command, worker, limit in silent:
                 error = WorkerSilent(f"no word from {worker.where()} for {limit:g} s (dead_after); it is lost")
                 try:
@@ -114,3 +116,33 @@ class _Watchdog:
 
 
 watchdog = _Watchdog()
+
+
+def hear_connection(transport, beat: float) -> Callable[[], float]:
+    """When an SSH connection last received a packet, kept current by asking the server something every beat.
+
+    A server answers a ``keepalive@openssh.com`` request even while the
+    command it runs is slow to say anything, so a host that is merely busy
+    (a loaded machine, a slow start) is heard; one that dropped off is not.
+    """
+    packetizer = transport.packetizer
+    read = packetizer.read_message
+    last = [time.monotonic()]
+
+    def read_message():
+        message = read()
+        last[0] = time.monotonic()
+        return message
+
+    packetizer.read_message = read_message  # the transport's reading thread looks it up on every packet
+
+    def ask():
+        while transport.is_active():
+            try:
+                transport.global_request("keepalive@openssh.com", wait=True)  # returns once answered, or closed
+            except Exception:  # noqa: BLE001 - EOFError, SSHException: the connection is gone, and so are we
+                return
+            time.sleep(beat)
+
+    threading.Thread(target=ask, daemon=True, name="reductio-keepalive").start()
+    return lambda: last[0]
