@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -30,7 +31,7 @@ from sshd import SshCluster  # noqa: E402
 FABFILE = REPO / "tests" / "_support" / "wordjobs" / "fabfile.py"  # its anagrams task
 
 
-def measure(count: int, words: Path, streams: int) -> dict:
+def measure(count: int, words: Path, streams: Optional[int]) -> dict:
     with tempfile.TemporaryDirectory(prefix="reductio-scale-") as scratch:
         root = Path(scratch)
         (root / "sshd").mkdir()
@@ -43,7 +44,8 @@ def measure(count: int, words: Path, streams: int) -> dict:
             (home / ".ssh" / "known_hosts").write_text(cluster.known_hosts())
             (work / "workers.cfg").write_text(cluster.workers_cfg(root / "homes", count=count))
             log = work / "job.jsonl"
-            (work / "fabric.yaml").write_text(f"reductio:\n  log: {log}\n  scatter_streams: {streams}\n")
+            streams_setting = f"  scatter_streams: {streams}\n" if streams else ""
+            (work / "fabric.yaml").write_text(f"reductio:\n  log: {log}\n{streams_setting}")
             env = dict(os.environ, HOME=str(home))
             reductio = [sys.executable, "-c", "from reductio.cli import program; program.run()"]
 
@@ -74,12 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="16,32", help="cluster sizes, comma-separated")
     parser.add_argument("--words", default="/usr/share/dict/words", help="the input")
-    parser.add_argument("--streams", type=int, default=4, help="scatter_streams: destinations per sender at once")
+    parser.add_argument("--streams", type=int, help="scatter_streams (default: reductio's own choice)")
     args = parser.parse_args()
     for count in (int(n) for n in args.workers.split(",")):
         result = measure(count, Path(args.words), args.streams)
         steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result["steps"].items() if seconds)
-        print(f"{count} workers, scatter_streams {args.streams}: setup {result['setup']:.1f} s;"
+        print(f"{count} workers, scatter_streams {args.streams or 'unset'}: setup {result['setup']:.1f} s;"
               f" job {result['job']:.1f} s ({steps});"
               f" scatter opened {result['connections']} connections for {result['bytes crossed']:,} bytes;"
               f" re-run with every step up to date {result['up to date']:.1f} s", flush=True)

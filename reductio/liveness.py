@@ -24,6 +24,7 @@ from typing import Callable, List, Optional
 
 from reductio.config import settings
 from reductio.errors import ReductioError, WorkerSilent
+from reductio.feedback import interval
 
 log = logging.getLogger("reductio")
 DEFAULT_DEAD_AFTER = 30.0
@@ -37,8 +38,6 @@ def dead_after(config) -> float:
 
 def beat(config) -> float:
     """Seconds between heartbeats: often enough that a few may be missed before dead_after."""
-    from reductio.feedback import interval
-
     return min(interval(config), dead_after(config) / 4)
 
 
