@@ -17,6 +17,7 @@ fixture fails saying so, never skips.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -117,6 +118,7 @@ class Network:
         self._added_range = False
 
     def create(self) -> None:
+        _remove_leftovers()
         try:
             self._added_range = ip("route", "add", "blackhole", RANGE, check=False).returncode == 0
             for host in self.hosts:
@@ -147,6 +149,18 @@ class Network:
             f"home = {homes / f'host{h.index}'}\nauthorized_keys = {self.authorized_keys}\n"
             for h in self.hosts
         )
+
+
+def _remove_leftovers() -> None:
+    """Namespaces and links of an earlier run that was killed before its teardown: their addresses are ours."""
+    for line in ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if re.fullmatch(r"rdx\d{4}-\d+", name):
+            ip("netns", "del", name, check=False)
+    for line in ip("-br", "link").stdout.splitlines():
+        name = line.split()[0].split("@")[0] if line.split() else ""
+        if re.fullmatch(r"rdx\d{4}v\d+", name):
+            ip("link", "del", name, check=False)
 
 
 def wait_until(condition, timeout: float, what: str, every: float = 0.02):
