@@ -468,15 +468,15 @@ def main(argv: List[str] = None) -> int:
 
 
 def _verdict(params: dict) -> int:
-    """After a step's result: publish its attempt or discard it, as the head says, without a new session."""
-    verdict = heartbeat.message()
+    """After a step's result, publish its attempt when the head says so, without a new session.
+
+    The head's only other answer is to hang up (then it discards the attempt itself).
+    """
+    verdict = heartbeat.message()["publish"]
     started = time.time()
     try:
         try:
-            if "publish" in verdict:
-                result = step_publish(dict(verdict["publish"], home=params["home"], attempt=params["attempt"]))
-            else:
-                result = step_discard(params)
+            result = step_publish(dict(verdict, home=params["home"], attempt=params["attempt"]))
         except OSError as err:
             raise environment_error(err) from err
     except ReductioError as err:
@@ -484,7 +484,7 @@ def _verdict(params: dict) -> int:
         _log(params, f"publish failed: {err}")
         return 1
     emit(RESULT, result)
-    _log(params, f"{'publish' if 'publish' in verdict else 'discard'} done in {time.time() - started:.1f} s")
+    _log(params, f"publish done in {time.time() - started:.1f} s")
     return 0
 
 
