@@ -9,8 +9,8 @@ sees its stdin close, stops at once with every process it started. A head
 that drops off the network therefore leaves nothing running on the worker.
 A command whose stdin carries data (``stdin: "data"``, ``receive``) checks
 the silence where it reads instead. Lines other than beats are messages:
-how the head tells a step that finished to publish its attempt or drop it
-in the same session. Standard library only.
+how the head tells a step that finished to publish its attempt in the
+same session. Standard library only.
 """
 
 from __future__ import annotations
