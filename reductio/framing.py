@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional
 
 from reductio.errors import DatasetError
 
@@ -36,11 +36,11 @@ def end_header(name: str, facts: Optional[dict]) -> bytes:
     return _line({"file": name, "end": facts})
 
 
-PING = b'{"ping": true}\n'
-
-
 def _line(header: dict) -> bytes:
     return json.dumps(header, sort_keys=True).encode("utf-8") + b"\n"
+
+
+PING = _line({"ping": True})
 
 
 def frames(path: Path, facts: dict) -> Iterator[bytes]:
@@ -93,8 +93,8 @@ class Reader:
                 return None
             self._buffer += block
 
-    def payload(self, size: int, out: BinaryIO, digest) -> None:
-        """Copy the ``size`` bytes of a frame into ``out``, adding them to ``digest``."""
+    def payload(self, size: int) -> Iterator[bytes]:
+        """The ``size`` bytes of a frame, in blocks."""
         while size:
             if self._buffer:
                 block = bytes(self._buffer[:size])
@@ -103,8 +103,7 @@ class Reader:
                 block = self._read(min(CHUNK, size))
                 if not block:
                     raise DatasetError(f"the stream ended {size:,} bytes short of a frame")
-            out.write(block)
-            digest.update(block)
+            yield block
             size -= len(block)
 
 
@@ -115,6 +114,12 @@ class _Incoming:
         self.partial = folder / f".{name}.part"
         self.out = open(self.partial, "wb")
         self.digest, self.size, self.lines = hashlib.sha256(), 0, 0
+
+    def add(self, block: bytes) -> None:
+        self.out.write(block)
+        self.digest.update(block)
+        self.size += len(block)
+        self.lines += block.count(b"\n")
 
 
 def receive(reader: Reader, folder: Path) -> Dict[str, dict]:
@@ -136,11 +141,10 @@ def receive(reader: Reader, folder: Path) -> Dict[str, dict]:
             size = header.get("bytes")
             if not isinstance(size, int) or size < 0:
                 raise DatasetError(f"the stream is garbled: frame of {name} has no byte count")
-            incoming = open_files.get(name) or open_files.setdefault(name, _Incoming(folder, name))
-            counted = _Counting(incoming.out)
-            reader.payload(size, counted, incoming.digest)
-            incoming.size += size
-            incoming.lines += counted.lines
+            if name not in open_files:
+                open_files[name] = _Incoming(folder, name)
+            for block in reader.payload(size):
+                open_files[name].add(block)
         if open_files:
             raise DatasetError(f"the stream ended before {', '.join(sorted(open_files))} was whole")
     finally:
@@ -161,17 +165,6 @@ def _finish(incoming: _Incoming, target: Path, expected: Optional[dict]) -> dict
                            f" checksum {same}")
     os.replace(incoming.partial, target)
     return facts
-
-
-class _Counting:
-    """A file that counts the newlines written to it."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out, self.lines = out, 0
-
-    def write(self, block: bytes) -> None:
-        self.out.write(block)
-        self.lines += block.count(b"\n")
 
 
 def _checked_name(name) -> str:

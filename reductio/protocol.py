@@ -153,11 +153,3 @@ def _why(err: Exception, cut: bool) -> str:
     if isinstance(err, RecursionError):
         return "nested too deeply"
     return str(err) if isinstance(err, ValueError) and cut else f"{type(err).__name__}: {err}"[:200]
-
-
-def parse_reply(stderr: str, exit_code: int) -> dict:
-    """The result a finished command reported in ``stderr``, or the error it reported, raised."""
-    reply = Reply()
-    reply.feed(stderr.encode("utf-8"))
-    reply.close()
-    return reply.outcome(exit_code)

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from reductio.protocol import PROGRESS, parse_reply
+from reductio.protocol import Reply
 from reductio.records import lines_before
 from reductio.steps import unsorted
 
@@ -149,25 +149,26 @@ class _Child:
 
     def __init__(self, process: subprocess.Popen, index: int, progress: Progress, failed: threading.Event) -> None:
         self.process, self.index, self.progress = process, index, progress
-        self.lines: List[str] = []
+        self.reply = Reply(self._progress)
         self.over = threading.Event()
         self.failed = False  # ended in failure on its own, not stopped because another failed
         threading.Thread(target=self._read, args=(failed,), daemon=True).start()
 
     def _read(self, failed: threading.Event) -> None:
         try:
-            for raw in self.process.stderr:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                if line.startswith(PROGRESS):
-                    self.progress.each[self.index] = json.loads(line[len(PROGRESS):])["done"]
-                else:
-                    self.lines.append(line)
+            for block in iter(lambda: self.process.stderr.read1(1 << 16), b""):
+                self.reply.feed(block)
+            self.reply.close()
         finally:
             if self.process.wait() != 0 and not failed.is_set():
                 self.failed = True
             if self.process.returncode != 0:
                 failed.set()
             self.over.set()
+
+    def _progress(self, done, _total) -> None:
+        if done is not None:
+            self.progress.each[self.index] = done
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -176,7 +177,7 @@ class _Child:
     def result(self) -> dict:
         """The share's result; raises the error it reported."""
         self.over.wait()
-        return parse_reply("\n".join(self.lines), self.process.returncode)
+        return self.reply.outcome(self.process.returncode)
 
     def close(self) -> None:
         self.process.wait()

@@ -124,20 +124,21 @@ class Command:
 
     def finish(self) -> dict:
         """Close, and return the reply of a reductio.worker command, or raise its error."""
-        code = self.close()
-        if self.ended is not None:
-            raise self.ended
-        self._check_exit(code)
+        code = self._ended_code()
         return self.reply.outcome(code)
 
     def finished(self) -> Finished:
         """Close, and return a plain command's outcome."""
+        code = self._ended_code()
+        return Finished(code, self._stdout.decode("utf-8", "replace"), "\n".join(self.reply.tail))
+
+    def _ended_code(self) -> int:
+        """Close; the exit code, unless the command was stopped from outside or its connection went."""
         code = self.close()
         if self.ended is not None:
             raise self.ended
         self._check_exit(code)
-        tail = "\n".join(self.reply.tail)
-        return Finished(code, self._stdout.decode("utf-8", "replace"), tail)
+        return code
 
     def end(self, why: ReductioError, kill: bool = True) -> None:
         """Stop the command from outside (the worker is lost, or the step abandoned); ``why`` is its error.
