@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.delivery import _streams, send_order
+from reductio.delivery import _kex_options, _streams, send_order
 from reductio.machine import cores_each
 
 
@@ -95,3 +96,16 @@ def test_a_sender_serves_fewer_destinations_at_once_when_other_workers_share_its
     assert _streams({"streams": 7, "sharing": 16}) == 7  # scatter_streams, as configured
     assert _streams({"sharing": 1}) == min(4, cores_each(1))
     assert _streams({"sharing": cores_each(1) * 8}) == 1  # 16 loopback workers on two cores, as in the bench
+
+
+def test_scatter_offers_every_key_exchange_of_its_ssh_with_the_slow_post_quantum_one_last():
+    defaults = subprocess.run(["ssh", "-G", "-F", "/dev/null", "x.invalid"], capture_output=True, text=True).stdout
+    offered = next(line.split()[1] for line in defaults.splitlines() if line.startswith("kexalgorithms ")).split(",")
+    options = _kex_options()
+    if not any(name.startswith("sntrup761") for name in offered):  # OpenSSH 9.9 on: its own order stands
+        assert options == ()
+        return
+    assert options[0] == "-o" and options[1].startswith("KexAlgorithms=")
+    ours = options[1].split("=", 1)[1].split(",")
+    assert sorted(ours) == sorted(offered)
+    assert [name.startswith("sntrup761") for name in ours] == sorted(name.startswith("sntrup761") for name in ours)
