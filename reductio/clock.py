@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict
 
 
 class Clock:
@@ -17,7 +16,7 @@ class Clock:
     def __init__(self) -> None:
         self.wall, self.cpu = time.time(), _cpu_seconds()
 
-    def counters(self) -> Dict[str, float]:
+    def counters(self) -> dict[str, float]:
         return {"seconds": round(time.time() - self.wall, 3), "cpu seconds": round(_cpu_seconds() - self.cpu, 3)}
 
 

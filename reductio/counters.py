@@ -15,9 +15,8 @@ workers and prints them with the step's built-in counters.
 
 from __future__ import annotations
 
-from typing import Dict
 
-_counts: Dict[str, int] = {}
+_counts: dict[str, int] = {}
 
 
 def increment(name: str, amount: int = 1) -> None:
@@ -27,6 +26,6 @@ def increment(name: str, amount: int = 1) -> None:
     _counts[name] = _counts.get(name, 0) + amount
 
 
-def snapshot() -> Dict[str, int]:
+def snapshot() -> dict[str, int]:
     """The counts so far in this process."""
     return dict(_counts)

@@ -1,11 +1,9 @@
-"""Files between workers: scatter's ``send`` and every worker's ``receive`` (worker side, standard library only).
+"""Scatter's ``send``: partition i of the source goes to worker i (worker side, standard library only).
 
-``receive`` takes a framed stream (framing.py) on stdin: every file one
-sender has for this worker, or one shard of ``load``. ``send`` is scatter's
-sender: partition i of the source goes to worker i. Its own partition is
-hard-linked; a local destination is written directly; an SSH destination
-gets one connection carrying all of its files, through the worker's own
-``ssh`` with the cluster key. At most ``streams`` destinations are served
+The other end is receiving.py. A sender's own partition is hard-linked; a
+local destination is written directly; an SSH destination gets one
+connection carrying all of its files, through the worker's own ``ssh``
+with the cluster key. At most ``streams`` destinations are served
 at once, in an order that starts after the sender itself, so the senders do
 not all call on the same receiver first; a connection that is refused or
 dropped before it finished is tried again with doubling delays.
@@ -13,18 +11,15 @@ dropped before it finished is tried again with doubling delays.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
 
-from reductio import framing, heartbeat
+from reductio import framing
 from reductio.clock import Clock
 from reductio.errors import DatasetError, ReductioError
 from reductio.machine import cores_each
@@ -49,28 +44,6 @@ _RETRYABLE = ("Connection refused", "Connection closed by", "Connection reset", 
               "Broken pipe")
 
 
-def step_receive(params: dict) -> dict:
-    """Take a framed stream of files into an attempt (load, initialize, scatter, the head's relay)."""
-    home = Home(params["home"])
-    folder = home.attempt_dir(params["attempt"])
-    _widen_pipe(0)
-    return {"files": framing.receive(framing.Reader(lambda size: heartbeat.read(0, size)), folder)}
-
-
-def _widen_pipe(fd: int) -> None:
-    """Let a pipe hold 1 MB, not 64 KB: sshd then hands data over in fewer, larger writes (a third faster here)."""
-    if _F_SETPIPE_SZ is None:
-        return
-    try:
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
-    except OSError:  # not a pipe, or above the system's pipe-max-size: the default size still works
-        pass
-
-
-# Linux only; named in fcntl from Python 3.10.
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform.startswith("linux") else None)
-
-
 def step_send(params: dict) -> dict:
     """Scatter's sender: partition i of the source goes to destination i.
 
@@ -89,13 +62,13 @@ def step_send(params: dict) -> dict:
             f"dataset {source!r} has {marker.get('partitions') or 'no'} partitions,"
             f" the cluster has {len(destinations)} workers; re-run the step that made it"
         )
-    by_index: Dict[int, List[Path]] = {}
+    by_index: dict[int, list[Path]] = {}
     for path in files:
         by_index.setdefault(partition_of_file(path.name), []).append(path)
     own = int(params["self"])
     attempt = params["attempt"]
-    sent: Dict[str, dict] = {}
-    relay: Dict[str, dict] = {}
+    sent: dict[str, dict] = {}
+    relay: dict[str, dict] = {}
     if own in by_index:
         sent[str(own)] = _link(home, by_index.pop(own), attempt, marker)
     for index, paths in list(by_index.items()):
@@ -119,12 +92,12 @@ def _streams(params: dict) -> int:
     return min(DEFAULT_STREAMS, cores_each(params.get("sharing")))
 
 
-def send_order(own: int, indices, count: int) -> List[int]:
+def send_order(own: int, indices, count: int) -> list[int]:
     """Destinations starting with the one after the sender: at any moment each receiver serves a few senders."""
     return sorted(indices, key=lambda index: (index - own) % count)
 
 
-def _link(home: Home, paths: List[Path], attempt: str, marker: dict) -> Dict[str, dict]:
+def _link(home: Home, paths: list[Path], attempt: str, marker: dict) -> dict[str, dict]:
     """A worker's own partition never leaves the disk: hard links into the attempt."""
     folder = home.attempt_dir(attempt)
     for path in paths:
@@ -142,11 +115,11 @@ class _Sender:
         self.home, self.attempt, self.marker = home, attempt, marker
         self.streams, self.retries, self.delay = max(1, streams), retries, delay
         self.connections = 0
-        self._running: List[subprocess.Popen] = []
+        self._running: list[subprocess.Popen] = []
         self._lock = threading.Lock()
         self._failed = threading.Event()
 
-    def send(self, work: List[tuple]) -> List[Dict[str, dict]]:
+    def send(self, work: list[tuple]) -> list[dict[str, dict]]:
         """Per (destination, files), the facts of the files now there; the first failure stops the rest."""
         if not work:
             return []
@@ -163,7 +136,7 @@ class _Sender:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _deliver(self, destination: dict, paths: List[Path]) -> Dict[str, dict]:
+    def _deliver(self, destination: dict, paths: list[Path]) -> dict[str, dict]:
         if self._failed.is_set():
             raise ReductioError("stopped: another destination failed")
         facts = {path.name: self.marker["files"][path.name] for path in paths}
@@ -173,7 +146,7 @@ class _Sender:
             return framing.receive(framing.Reader.over(pieces), folder)
         return self._over_ssh(destination, paths, facts)
 
-    def _over_ssh(self, destination: dict, paths: List[Path], facts: Dict[str, dict]) -> Dict[str, dict]:
+    def _over_ssh(self, destination: dict, paths: list[Path], facts: dict[str, dict]) -> dict[str, dict]:
         """Stream files to another worker's ``receive`` over one connection of the worker's own ssh.
 
         Only the cluster key and the host keys pinned at setup are used: no
@@ -193,7 +166,7 @@ class _Sender:
         except ReductioError as err:
             raise ReductioError(f"sending to {where} failed: {err}", err.details) from None
 
-    def _connect_and_send(self, destination: dict, paths: List[Path], facts: Dict[str, dict]):
+    def _connect_and_send(self, destination: dict, paths: list[Path], facts: dict[str, dict]):
         head = {"beat": 1.0, "dead_after": destination.get("dead_after") or 30, "stdin": "data"}
         remote = worker_command(shell_path(destination["python"]), "receive",
                                 {"home": destination["home"], "attempt": self.attempt, "head": head})
@@ -225,7 +198,7 @@ def _read_all(stream, reply: Reply) -> None:
         reply.feed(block)
 
 
-def ssh_argv(home: Home, destination: dict) -> List[str]:
+def ssh_argv(home: Home, destination: dict) -> list[str]:
     """The worker's ssh to another worker: cluster key, pinned host keys, liveness as the head's."""
     argv = [
         "ssh", "-F", "/dev/null", "-i", str(home.root / CLUSTER_KEY), "-o", "IdentitiesOnly=yes",
@@ -258,7 +231,7 @@ def _kex_options() -> tuple:
     return ("-o", "KexAlgorithms=" + ",".join([name for name in names if name not in slow] + slow))
 
 
-def liveness_options(destination: dict) -> List[str]:
+def liveness_options(destination: dict) -> list[str]:
     """ssh options that give up on a silent destination as the head would: within dead_after seconds."""
     dead_after = float(destination.get("dead_after") or 30)
     beat = max(1, int(dead_after // 3))

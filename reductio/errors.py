@@ -7,7 +7,6 @@ what helps beyond that line (the user's traceback, a worker's stderr tail).
 from __future__ import annotations
 
 import errno
-from typing import Dict
 
 
 class ReductioError(Exception):
@@ -61,7 +60,7 @@ class StepFailed(ReductioError):
     ``stopped``: how many other workers' part of the step was stopped because of them.
     """
 
-    def __init__(self, step: str, errors: Dict[str, ReductioError], total: int, stopped: int = 0) -> None:
+    def __init__(self, step: str, errors: dict[str, ReductioError], total: int, stopped: int = 0) -> None:
         self.step = step
         self.errors = errors
         lines = [f"{step} failed on {len(errors)} of {total} worker(s):"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Optional
 
 from reductio.errors import DatasetError
 
@@ -32,7 +32,7 @@ def file_header(name: str, size: int) -> bytes:
     return _line({"file": name, "bytes": size})
 
 
-def end_header(name: str, facts: Optional[dict]) -> bytes:
+def end_header(name: str, facts: dict | None) -> bytes:
     return _line({"file": name, "end": facts})
 
 
@@ -70,7 +70,7 @@ class Reader:
         pieces = iter(pieces)
         return cls(lambda _size: next(pieces, b""))
 
-    def header(self) -> Optional[dict]:
+    def header(self) -> dict | None:
         """The next frame's header, or None at the end of the stream."""
         while True:
             end = self._buffer.find(b"\n")
@@ -122,10 +122,10 @@ class _Incoming:
         self.lines += block.count(b"\n")
 
 
-def receive(reader: Reader, folder: Path) -> Dict[str, dict]:
+def receive(reader: Reader, folder: Path) -> dict[str, dict]:
     """Write every file of a framed stream into ``folder``; their facts (bytes, lines, sha256, sorted)."""
-    open_files: Dict[str, _Incoming] = {}
-    received: Dict[str, dict] = {}
+    open_files: dict[str, _Incoming] = {}
+    received: dict[str, dict] = {}
     try:
         while True:
             header = reader.header()
@@ -154,7 +154,7 @@ def receive(reader: Reader, folder: Path) -> Dict[str, dict]:
     return received
 
 
-def _finish(incoming: _Incoming, target: Path, expected: Optional[dict]) -> dict:
+def _finish(incoming: _Incoming, target: Path, expected: dict | None) -> dict:
     incoming.out.close()
     facts = {"bytes": incoming.size, "lines": incoming.lines, "sha256": incoming.digest.hexdigest(),
              "sorted": bool(expected and expected.get("sorted"))}

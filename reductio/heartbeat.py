@@ -23,15 +23,15 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from reductio.errors import ReductioError
 from reductio.protocol import ALIVE, PROGRESS, emit
 
 #: What the step reports as its progress, when it has any: a callable giving {"done": n, "total": n}.
-progress: Optional[Callable[[], dict]] = None
+progress: Callable[[], dict] | None = None
 #: Seconds of silence on a data stdin after which the sender counts as gone (None: wait forever).
-dead_after: Optional[float] = None
+dead_after: float | None = None
 
 
 def start(head: dict) -> None:
@@ -61,7 +61,7 @@ def _beat(every: float) -> None:
             emit(ALIVE, {})
 
 
-def _watch(silence: Optional[float]) -> None:
+def _watch(silence: float | None) -> None:
     """Read stdin until it closes or stays silent for ``silence`` seconds; then stop everything.
 
     A beat is an empty line; any other line is a message for the step (``message()``).
@@ -88,7 +88,7 @@ def message() -> dict:
     return _messages.get()
 
 
-def _stop(why: Optional[str]) -> None:
+def _stop(why: str | None) -> None:
     if why:
         try:
             sys.stderr.write(f"reductio: {why}; stopping\n")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Dict, Iterable
 
 from reductio.errors import UserCodeError, environment_error
 from reductio.store import file_facts, partition_file
@@ -36,7 +36,7 @@ class PartitionedOutput:
         self.digests = [hashlib.sha256() for _ in range(partitions)]
         self.batches = [[] for _ in range(partitions)]
         self.appends = [batch.append for batch in self.batches]
-        self.routes: Dict[str, Callable] = {}
+        self.routes: dict[str, Callable] = {}
         self.lines = [0] * partitions
         self.sorted = [True] * partitions
         self.last = [""] * partitions
@@ -89,7 +89,7 @@ class PartitionedOutput:
         else:
             self.last[p] = keys[-1]
 
-    def close(self) -> Dict[str, dict]:
+    def close(self) -> dict[str, dict]:
         """Flush and close every file; return the marker facts for each."""
         self.flush()
         for out in self.files:

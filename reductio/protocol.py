@@ -23,7 +23,6 @@ import shlex
 import signal
 import sys
 from collections import deque
-from typing import Deque
 
 from reductio.errors import ReductioError
 
@@ -69,7 +68,7 @@ class Reply:
         self.on_progress, self.on_result = on_progress, on_result
         self.result = self.error = None
         self.first = None  # the first result: a step held open for its verdict reports twice
-        self.tail: Deque[str] = deque(maxlen=_TAIL)
+        self.tail: deque[str] = deque(maxlen=_TAIL)
         self._pending = bytearray()
         self._skipping = False  # inside a line already cut at MAX_REPLY_LINE
 

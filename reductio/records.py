@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Tuple
 
 from reductio.errors import InputError, UserCodeError
 
@@ -80,7 +80,7 @@ def read_lines(path: Path, start: int = 0, end: int = None) -> Iterator[str]:
             raise decode_error(path) from None
 
 
-def split_record(line: str, path: Path, lineno: int) -> Tuple[str, str]:
+def split_record(line: str, path: Path, lineno: int) -> tuple[str, str]:
     """Split one line at its first tab; a line with no tab is an InputError."""
     key, tab, value = line.partition("\t")
     if not tab:

@@ -9,14 +9,14 @@ function is what runs anywhere else, and what those loops must agree with.
 from __future__ import annotations
 
 import builtins
-from typing import Iterable, Iterator, Tuple
+from collections.abc import Iterable, Iterator
 
 from reductio.errors import UserCodeError
 
 SUM = "reductio.reducers.sum"
 
 
-def sum(key: str, values: Iterable[str]) -> Iterator[Tuple[str, str]]:  # noqa: A001 - the name users write
+def sum(key: str, values: Iterable[str]) -> Iterator[tuple[str, str]]:  # noqa: A001 - the name users write
     """Yield ``(key, total)``: the values are whole numbers in decimal (``"1"``, ``"-20"``), the total too."""
     yield key, str(builtins.sum(integer(key, value) for value in values))
 

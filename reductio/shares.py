@@ -15,8 +15,8 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 from reductio.protocol import Reply
 from reductio.records import lines_before
@@ -24,10 +24,10 @@ from reductio.steps import unsorted
 
 MIN_SHARE = 1 << 20  # bytes: below this a process costs more to start than it saves
 
-Range = Tuple[Path, int, int]
+Range = tuple[Path, int, int]
 
 
-def cut(files: Sequence[Path], count: int, by_key: bool = False) -> List[List[Range]]:
+def cut(files: Sequence[Path], count: int, by_key: bool = False) -> list[list[Range]]:
     """Up to ``count`` shares of about equal bytes, covering every byte of ``files`` once, in order."""
     sizes = [path.stat().st_size for path in files]
     total = sum(sizes)
@@ -51,7 +51,7 @@ def cut(files: Sequence[Path], count: int, by_key: bool = False) -> List[List[Ra
     return [share for share in shares if share]
 
 
-def _locate(sizes: List[int], position: int) -> Tuple[int, int]:
+def _locate(sizes: list[int], position: int) -> tuple[int, int]:
     """(file index, offset in it) of a byte position in the files laid end to end."""
     for index, size in enumerate(sizes):
         if position < size:
@@ -70,7 +70,7 @@ def _line_start(path: Path, offset: int, _limit: int) -> int:
         return data.tell()
 
 
-def _key_start(path: Path, offset: int, limit: int) -> Optional[int]:
+def _key_start(path: Path, offset: int, limit: int) -> int | None:
     """The first start of a line at or after ``offset`` whose key differs from the line before it.
 
     None when no such line comes within ``limit`` bytes (one key that big
@@ -113,7 +113,7 @@ class Progress:
         return sum(self.each)
 
 
-def run(step: str, params: dict, shares: List[List[Range]], progress: Progress) -> List[dict]:
+def run(step: str, params: dict, shares: list[list[Range]], progress: Progress) -> list[dict]:
     """Run ``step`` once per share, each in its own process; their results, in share order.
 
     If any fails, the others are stopped and the failure of the earliest
@@ -121,7 +121,7 @@ def run(step: str, params: dict, shares: List[List[Range]], progress: Progress) 
     reported it. Each process's stdin stays open until this one ends, so
     none outlives the worker (its heartbeat watches for stdin "eof").
     """
-    children: List[_Child] = []
+    children: list[_Child] = []
     failed = threading.Event()
     try:
         for k, share in enumerate(shares):

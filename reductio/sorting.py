@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 SORT_BUFFER = "256M"
 MERGE_BUFFER = "32M"  # merging sorted inputs streams them: a big buffer buys nothing
 SIZE = re.compile(r"\d+[%bKMGT]?")
 
 
-def sort_env() -> Dict[str, str]:
+def sort_env() -> dict[str, str]:
     """The environment for sort: byte order, whatever the worker's locale."""
     env = dict(os.environ)
     env["LC_ALL"] = "C"
@@ -33,7 +33,7 @@ def sort_argv(
     merge_only: bool = False,
     buffer: str = None,
     parallel: int = None,
-) -> List[str]:
+) -> list[str]:
     """argv to sort ``inputs`` (or merge already sorted ones) into ``output`` or stdout.
 
     Temp files go to ``temp_dir`` inside the worker's home, never /tmp, so a

@@ -20,8 +20,8 @@ import sys
 import traceback
 import zlib
 from collections import _count_elements  # the C loop of Counter.update
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Tuple
 
 from reductio.errors import InputError, ReductioError, UserCodeError
 from reductio.output import BATCH, REMEMBERED
@@ -104,19 +104,19 @@ def _write_checked(output, pair, name: str) -> None:
     output.route(line[: line.index("\t")])(line)
 
 
-def map_into(mapper: Callable, name: str, records: Iterable[Tuple[str, str]], output) -> None:
+def map_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], output) -> None:
     """Call ``mapper(key, value)`` per record; its pairs go into ``output``."""
     call_into(mapper, name, records, output)
 
 
-def reduce_into(reducer: Callable, name: str, records: Iterable[Tuple[str, str]], output) -> None:
+def reduce_into(reducer: Callable, name: str, records: Iterable[tuple[str, str]], output) -> None:
     """Call ``reducer(key, values)`` once per run of equal keys, values a lazy iterator; pairs into ``output``."""
     groups = ((key, map(_value, group)) for key, group in itertools.groupby(records, _key))
     call_into(reducer, name, groups, output, on_key=True)
 
 
 def combine_into(
-    mapper: Callable, name: str, records: Iterable[Tuple[str, str]], reducer: Callable, reducer_name: str,
+    mapper: Callable, name: str, records: Iterable[tuple[str, str]], reducer: Callable, reducer_name: str,
     limit: int, output,
 ) -> None:
     """Map, pre-aggregating the pairs with ``reducer`` in bounded memory (a combiner), into ``output``.
@@ -127,7 +127,7 @@ def combine_into(
     (counts, sums, minima, sets), as Hadoop's and mrjob's combiners.
     The loop is call_into's, holding values instead of writing lines.
     """
-    held: Dict[str, list] = {}
+    held: dict[str, list] = {}
     count = 0
     for key, value in records:
         try:
@@ -162,12 +162,12 @@ def combine_into(
     _flush_held(reducer, reducer_name, held, output)
 
 
-def _flush_held(reducer: Callable, name: str, held: Dict[str, list], output) -> None:
+def _flush_held(reducer: Callable, name: str, held: dict[str, list], output) -> None:
     call_into(reducer, name, ((key, iter(values)) for key, values in held.items()), output, on_key=True)
     held.clear()
 
 
-def sum_into(mapper: Callable, name: str, records: Iterable[Tuple[str, str]], limit: int, output) -> None:
+def sum_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], limit: int, output) -> None:
     """Map with reductio.reducers.sum as the combiner: what combine_into gives with it, several times faster.
 
     collections' C loop counts each distinct (key, value) pair the mapper
@@ -176,7 +176,7 @@ def sum_into(mapper: Callable, name: str, records: Iterable[Tuple[str, str]], li
     ``limit`` distinct pairs, or at the end, each key's values are summed,
     each distinct value converted once, and one line per key is written.
     """
-    held: Dict[tuple, int] = {}
+    held: dict[tuple, int] = {}
     for key, value in records:
         before = len(held)
         try:
@@ -198,20 +198,20 @@ def sum_into(mapper: Callable, name: str, records: Iterable[Tuple[str, str]], li
     _flush_sums(held, output)
 
 
-def _flush_sums(held: Dict[tuple, int], output) -> None:
-    totals: Dict[str, int] = {}
+def _flush_sums(held: dict[tuple, int], output) -> None:
+    totals: dict[str, int] = {}
     for (key, value), times in held.items():
         totals[key] = totals.get(key, 0) + integer(key, value) * times
     output.write_all(f"{key}\t{total}\n" for key, total in totals.items())
     held.clear()
 
 
-def sum_runs_into(runs: Iterable[Tuple[str, str, int]], output) -> None:
+def sum_runs_into(runs: Iterable[tuple[str, str, int]], output) -> None:
     """reduce with reductio.reducers.sum over sorted input given as runs of equal lines: (key, value, times)."""
     output.write_all(_totals(runs))
 
 
-def _totals(runs: Iterable[Tuple[str, str, int]]) -> Iterator[str]:
+def _totals(runs: Iterable[tuple[str, str, int]]) -> Iterator[str]:
     current, total = None, 0
     for key, value, times in runs:
         if key != current:

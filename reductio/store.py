@@ -23,8 +23,8 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Dict, Iterable, List
 
 from reductio.errors import DatasetError
 
@@ -121,19 +121,19 @@ class Home:
                 raise DatasetError(f"dataset {name!r} has no {MARKER} marker; re-run the step that makes it")
             raise DatasetError(f"no dataset {name!r}") from None
 
-    def files(self, name: str, marker: dict = None) -> List[Path]:
+    def files(self, name: str, marker: dict = None) -> list[Path]:
         """The data files of a published dataset, in name order."""
         marker = marker or self.marker(name)
         folder = self.data / name
         return [folder / file for file in sorted(marker["files"])]
 
-    def datasets(self) -> List[str]:
+    def datasets(self) -> list[str]:
         """Names of the datasets published in this home."""
         if not self.data.is_dir():
             return []
         return sorted(entry.name for entry in self.data.iterdir() if not entry.name.startswith("."))
 
-    def publish(self, attempt: str, name: str, files: Dict[str, dict], facts: dict) -> dict:
+    def publish(self, attempt: str, name: str, files: dict[str, dict], facts: dict) -> dict:
         """Check an attempt holds exactly ``files`` at their sizes, then publish it as ``name``.
 
         ``files`` maps file name to ``{"bytes": ..., "lines": ...}`` as the
@@ -158,7 +158,7 @@ class Home:
             shutil.rmtree(previous, ignore_errors=True)
         return marker
 
-    def clean(self) -> List[str]:
+    def clean(self) -> list[str]:
         """Remove what crashed or abandoned steps left: unlinked versions, stale attempt folders.
 
         An attempt folder is stale when no running step holds it and nothing
@@ -229,7 +229,7 @@ def _unused(folder: Path) -> bool:
         os.close(descriptor)
 
 
-def _check_staged(staged: Path, files: Dict[str, dict]) -> None:
+def _check_staged(staged: Path, files: dict[str, dict]) -> None:
     """Every expected file present at its reported size, nothing else."""
     if not staged.is_dir():
         raise DatasetError(f"attempt folder {staged} is missing; the step did not finish here")

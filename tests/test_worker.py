@@ -398,7 +398,7 @@ def test_receive_takes_several_files_on_one_stream_and_reports_bytes_lines_and_s
 
 
 def test_receive_widens_its_stdin_pipe_to_a_megabyte_and_leaves_other_files_alone(tmp_path):
-    from reductio.delivery import _F_SETPIPE_SZ, _widen_pipe
+    from reductio.receiving import _F_SETPIPE_SZ, _widen_pipe
 
     read_end, write_end = os.pipe()
     try:

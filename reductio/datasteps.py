@@ -1,0 +1,354 @@
+"""The steps that read a dataset's files and write new ones: map, transform, reduce, sort, cat and read.
+
+Each is ``step_NAME(params) -> result`` run by worker.py in its own
+process; map, transform and reduce may run over several share processes
+(shares.py). Standard library only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+from reductio import heartbeat, reducers, shares
+from reductio.clock import Clock
+from reductio.control import source_facts
+from reductio.counters import snapshot
+from reductio.errors import DatasetError, ReductioError, UserCodeError
+from reductio.machine import cores_each
+from reductio.output import PartitionedOutput
+from reductio.records import decode_error, lines_before, open_slice, read_lines, split_record
+from reductio.shares import Range
+from reductio.sorting import sort_argv, sort_env
+from reductio.steps import (
+    check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, sum_runs_into, transform_lines,
+    unsorted,
+)
+from reductio.store import TEXT, Home, check_name, file_facts
+
+_CHUNK = 1 << 20
+
+
+class _Position:
+    """Where the step is reading: for error messages and progress reports."""
+
+    file = "?"
+    line = 0  # lines read of this file, or of this share of it
+    finished = 0  # lines of the files already read
+    path, start = None, 0  # the file, and the byte a share of it starts at
+
+    def at_file(self, path: Path, start: int = 0) -> None:
+        self.finished += self.line
+        self.path, self.file, self.line, self.start = path, path.name, 0, start
+
+    def number(self, line: int = None) -> int:
+        """A line's number as the whole file counts it: a share's lines before it are counted only for errors."""
+        line = self.line if line is None else line
+        return line + lines_before(self.path, self.start) if self.start else line
+
+    @property
+    def done(self) -> int:
+        return self.finished + self.line
+
+
+def _records(ranges: list[Range], position: _Position, text: bool):
+    """(key, value) per line; in a text dataset a line with no tab is a key with an empty value."""
+    for path, start, end in ranges:
+        position.at_file(path, start)
+        for lineno, line in enumerate(read_lines(path, start, end), 1):
+            position.line = lineno
+            key, tab, value = line.partition("\t")
+            if not tab and not text:
+                split_record(line, path, position.number())  # raises the InputError naming file and line
+            yield key, value
+
+
+def _raw_lines(ranges: list[Range], position: _Position):
+    for path, start, end in ranges:
+        position.at_file(path, start)
+        for lineno, line in enumerate(read_lines(path, start, end), 1):
+            position.line = lineno
+            yield line
+
+
+def _sorted_records(ranges: list[Range], position: _Position, text: bool):
+    """Records of sorted files, merged into one sorted stream and checked on the way.
+
+    One file or share of one (the usual case, after sort) is read by
+    _sorted_file directly. heapq.merge reads ahead, so each line carries its
+    own file and line number, and ``position`` follows what is consumed, not
+    what is read.
+    """
+    if len(ranges) == 1:
+        return _sorted_file(ranges[0], position, text)
+    return _merged_records([path for path, _, _ in ranges], position, text)
+
+
+def _merged_records(files: list[Path], position: _Position, text: bool):
+    streams = [_numbered(path) for path in files]
+    for consumed, (line, path, lineno) in enumerate(heapq.merge(*streams, key=_first), 1):
+        position.file, position.line, position.finished = path.name, lineno, consumed - lineno
+        yield _record(line, path, lineno, text)
+
+
+def _sorted_file(part: Range, position: _Position, text: bool):
+    """Records of one sorted file (or share of one): read_lines, check_sorted and split_record fused into one loop.
+
+    reduce reads every line this way, so the loop is kept flat; the
+    shared functions still phrase every error.
+    """
+    path, start, end = part
+    position.at_file(path, start)
+    previous = ""
+    with open_slice(path, start, end) as lines:
+        try:
+            for lineno, line in enumerate(lines, 1):
+                if line[-1:] == "\n":
+                    line = line[:-1]
+                position.line = lineno
+                if line < previous:
+                    raise unsorted(path.name, position.number(), line, previous)
+                previous = line
+                key, tab, value = line.partition("\t")
+                if not tab and not text:
+                    split_record(line, path, position.number())  # raises the InputError naming file and line
+                yield key, value
+        except UnicodeDecodeError:
+            raise decode_error(path) from None
+
+
+def _sorted_runs(part: Range, position: _Position, text: bool):
+    """Runs of equal lines of one sorted file (or share of one), as (key, value, times), checked as _sorted_file is.
+
+    Equal lines are found by groupby in C, so reductio.reducers.sum splits,
+    checks and converts each distinct line once, however often it repeats.
+    """
+    path, start, end = part
+    position.at_file(path, start)
+    previous = ""
+    with open_slice(path, start, end) as lines:
+        try:
+            for line, run in itertools.groupby(lines):
+                if line[-1:] == "\n":
+                    line = line[:-1]
+                if line < previous:
+                    raise unsorted(path.name, position.number(position.line + 1), line, previous)
+                previous = line
+                key, tab, value = line.partition("\t")
+                if not tab and not text:
+                    split_record(line, path, position.number(position.line + 1))  # raises, naming file and line
+                times = sum(1 for _ in run)  # counted, not listed: a run may be longer than memory
+                position.line += times
+                yield key, value, times
+        except UnicodeDecodeError:
+            raise decode_error(path) from None
+
+
+def _numbered(path: Path):
+    """(line, path, line number) of one sorted file, checked as it is read."""
+    own = _Position()
+    for line in check_sorted(_raw_lines([(path, 0, None)], own), path.name):
+        yield line, path, own.line
+
+
+def _first(item):
+    return item[0]
+
+
+def _record(line: str, path: Path, lineno: int, text: bool):
+    if text:
+        key, _, value = line.partition("\t")
+        return key, value
+    return split_record(line, path, lineno)
+
+
+def _source(home: Home, source: str):
+    marker = home.marker(check_name(source))
+    return marker, home.files(source, marker)
+
+
+def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> dict:
+    """Shared body of map, transform and reduce: read source, ``write(function, path, ranges, position, text,
+    output)`` the partitions; or, with several processes, have each do so for its share and add them up.
+
+    ``by_key``: the input is sorted and a key's lines must stay in one process.
+    """
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    if "share" in params:
+        ranges = _share(params, marker, files)
+    else:
+        count = _processes(params)
+        cuts = shares.cut(files, count, by_key) if count > 1 and (len(files) == 1 or not by_key) else []
+        if len(cuts) > 1:
+            return _run_shares(step, params, marker, cuts)
+        ranges = [(path, 0, None) for path in files]
+    function_path = params["function"]
+    function = load_function(function_path)
+    folder = home.attempt_dir(params["attempt"])
+    output = PartitionedOutput(folder, int(params["partitions"]), params["origin"])
+    position = _Position()
+    text = marker.get("format") == TEXT
+    started = Clock()
+    _report_progress(position, marker)
+    try:
+        write(function, function_path, ranges, position, text, output)
+        written = output.close()
+    except UserCodeError as err:
+        output.abandon()
+        where = f"{position.file} line {position.number()}" if position.line else position.file
+        raise UserCodeError(f"{where}: {err}", err.details) from None
+    except BaseException:
+        output.abandon()
+        raise
+    return {"files": written, "source": source_facts(marker),
+            "counters": _counters(marker, written, position.done, started)}
+
+
+def _report_progress(position, marker: dict) -> None:
+    """Let the heartbeat report input lines done (``position.done``) out of the source's lines."""
+    total = _lines_of(marker)
+    heartbeat.progress = lambda: {"done": position.done, "total": total}
+
+
+def _processes(params: dict) -> int:
+    """How many processes a step may use: as configured, else the cores it may use over the workers sharing them."""
+    if params.get("processes"):
+        return int(params["processes"])
+    return cores_each(params.get("sharing"))
+
+
+def _share(params: dict, marker: dict, files: list[Path]) -> list[Range]:
+    """The byte ranges a share process was given, refused unless the source is the version they were cut from."""
+    by_name = {path.name: path for path in files}
+    if marker.get("attempt") != params["source_attempt"] or any(
+            name not in by_name or end > marker["files"][name]["bytes"] for name, _, end in params["share"]):
+        raise DatasetError(f"dataset {params['source']!r} changed while the step was starting; run it again")
+    return [(by_name[name], int(start), int(end)) for name, start, end in params["share"]]
+
+
+def _run_shares(step: str, params: dict, marker: dict, cuts: list[list[Range]]) -> dict:
+    """The step over several processes, one per share; their files, lines and counters added up."""
+    started = Clock()
+    done = shares.Progress(len(cuts))
+    _report_progress(done, marker)
+    results = shares.run(step, dict(params, source_attempt=marker.get("attempt")), cuts, done)
+    written = {name: facts for result in results for name, facts in result["files"].items()}
+    user: dict[str, int] = {}
+    for result in results:
+        for name, count in result["counters"].items():
+            if name.startswith("user: "):
+                user[name] = user.get(name, 0) + count
+    lines_in = sum(result["counters"]["lines in"] for result in results)
+    return {"files": written, "source": source_facts(marker),
+            "counters": _counters(marker, written, lines_in, started, user)}
+
+
+def _counters(marker: dict, written: dict[str, dict], lines_in: int, started: Clock, user: dict = None) -> dict:
+    """The built-in counters of a step on one worker, and the user's (``user``: already added up)."""
+    counters = {
+        "lines in": lines_in,
+        "lines out": sum(entry["lines"] for entry in written.values()),
+        "bytes in": sum(entry["bytes"] for entry in marker["files"].values()),
+        "bytes out": sum(entry["bytes"] for entry in written.values()),
+        **started.counters(),
+    }
+    if user is None:
+        user = {f"user: {name}": count for name, count in snapshot().items()}
+    return dict(counters, **user)
+
+
+def _lines_of(marker: dict) -> int:
+    return sum(entry["lines"] for entry in marker["files"].values())
+
+
+COMBINE_LIMIT = 100_000
+
+
+def step_map(params: dict) -> dict:
+    combine = params.get("combine")
+    if not combine:
+        return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: map_into(
+            fn, name, _records(ranges, pos, text), output))
+    reducer = load_function(combine)
+    limit = int(params.get("combine_limit") or COMBINE_LIMIT)
+    if reducer is reducers.sum:
+        return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: sum_into(
+            fn, name, _records(ranges, pos, text), limit, output))
+    return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: combine_into(
+        fn, name, _records(ranges, pos, text), reducer, combine, limit, output))
+
+
+def step_transform(params: dict) -> dict:
+    return _run_function_step("transform", params, lambda fn, name, ranges, pos, text, output: output.write_all(
+        transform_lines(fn, name, _raw_lines(ranges, pos))))
+
+
+def step_reduce(params: dict) -> dict:
+    return _run_function_step("reduce", params, _reduce, by_key=True)
+
+
+def _reduce(function, name: str, ranges: list[Range], position: _Position, text: bool, output) -> None:
+    if function is reducers.sum and len(ranges) == 1:  # the usual case: one file that sort made
+        sum_runs_into(_sorted_runs(ranges[0], position, text), output)
+    else:
+        reduce_into(function, name, _sorted_records(ranges, position, text), output)
+
+
+def step_sort(params: dict) -> dict:
+    """Sort every file of the source into one file with the worker's own sort."""
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    folder = home.attempt_dir(params["attempt"])
+    sort_tmp = folder / ".sort-tmp"
+    sort_tmp.mkdir(exist_ok=True)
+    output = folder / f"sorted.{params['origin']}"
+    started = Clock()
+    try:
+        argv = sort_argv(files, sort_tmp, output=output, unique=bool(params.get("unique")),
+                         buffer=params.get("buffer"), parallel=params.get("parallel"))
+    except ValueError as err:
+        raise ReductioError(str(err)) from None
+    _run_sort(argv)
+    sort_tmp.rmdir()
+    written = {output.name: file_facts(output, is_sorted=True)}
+    return {"files": written, "source": source_facts(marker),
+            "counters": _counters(marker, written, _lines_of(marker), started)}
+
+
+def step_cat(params: dict) -> dict:
+    """Write a dataset to stdout in sorted order: merge's worker half."""
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    folder = home.attempt_dir(params["attempt"])
+    already_sorted = all(entry["sorted"] for entry in marker["files"].values())
+    sys.stdout.flush()
+    try:
+        _run_sort(sort_argv(files, folder, merge_only=already_sorted), stdout=sys.stdout.buffer)
+    finally:
+        home.discard(params["attempt"])
+    return {"source": source_facts(marker)}
+
+
+def _run_sort(argv: list[str], stdout=None) -> None:
+    done = subprocess.run(argv, env=sort_env(), stdout=stdout, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        message = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise ReductioError(f"sort failed (exit {done.returncode}): {message[-1] if message else 'no message'}")
+
+
+def step_read(params: dict) -> dict:
+    """Write one data file of a dataset to stdout: the head relays it to a worker we cannot reach."""
+    home = Home(params["home"])
+    marker, files = _source(home, params["source"])
+    (path,) = [p for p in files if p.name == params["name"]] or [None]
+    if path is None:
+        raise DatasetError(f"dataset {params['source']!r} has no file {params['name']!r}")
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(_CHUNK), b""):
+            sys.stdout.buffer.write(block)
+    sys.stdout.buffer.flush()
+    return {"source": source_facts(marker)}
