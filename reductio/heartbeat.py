@@ -66,7 +66,7 @@ def _watch(silence: float | None) -> None:
 
     A beat is an empty line; any other line is a message for the step (``message()``).
     """
-    pending = b""
+    pending = bytearray()
     while True:
         readable, _, _ = select.select([0], [], [], silence)
         if not readable:
@@ -74,10 +74,14 @@ def _watch(silence: float | None) -> None:
         data = os.read(0, 1 << 16)  # raw reads: a buffered stdin would block interpreter shutdown
         if not data:
             _stop(None)
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            if line:
-                _messages.put(json.loads(line))
+        start, end = 0, data.find(b"\n")
+        while end >= 0:  # a long message arrives in many reads: each byte is looked at once
+            pending += data[start:end]
+            if pending:
+                _messages.put(json.loads(pending))
+            pending.clear()
+            start, end = end + 1, data.find(b"\n", end + 1)
+        pending += data[start:]
 
 
 _messages: "queue.Queue[dict]" = queue.Queue()
