@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, TypeVar
 
 import reductio
-from reductio import liveness
+from reductio import liveness, session
 from reductio.config import WorkerSpec, load_workers, settings
 from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerSilent, WorkerUnreachable
 from reductio.protocol import shell_path, worker_command
@@ -59,14 +59,15 @@ class Worker:
         """Start a command in one of transport.py's modes."""
         raise NotImplementedError
 
-    def start(self, command: str, mode: str, on_progress=None, watch: bool = False) -> Command:
-        """Start a command, ended with the others of this thread's group; ``watch``: lost when silent."""
+    def start(self, command: str, mode: str, on_progress=None, watch: bool = False, grouped: bool = True) -> Command:
+        """Start a command, ended with the others of this thread's group (unless not ``grouped``);
+        ``watch``: lost when silent."""
         if self.lost is not None:
             raise self.lost
         started = self._start(command, mode, on_progress)
         with self._lock:
             self._commands = [c for c in self._commands if not c.is_over()] + [started]
-        group = liveness.current_group()
+        group = liveness.current_group() if grouped else None
         if group is not None:
             group.add(started)
         if watch:
@@ -116,7 +117,19 @@ class Worker:
         worker that fell silent is not retried: that already took dead_after.
         With ``held``, the command stays open after its result, waiting for
         its verdict (job.publish), and is put there under the worker's name.
+        A control step goes to the worker's session when it has one
+        (session.py); if that session is gone, to a command of its own.
         """
+        if held is None and on_progress is None and step in session.SERVED:
+            try:
+                control = self.session()
+                if control is not None:
+                    return control.ask(step, params)
+            except WorkerUnreachable as err:
+                if isinstance(err, WorkerSilent) or self.lost is not None:
+                    raise
+                log.debug("%s: control session: %s; running %s on its own", self.name, err, step)
+                self.end_session()
         retries, delay = self.retries
         for round_ in range(retries + 1):
             try:
@@ -137,6 +150,13 @@ class Worker:
                       file=sys.stderr, flush=True)
                 time.sleep(wait)
         raise AssertionError("unreachable")
+
+    def session(self):
+        """This worker's control session (session.py), started if need be; None where commands are cheap."""
+        return None
+
+    def end_session(self) -> None:
+        """End the control session, if there is one: the code it imported is about to change."""
 
     def open(self, step: str, params: dict, mode: str, on_progress=None) -> Command:
         """Run a data step with our end of its stdin ("w") or stdout ("r"), watched for silence."""
@@ -171,8 +191,9 @@ class SshWorker(Worker):
 
     is_local = False
     _connections: Dict[tuple, object] = {}
-    _connecting: Dict[tuple, threading.Lock] = {}  # one per host: a host that does not answer holds up no other
+    _connecting: Dict[tuple, threading.RLock] = {}  # one per host: a host that does not answer holds up no other
     _connections_lock = threading.Lock()
+    _sessions: Dict[tuple, "session.Session"] = {}  # by connection and home
 
     def __init__(self, spec: WorkerSpec, index: int, config) -> None:
         super().__init__(spec, index, config)
@@ -191,7 +212,7 @@ class SshWorker(Worker):
         """The open Fabric connection to this worker, shared by every task of this process."""
         key = self._key()
         with SshWorker._connections_lock:
-            connecting = SshWorker._connecting.setdefault(key, threading.Lock())
+            connecting = SshWorker._connecting.setdefault(key, threading.RLock())
         with connecting:
             connection = self._connections.get(key)
             if connection is None or not connection.is_connected:
@@ -202,6 +223,22 @@ class SshWorker(Worker):
 
     def _key(self) -> tuple:
         return (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename)
+
+    def session(self):
+        """One per connection and home: a login shell and a Python for each control step cost 0.3 s there."""
+        self.connection()
+        with SshWorker._connecting[self._key()]:
+            control = SshWorker._sessions.get(self._key() + (self.home,))
+            if control is None or not control.is_open():
+                command = self.command("session", {"head": self._head("beats")})
+                control = session.Session(self.start(command, "step", watch=True, grouped=False), self.name)
+                SshWorker._sessions[self._key() + (self.home,)] = control
+        return control
+
+    def end_session(self) -> None:
+        control = SshWorker._sessions.pop(self._key() + (self.home,), None)
+        if control is not None:
+            control.end()
 
     def _connect(self):
         from fabric import Connection

@@ -1,15 +1,22 @@
 """The steps that only look at or change a worker's home: check, publish, discard, prepare, delete, status.
 
 They read markers and rename folders, never a dataset's lines, so they are
-cheap; worker.py runs them as one-off commands. Standard library only.
+cheap: cheaper than the login shell and the Python that a command of their
+own costs over SSH. So besides running as one-off commands (worker.py), all
+but prepare are served by a ``session``, one long-lived command per head
+connection answering them one after another (the head's end: session.py).
+Standard library only.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
-from reductio.errors import DatasetError
+from reductio import heartbeat, steplog
+from reductio.errors import DatasetError, ReductioError, environment_error
+from reductio.protocol import ANSWER, emit
 from reductio.store import Home, check_name
 
 
@@ -76,3 +83,43 @@ def step_status(params: dict) -> dict:
 def source_facts(marker: dict) -> dict:
     """What the head needs to know of a step's source: its version and kind of lines."""
     return {key: marker.get(key) for key in ("attempt", "format", "partitions")}
+
+
+def step_session(params: dict) -> dict:
+    """Answer the head's requests for control steps until it says it is done (or hangs up: heartbeat.py).
+
+    Each request is ``{"id", "step", "params"}``; the home is always the
+    session's own, whatever a request says.
+    """
+    answered = 0
+    while True:
+        request = heartbeat.message().get("request")
+        if not isinstance(request, dict):
+            return {"answered": answered}
+        emit(ANSWER, _answer(request, params["home"]))
+        answered += 1
+
+
+def _answer(request: dict, home: str) -> dict:
+    answer = {"id": request.get("id")}
+    step = request.get("step")
+    params = dict(request.get("params") or {}, home=home)
+    started = time.time()
+    try:
+        if step not in SERVED:
+            raise ReductioError(f"a session does not run {step!r}")
+        try:
+            answer["result"] = SERVED[step](params)
+        except OSError as err:
+            raise environment_error(err) from err
+    except ReductioError as err:
+        answer["error"] = err.to_dict()
+        steplog.log(params, f"{step} failed after {time.time() - started:.1f} s: {err}")
+        return answer
+    if step not in ("check", "status"):
+        steplog.log(params, f"{step} done in {time.time() - started:.1f} s")
+    return answer
+
+
+SERVED = {"check": step_check, "publish": step_publish, "discard": step_discard, "delete": step_delete,
+          "status": step_status}

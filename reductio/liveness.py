@@ -103,7 +103,8 @@ class _Watchdog:
             time.sleep(_LOOK_EVERY)
             now = time.monotonic()
             with self._lock:
-                self._watched = [entry for entry in self._watched if not entry[0].is_over()]
+                # a command whose stderr ended says no more: whoever waits on it learns how it ended
+                self._watched = [entry for entry in self._watched if not entry[0].says_no_more()]
                 silent = [entry for entry in self._watched if now - entry[1].heard(entry[0]) > entry[2]]
             for command, worker, limit in silent:
                 error = WorkerSilent(f"no word from {worker.where()} for {limit:g} s (dead_after); it is lost")

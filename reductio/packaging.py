@@ -213,4 +213,6 @@ def deploy(cluster, name: str, sdist: Path, wheelhouse: Optional[Path] = None) -
         with tempfile.TemporaryDirectory(prefix="reductio-wheel-") as scratch:
             wheel = build_wheel(sdist, Path(scratch))
             cluster.each(f"distribute {name}", lambda w: install(w, name, sdist, wheel, digest, wheelhouse), stale)
+        for worker in stale:
+            worker.end_session()  # it imported the code just replaced
     return [w.name for w in stale]

@@ -10,6 +10,7 @@ transport (a pipe, an SSH channel) and mix safely with other stderr:
     reductio-error: {...}    a ReductioError, rebuilt on the head
     reductio-progress: {...} input lines done so far, and the total
     reductio-alive: {}       nothing new, but still here (a step with no progress to report)
+    reductio-answer: {...}   a control session's answer to request "id": its "result" or "error"
 
 The head reads a worker's stderr as it arrives through a ``Reply``: bounded
 per line and in what it keeps, so a chatty or broken worker costs the head
@@ -30,6 +31,7 @@ RESULT = "reductio-result: "
 ERROR = "reductio-error: "
 PROGRESS = "reductio-progress: "
 ALIVE = "reductio-alive: "
+ANSWER = "reductio-answer: "
 _TAIL = 20
 MAX_REPLY_LINE = 16 << 20  # bytes: a result line listing every file of a big step fits many times over
 _MAX_TAIL_LINE = 2000  # characters of an ordinary stderr line kept for error messages
@@ -66,6 +68,7 @@ class Reply:
 
     def __init__(self, on_progress=None, on_result=None) -> None:
         self.on_progress, self.on_result = on_progress, on_result
+        self.on_answer = None  # a control session's: called with each answer (session.py)
         self.result = self.error = None
         self.first = None  # the first result: a step held open for its verdict reports twice
         self.tail: deque[str] = deque(maxlen=_TAIL)
@@ -110,6 +113,8 @@ class Reply:
                 report = _payload(line, PROGRESS, cut)
                 if self.on_progress is not None:
                     self.on_progress(int(report["done"]), int(report["total"]))
+            elif line.startswith(ANSWER) and self.on_answer is not None:
+                self.on_answer(_payload(line, ANSWER, cut))
             elif line.startswith(ALIVE):
                 if self.on_progress is not None:
                     self.on_progress(None, None)

@@ -51,6 +51,7 @@ class Command:
     def __init__(self, mode: str, beat: float, on_progress=None) -> None:
         self.mode, self.beat = mode, beat
         self._answered = threading.Event()  # a first result came, or stderr ended
+        self._stderr_over = threading.Event()
         self.reply = Reply(on_progress, self._answered.set)
         self.heard = time.monotonic()
         self.ended: Optional[ReductioError] = None  # why it was stopped from outside: lost, aborted
@@ -71,6 +72,10 @@ class Command:
 
     def is_over(self) -> bool:
         return self._code is not None or self.ended is not None
+
+    def says_no_more(self) -> bool:
+        """True once the command can report nothing more: its stderr ended, or it was stopped."""
+        return self._stderr_over.is_set() or self.is_over()
 
     def write(self, data: bytes) -> None:
         """Send data to the command's stdin (mode ``w``)."""
@@ -170,6 +175,7 @@ class Command:
         try:
             self._drain(self._read_stderr, self._heard_stderr)
         finally:
+            self._stderr_over.set()
             self._answered.set()  # no result is coming any more: first_result() then finishes
 
     def _heard_stderr(self, data: bytes) -> None:

@@ -30,7 +30,7 @@ STEPS = {
     "cat": "datasteps", "read": "datasteps",
     "receive": "receiving", "send": "delivery",
     "check": "control", "publish": "control", "discard": "control", "prepare": "control",
-    "delete": "control", "status": "control",
+    "delete": "control", "status": "control", "session": "control",
 }
 
 _WRITING = ("map", "transform", "reduce", "sort", "receive", "send")
@@ -70,7 +70,7 @@ def main(argv: list = None) -> int:
     if step in _WRITING and (Home(params["home"]).tmp / params["attempt"]).is_dir():
         Home(params["home"]).finished(params["attempt"])
     emit(RESULT, result)
-    if step not in ("check", "status") and "share" not in params:  # a share's worker logs the step
+    if step not in ("check", "status", "session") and "share" not in params:  # a share's worker logs the step
         steplog.log(params, f"{step} done in {time.time() - started:.1f} s")
     return _verdict(params) if then == "publish" else 0
 

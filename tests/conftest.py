@@ -107,3 +107,4 @@ def ssh_workers(sshd_cluster, isolated_home):
     for connection in SshWorker._connections.values():
         connection.close()
     SshWorker._connections.clear()
+    SshWorker._sessions.clear()

@@ -60,6 +60,7 @@ def _close_connections():
     for connection in SshWorker._connections.values():
         connection.close()
     SshWorker._connections.clear()
+    SshWorker._sessions.clear()
 
 
 def run_job(c, data: Path, output: Path) -> None:
@@ -69,6 +70,11 @@ def run_job(c, data: Path, output: Path) -> None:
     tasks.sort(c, "here", "sorted")
     tasks.reduce(c, "reductio.reducers.sum", "sorted", "counts")
     tasks.merge(c, "counts", str(output))
+
+
+def steps_running(host) -> list:
+    """The host's reductio commands other than the head's control session."""
+    return [command for command in host.processes() if "reductio.worker session" not in command]
 
 
 def cut_during(network, job, host: int, process: str, target: str, capsys, before=None):
@@ -94,9 +100,13 @@ def cut_during(network, job, host: int, process: str, target: str, capsys, befor
     assert progress, f"no progress line named host{host} as quiet before it was declared lost"
 
     victim.heal()
+    for each in network.hosts:  # while the head lives, it keeps a control session on the hosts it still reaches
+        wait_until(lambda: not (each.processes() if each is victim else steps_running(each)), DEAD_AFTER + 10,
+                   f"the dead job's reductio processes on host{each.index} to stop ({each.processes()})", every=0.2)
+    _close_connections()  # as the head's exit does
     for each in network.hosts:
         wait_until(lambda: not each.processes(), DEAD_AFTER + 10,
-                   f"the dead job's reductio processes on host{each.index} to stop ({each.processes()})", every=0.2)
+                   f"the head's sessions on host{each.index} to stop ({each.processes()})", every=0.2)
     capsys.readouterr()
     run_job(c, data, output)
     assert output.read_bytes() == expected

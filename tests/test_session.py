@@ -1,0 +1,103 @@
+"""Control sessions: an SSH worker answers checks, publishes and discards in one long-lived command."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections import Counter
+
+from conftest import WORDJOBS, make_context, write_lines
+from reductio import tasks
+from reductio.cluster import SshWorker
+
+
+def commands_started(caplog) -> Counter:
+    """The reductio.worker steps the head started as commands of their own (its debug log names each)."""
+    return Counter(record.getMessage().split(" -m reductio.worker ")[1].split()[0]
+                   for record in caplog.records if " -m reductio.worker " in record.getMessage())
+
+
+def new_head() -> None:
+    """What a new head process starts from: no connection, no session."""
+    for connection in SshWorker._connections.values():
+        connection.close()
+    SshWorker._connections.clear()
+    SshWorker._sessions.clear()
+
+
+def word_count(c, words) -> None:
+    tasks.load(c, str(words), "text")
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "reductio.reducers.sum", "sorted", "counts")
+
+
+def test_a_rerun_with_every_step_up_to_date_starts_one_command_per_ssh_worker(ssh_workers, tmp_path, caplog, capsys):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    words = write_lines(tmp_path / "in.txt", [f"w{i % 97} w{i % 13}" for i in range(5000)])
+    word_count(c, words)
+    new_head()
+    caplog.set_level(logging.DEBUG, logger="reductio")
+    capsys.readouterr()
+    word_count(c, words)
+    assert capsys.readouterr().out.count("is up to date") == 5
+    assert commands_started(caplog) == {"session": 2}  # every check was a request to the session
+
+
+def test_a_step_asks_the_session_for_its_check_and_runs_itself_as_one_command(ssh_workers, tmp_path, caplog):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a b", "b c", "c d"])), "text")
+    caplog.set_level(logging.DEBUG, logger="reductio")
+    caplog.clear()
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    assert commands_started(caplog) == {"map": 2}  # the session, started by load, answered the checks
+    tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
+    assert sorted((tmp_path / "pairs.tsv").read_text().split()) == sorted("a 1 b 1 b 1 c 1 c 1 d 1".split())
+
+
+def test_a_session_that_died_is_replaced_by_commands_of_their_own_and_the_job_goes_on(
+        ssh_workers, sshd_cluster, tmp_path, caplog):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    words = write_lines(tmp_path / "in.txt", [f"w{i % 7}" for i in range(100)])
+    tasks.load(c, str(words), "text")
+    killed = subprocess.run(["pkill", "-KILL", "-f", "reductio.worker session"], capture_output=True)
+    assert killed.returncode == 0, "no session process was running"
+    caplog.set_level(logging.DEBUG, logger="reductio")
+    tasks.map(c, "wordjobs.words", "text", "pairs")
+    started = commands_started(caplog)
+    # each worker's check ran as a command of its own, or in a new session if the head already knew
+    assert started["map"] == 2 and started["check"] + started["session"] == 2, started
+    caplog.clear()
+    tasks.status(c)
+    assert set(commands_started(caplog)) <= {"session"}  # from now on, sessions again
+    assert all(control.is_open() for control in SshWorker._sessions.values())
+    tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
+    assert sorted((tmp_path / "pairs.tsv").read_text().split()) == sorted(
+        [f"w{i % 7}" for i in range(100)] + ["1"] * 100)
+
+
+def test_distribute_that_installs_new_code_ends_the_sessions_which_imported_the_old(ssh_workers, tmp_path):
+    ssh_workers(2)
+    project = tmp_path / "project"
+    shutil.copytree(WORDJOBS, project, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    c = make_context(project=project)
+    tasks.setup(c)
+    tasks.status(c)  # a session on each worker
+    first = dict(SshWorker._sessions)
+    assert len(first) == 2 and all(control.is_open() for control in first.values())
+    tasks.distribute(c)  # unchanged: nothing installed, the sessions stay
+    assert SshWorker._sessions == first and all(control.is_open() for control in first.values())
+    module = project / "wordjobs" / "__init__.py"
+    module.write_text(module.read_text() + "\n# a new version\n")
+    tasks.distribute(c)
+    assert not any(control.is_open() for control in first.values())
+    tasks.status(c)
+    assert all(control.is_open() and control not in first.values() for control in SshWorker._sessions.values())
