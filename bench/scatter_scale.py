@@ -1,6 +1,6 @@
 """Scatter at cluster size: the anagram job over the words file on 16 and 32 SSH workers on loopback.
 
-    python3 bench/scatter_scale.py [--workers 16,32] [--words /usr/share/dict/words]
+    python3 bench/scatter_scale.py [--workers 2,4,8,16,32] [--words /usr/share/dict/words] [--quick-shell]
 
 Starts N sshd on 127.0.0.1 as the test suite does (tests/sshd.py), sets the
 workers up in a temporary HOME, runs load -> map -> scatter -> sort -> reduce
@@ -9,6 +9,14 @@ date. Prints, per cluster size, each step's seconds (the head's, from the
 job log), scatter's connections, and the up-to-date re-run's seconds. This
 is the measurement behind "a scatter that scales" (bench README); it needs
 minutes and far more sshd than a test should start, so it is not a test.
+
+Every command ssh starts runs the account's login shell first. Here that is
+root's bash, which reads ~/.bashrc for ssh commands and runs ``pyenv init``
+there: 0.15 s of CPU per command, more than reductio's own cost of one.
+``--quick-shell`` measures workers whose shell starts quickly, as a worker
+account with the usual non-interactive guard in its .bashrc would: the
+bench's sshd sets SHLVL=1 for its sessions, and bash reads no .bashrc for a
+shell that is not the first.
 """
 
 from __future__ import annotations
@@ -31,11 +39,14 @@ from sshd import SshCluster  # noqa: E402
 FABFILE = REPO / "tests" / "_support" / "wordjobs" / "fabfile.py"  # its anagrams task
 
 
-def measure(count: int, words: Path, streams: Optional[int]) -> dict:
+def measure(count: int, words: Path, streams: Optional[int], quick_shell: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="reductio-scale-") as scratch:
         root = Path(scratch)
         (root / "sshd").mkdir()
         cluster = SshCluster(root / "sshd", count)
+        if quick_shell:
+            for daemon in cluster.daemons:
+                daemon.config.write_text(daemon.config.read_text() + "SetEnv SHLVL=1\n")
         cluster.start()
         try:
             home, work = root / "home", root / "work"
@@ -74,14 +85,16 @@ def measure(count: int, words: Path, streams: Optional[int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="16,32", help="cluster sizes, comma-separated")
+    parser.add_argument("--workers", default="2,4,8,16,32", help="cluster sizes, comma-separated")
     parser.add_argument("--words", default="/usr/share/dict/words", help="the input")
     parser.add_argument("--streams", type=int, help="scatter_streams (default: reductio's own choice)")
+    parser.add_argument("--quick-shell", action="store_true", help="workers whose login shell reads no .bashrc")
     args = parser.parse_args()
     for count in (int(n) for n in args.workers.split(",")):
-        result = measure(count, Path(args.words), args.streams)
+        result = measure(count, Path(args.words), args.streams, args.quick_shell)
         steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in result["steps"].items() if seconds)
-        print(f"{count} workers, scatter_streams {args.streams or 'unset'}: setup {result['setup']:.1f} s;"
+        shell = "quick shell" if args.quick_shell else "root's shell"
+        print(f"{count} workers, {shell}, scatter_streams {args.streams or 'unset'}: setup {result['setup']:.1f} s;"
               f" job {result['job']:.1f} s ({steps});"
               f" scatter opened {result['connections']} connections for {result['bytes crossed']:,} bytes;"
               f" re-run with every step up to date {result['up to date']:.1f} s", flush=True)
