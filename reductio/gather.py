@@ -2,11 +2,16 @@
 
 Each worker streams its part in sorted order into a temporary file beside
 the target; ``sort -m`` merges those into a temporary output that replaces
-the target only when complete. Nothing is held in memory.
+the target only when complete. Nothing is held in memory. The head then
+remembers what it wrote there (``~/.reductio/merged``), so merging the same
+version of a dataset into a file nobody touched since is skipped, as any
+other step that is up to date.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +50,7 @@ def merge_to_file(cluster, source: str, path: str) -> int:
         if done.returncode != 0:
             raise ReductioError(f"sort -m on the head failed: {done.stderr.decode('utf-8', 'replace').strip()}")
         os.replace(partial, target)
+        _remember(target, source, common_source(results, source)["attempt"])
         return target.stat().st_size
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -60,3 +66,32 @@ def _fetch(worker, source: str, attempt: str, part: Path, on_progress) -> dict:
         stream.kill()
         raise
     return stream.finish()
+
+
+def merged(path: str, source: str, version: str) -> bool:
+    """True if ``path`` holds what merging ``version`` of ``source`` wrote there, unchanged since."""
+    target = Path(path).expanduser().resolve()
+    try:
+        return json.loads(_record(target).read_text()) == _facts(target, source, version)
+    except (OSError, ValueError):  # no record, or no file: merge it
+        return False
+
+
+def _remember(target: Path, source: str, version: str) -> None:
+    record = _record(target)
+    record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = record.with_name(f".{record.name}.{new_attempt()}")
+    partial.write_text(json.dumps(_facts(target, source, version)))
+    os.replace(partial, record)
+
+
+def _record(target: Path) -> Path:
+    return Path.home() / ".reductio" / "merged" / (hashlib.sha256(str(target).encode()).hexdigest()[:32] + ".json")
+
+
+def _facts(target: Path, source: str, version: str) -> dict:
+    """What makes a merged file current: the dataset and its version, the file as it was left."""
+    stat = target.stat()
+    return {"path": str(target), "source": source, "version": version, "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+

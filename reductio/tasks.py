@@ -18,12 +18,11 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from reductio import packaging, shuffle, spread
+from reductio import gather, packaging, shuffle, spread
 from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
 from reductio.errors import ReductioError, UserCodeError
 from reductio.feedback import log_step, report_step
-from reductio.gather import merge_to_file
 from reductio.job import Survey, digest_of, run_and_publish
 from reductio.report import read_log, render
 from reductio.steps import code_digest, load_function, user_error
@@ -68,10 +67,14 @@ def _up_to_date(c, survey: Survey, facts: dict, target: str, force: bool) -> boo
         return False
     if not survey.current(facts):
         return False
-    source = f" from {facts['source']}" if "source" in facts else ""
-    _say(f"{facts['step']}: {target} is up to date{source}; skipped (--force redoes it)")
-    log_step(c.config, {"step": facts["step"], "target": target, "skipped": True, "finished": time.time()})
+    _skipped(c, facts["step"], target, facts.get("source"))
     return True
+
+
+def _skipped(c, step: str, target: str, source: str = None) -> None:
+    origin = f" from {source}" if source else ""
+    _say(f"{step}: {target} is up to date{origin}; skipped (--force redoes it)")
+    log_step(c.config, {"step": step, "target": target, "skipped": True, "finished": time.time()})
 
 
 def _dry(c, cluster, step: str, params_for) -> bool:
@@ -338,16 +341,22 @@ def sort_unique(c, source, target, force=False):
     _sort_step(c, source, target, True, force)
 
 
-@task(help={"source": _HELP_SOURCE, "path": "local file to write on the head (replaced when complete)"})
+@task(help={"source": _HELP_SOURCE, "path": "local file to write on the head (replaced when complete)",
+            "force": "merge again even if path holds this version of source, unchanged since"})
 @_reported
-def merge(c, source, path):
+def merge(c, source, path, force=False):
     """Bring source from every worker to the head, merged in sorted order into one local file."""
     check_name(source)
     cluster = Cluster.from_context(c)
     if _dry(c, cluster, "cat", lambda w: {"source": source, "attempt": "DRY-RUN"}):
         return
+    if not (force or settings(c.config).get("force")):
+        version = Survey(cluster, "merge", source, source).source["attempt"]
+        if gather.merged(path, source, version):
+            _skipped(c, "merge", path, source)
+            return
     started = time.time()
-    size = merge_to_file(cluster, source, path)
+    size = gather.merge_to_file(cluster, source, path)
     seconds = time.time() - started
     _say(f"merge: {source} -> {path} ({size:,} bytes, {seconds:.1f} s)")
     log_step(c.config, {"step": "merge", "source": source, "target": str(path), "seconds": seconds,

@@ -202,6 +202,30 @@ def test_a_rerun_skips_steps_whose_targets_are_up_to_date_and_force_redoes_them(
     assert {home.name: os.readlink(home / "data" / "pairs") for home in local_homes()} != versions
 
 
+def test_merge_is_skipped_while_the_file_holds_that_version_of_the_dataset_untouched(tmp_path, capsys):
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["b\t2", "a\t1"])), "text")
+    out = tmp_path / "out" / "merged.tsv"
+    tasks.merge(c, "text", str(out))
+    made = out.stat()
+    capsys.readouterr()
+    tasks.merge(c, "text", str(out))
+    assert f"merge: {out} is up to date from text; skipped" in capsys.readouterr().out
+    assert out.stat().st_mtime_ns == made.st_mtime_ns and out.read_text() == "a\t1\nb\t2\n"
+    out.write_text("edited by hand\n")  # a changed file is merged again
+    tasks.merge(c, "text", str(out))
+    assert "up to date" not in capsys.readouterr().out and out.read_text() == "a\t1\nb\t2\n"
+    tasks.load(c, str(tmp_path / "in.txt"), "text", force=True)  # a new version of the dataset
+    tasks.merge(c, "text", str(out))
+    assert "up to date" not in capsys.readouterr().out
+    tasks.merge(c, "text", str(out), force=True)
+    assert "up to date" not in capsys.readouterr().out
+    out.unlink()
+    tasks.merge(c, "text", str(out))
+    assert out.read_text() == "a\t1\nb\t2\n"
+
+
 def test_a_changed_input_file_or_mapper_module_redoes_the_step(tmp_path, capsys):
     project = tmp_path / "proj"
     project.mkdir()
