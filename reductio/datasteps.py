@@ -330,7 +330,7 @@ def step_cat(params: dict) -> dict:
         _run_sort(sort_argv(files, folder, merge_only=already_sorted), stdout=sys.stdout.buffer)
     finally:
         home.discard(params["attempt"])
-    return {"source": source_facts(marker)}
+    return {"source": source_facts(marker), "bytes": sum(entry["bytes"] for entry in marker["files"].values())}
 
 
 def _run_sort(argv: list[str], stdout=None) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,9 @@ _CHUNK = 1 << 20
 
 def merge_to_file(cluster, source: str, path: str) -> int:
     """Write every worker's part of ``source``, merged in sorted order, to ``path``; return its size."""
-    target = Path(path).expanduser().resolve()
+    target = _target(path)
+    if target.is_symlink():
+        raise ReductioError(f"merge target {target} is a symbolic link; give the path of the file itself")
     if target.is_dir():
         raise ReductioError(f"merge target {target} is a folder; give a file path")
     attempt = new_attempt()
@@ -49,28 +52,49 @@ def merge_to_file(cluster, source: str, path: str) -> int:
         )
         if done.returncode != 0:
             raise ReductioError(f"sort -m on the head failed: {done.stderr.decode('utf-8', 'replace').strip()}")
-        os.replace(partial, target)
+        os.chmod(partial, _mode(target))
+        os.replace(partial, target)  # a link planted meanwhile is replaced, never followed
         _remember(target, source, common_source(results, source)["attempt"])
         return target.stat().st_size
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _target(path: str) -> Path:
+    """The path as given, made absolute: a symbolic link in it is not resolved, so never replaced by its target."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _mode(target: Path) -> int:
+    """The merged file's mode: that of the file it replaces, else 0600 (as private as a worker's files)."""
+    try:
+        found = os.lstat(target)
+    except FileNotFoundError:
+        return 0o600
+    return stat.S_IMODE(found.st_mode) if stat.S_ISREG(found.st_mode) else 0o600
+
+
 def _fetch(worker, source: str, attempt: str, part: Path, on_progress) -> dict:
     stream = worker.open("cat", {"attempt": attempt, "source": source}, "r", on_progress)
+    received = 0
     try:
-        with open(part, "wb") as out:
+        with open(part, "xb") as out:
             for block in iter(lambda: stream.read(_CHUNK), b""):
                 out.write(block)
+                received += len(block)
     except BaseException:
         stream.kill()
         raise
-    return stream.finish()
+    result = stream.finish()
+    if received != result["bytes"]:
+        raise ReductioError(f"received {received:,} bytes of {source!r}, the worker's marker says {result['bytes']:,};"
+                            " nothing was written")
+    return result
 
 
 def merged(path: str, source: str, version: str) -> bool:
     """True if ``path`` holds what merging ``version`` of ``source`` wrote there, unchanged since."""
-    target = Path(path).expanduser().resolve()
+    target = _target(path)
     try:
         return json.loads(_record(target).read_text()) == _facts(target, source, version)
     except (OSError, ValueError):  # no record, or no file: merge it
@@ -91,7 +115,7 @@ def _record(target: Path) -> Path:
 
 def _facts(target: Path, source: str, version: str) -> dict:
     """What makes a merged file current: the dataset and its version, the file as it was left."""
-    stat = target.stat()
-    return {"path": str(target), "source": source, "version": version, "bytes": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    found = target.stat()
+    return {"path": str(target), "source": source, "version": version, "bytes": found.st_size,
+            "mtime_ns": found.st_mtime_ns, "inode": found.st_ino}
 

@@ -226,6 +226,48 @@ def test_merge_is_skipped_while_the_file_holds_that_version_of_the_dataset_untou
     assert out.read_text() == "a\t1\nb\t2\n"
 
 
+def test_merge_refuses_a_planted_link_and_leaves_its_target_alone(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a\t1"])), "text")
+    victim = write_lines(tmp_path / "victim", ["precious"])
+    victim.chmod(0o644)
+    (tmp_path / "counts.tsv").symlink_to(victim)
+    with pytest.raises(Exit) as failure:
+        tasks.merge(c, "text", str(tmp_path / "counts.tsv"))
+    assert "is a symbolic link" in failure.value.message
+    assert victim.read_text() == "precious\n" and (tmp_path / "counts.tsv").is_symlink()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".reductio-merge")] == []
+
+
+def test_a_merged_file_is_private_unless_it_replaces_one_with_its_own_mode(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a\t1"])), "text")
+    new, shared = tmp_path / "new.tsv", write_lines(tmp_path / "shared.tsv", ["old"])
+    shared.chmod(0o640)
+    old_umask = os.umask(0o022)
+    try:
+        tasks.merge(c, "text", str(new))
+        tasks.merge(c, "text", str(shared))
+    finally:
+        os.umask(old_umask)
+    assert new.stat().st_mode & 0o777 == 0o600
+    assert shared.stat().st_mode & 0o777 == 0o640 and shared.read_text() == "a\t1\n"
+
+
+def test_merge_writes_nothing_when_a_worker_sends_fewer_bytes_than_its_marker_holds(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(100)])), "text")
+    data = next(path for path in (local_homes()[0] / "data" / "text").resolve().iterdir() if path.name[0] != "_")
+    data.write_bytes(data.read_bytes()[:-5])  # the disk lost the end of a file after it was published
+    with pytest.raises(Exit) as failure:
+        tasks.merge(c, "text", str(tmp_path / "out.tsv"))
+    assert "local-0" in failure.value.message and "the worker's marker says" in failure.value.message
+    assert not (tmp_path / "out.tsv").exists()
+
+
 def test_a_changed_input_file_or_mapper_module_redoes_the_step(tmp_path, capsys):
     project = tmp_path / "proj"
     project.mkdir()

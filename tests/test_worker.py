@@ -357,8 +357,9 @@ def test_cat_writes_an_unsorted_dataset_sorted_to_stdout(home):
     files = {"p00000.x": ["k\t2", "b\t1", "\u00fc\t3"], "p00001.y": ["a\t9", "k\t1", "B\t0"]}
     publish_source(home, "pairs", files, "records")
     reply = run_worker("cat", {"home": str(home.root), "source": "pairs", "attempt": "c1"})
-    assert reply.result == {"source": {"attempt": "src-pairs", "format": "records", "partitions": 2}}
     everything = [line for lines in files.values() for line in lines]
+    assert reply.result == {"source": {"attempt": "src-pairs", "format": "records", "partitions": 2},
+                            "bytes": len(reply.stdout)}  # what merge checks it received
     assert reply.stdout.decode("utf-8") == "".join(line + "\n" for line in sorted(everything))
     assert not (home.tmp / "c1").exists()
 
