@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -253,11 +254,14 @@ class SshWorker(Worker):
             self.spec.host, user=self.spec.username, port=self.spec.port, connect_timeout=self.dead_after,
             connect_kwargs=connect_kwargs, config=self._config,
         )
-        for path in KNOWN_HOSTS:
-            path = os.path.expanduser(path)
-            if os.path.exists(path):
-                connection.client.load_system_host_keys(path)
-        connection.client.set_missing_host_key_policy(RejectPolicy())
+        hop = connection
+        while isinstance(hop, Connection):  # every ProxyJump hop too: Fabric's own accept any host key
+            for path in KNOWN_HOSTS:
+                path = os.path.expanduser(path)
+                if os.path.exists(path):
+                    hop.client.load_system_host_keys(path)
+            hop.client.set_missing_host_key_policy(RejectPolicy())
+            hop = hop.gateway
         with self.reaching():
             connection.open()
         _keep_alive(connection.transport, self.dead_after)
@@ -345,8 +349,11 @@ class _Reaching:
         elif isinstance(error, paramiko.AuthenticationException):
             message = f"authentication to {where} as {spec.username or 'the current user'} failed: check key_filename or ssh-agent"
         elif isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
-            message = (f"host key of {where} is unknown; verify it, then add it to ~/.ssh/known_hosts"
-                       f" (ssh-keyscan -p {spec.port or 22} {spec.host})")
+            server = re.match(r"Server '\[?([^\]']+)\]?(?::(\d+))?' not found", str(error))
+            host, port = (server.group(1), server.group(2) or "22") if server else (spec.host, spec.port or 22)
+            shown = host if str(port) == "22" else f"[{host}]:{port}"  # as known_hosts writes it: a gateway's too
+            message = (f"host key of {shown} is unknown; verify it, then add it to ~/.ssh/known_hosts"
+                       f" (ssh-keyscan -p {port} {host})")
         elif isinstance(error, (socket.timeout, TimeoutError)) or (
                 isinstance(error, paramiko.SSHException) and str(error).startswith("Timeout opening channel")):
             silent = f"cannot reach {where}: no answer within {self.worker.dead_after:g} s (dead_after)"

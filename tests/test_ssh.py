@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from invoke import Exit
+from fabric import Config as FabricConfig
+from invoke import Context, Exit
 
 from conftest import SUPPORT, WORDJOBS, make_context, write_lines
 from reductio import tasks
@@ -186,7 +187,33 @@ def test_an_unknown_host_key_is_refused_with_a_message_saying_so(ssh_workers, is
     (isolated_home / ".ssh" / "known_hosts").write_text("")
     with pytest.raises(Exit) as failure:
         tasks.status(make_context(project=WORDJOBS))
-    assert "host key of 127.0.0.1" in failure.value.message and "unknown" in failure.value.message
+    assert "host key of [127.0.0.1]:" in failure.value.message and "unknown" in failure.value.message
+
+
+def test_a_proxyjump_gateway_whose_host_key_is_unknown_is_refused_and_one_known_is_used(
+        ssh_workers, sshd_cluster, isolated_home):
+    ssh_workers(1)
+    gateway, worker = sshd_cluster.daemons[0], sshd_cluster.daemons[1]
+    Path("workers.cfg").write_text(
+        f"[ssh-1]\nhost = localhost\nport = {worker.port}\nusername = {sshd_cluster.user}\n"
+        f"key_filename = {sshd_cluster.user_key}\nhome = {sshd_cluster.homes / 'ssh-1'}\n"
+        f"authorized_keys = {sshd_cluster.authorized_keys}\n")
+    (isolated_home / ".ssh" / "config").write_text(
+        f"Host localhost\n    ProxyJump {sshd_cluster.user}@127.0.0.1:{gateway.port}\n"
+        f"Host 127.0.0.1\n    IdentityFile {sshd_cluster.user_key}\n")
+    only_worker = worker.known_hosts_line().replace("127.0.0.1", "localhost")
+    (isolated_home / ".ssh" / "known_hosts").write_text(only_worker)
+    def context():  # Fabric's own config, as the reductio program uses: it reads ~/.ssh/config
+        config = FabricConfig(overrides={"reductio": {}})
+        config.set_project_location(str(WORDJOBS))
+        return Context(config=config)
+
+    with pytest.raises(Exit) as failure:
+        tasks.status(context())
+    assert f"host key of [127.0.0.1]:{gateway.port} is unknown" in failure.value.message, failure.value.message
+    (isolated_home / ".ssh" / "known_hosts").write_text(only_worker + gateway.known_hosts_line())
+    tasks.setup(context())  # through the gateway, both keys checked
+    tasks.status(context())
 
 
 def test_a_changed_host_key_is_refused_with_a_message_saying_so(ssh_workers, sshd_cluster, isolated_home, tmp_path):
