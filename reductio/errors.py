@@ -24,7 +24,8 @@ class ReductioError(Exception):
     def from_dict(data: dict) -> "ReductioError":
         """Rebuild an error a worker reported, as its own class when known."""
         kind = _KINDS.get(data.get("kind", ""), ReductioError)
-        return kind(str(data.get("message", "unknown error")), str(data.get("details", "")))
+        return kind(printable(str(data.get("message", "unknown error"))),
+                    printable(str(data.get("details", "")), lines=True))
 
 
 class ConfigError(ReductioError):
@@ -92,3 +93,14 @@ def environment_error(err: OSError, writing=None) -> Exception:
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or writing:
         return ReductioError(f"cannot write {err.filename or writing}: {err.strerror}")
     return err
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7f, 0xa0)]}
+
+
+def printable(text: str, lines: bool = False) -> str:
+    """Text a worker sent, safe to print on the head's terminal: control characters (escape sequences,
+    carriage returns) written as ``\\xNN``; newlines and tabs kept when ``lines``."""
+    table = {code: escape for code, escape in _CONTROL.items() if not (lines and code in (0x09, 0x0a))}
+    return text.translate(table)
+

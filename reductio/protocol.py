@@ -25,7 +25,7 @@ import signal
 import sys
 from collections import deque
 
-from reductio.errors import ReductioError
+from reductio.errors import ReductioError, printable
 
 RESULT = "reductio-result: "
 ERROR = "reductio-error: "
@@ -119,7 +119,8 @@ class Reply:
                 if self.on_progress is not None:
                     self.on_progress(None, None)
             else:
-                self.tail.append(line[:_MAX_TAIL_LINE] + (" [cut]" if cut or len(line) > _MAX_TAIL_LINE else ""))
+                kept = printable(line[:_MAX_TAIL_LINE])  # it may reach the terminal in an error
+                self.tail.append(kept + (" [cut]" if cut or len(line) > _MAX_TAIL_LINE else ""))
         except (ValueError, KeyError, TypeError, RecursionError) as err:
             why = f"the worker sent a malformed reply line ({_why(err, cut)}): {line[:200]!r}"
             self.error = {"kind": "ReductioError", "message": why, "details": ""}

@@ -21,7 +21,7 @@ from invoke import Exit, task
 from reductio import gather, packaging, shuffle, spread
 from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
-from reductio.errors import ReductioError, UserCodeError
+from reductio.errors import ReductioError, UserCodeError, printable
 from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish
 from reductio.report import read_log, render
@@ -399,14 +399,19 @@ def status(c):
     for name, result in results.items():
         for dataset, facts in result["datasets"].items():
             if "error" in facts:
-                rows.append((name, dataset, "MISSING", "-", "-", "-", "-", "-", facts["error"]))
+                rows.append(_status_row(name, dataset, "MISSING", "-", "-", "-", "-", "-", facts["error"]))
             else:
                 made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(facts["published"]))
-                rows.append((name, dataset, "ok", facts["step"], facts["from"], f"{facts['files']:,}",
-                             f"{facts['lines']:,}", f"{facts['bytes']:,}", made))
+                rows.append(_status_row(name, dataset, "ok", facts["step"], facts["from"], f"{facts['files']:,}",
+                                        f"{facts['lines']:,}", f"{facts['bytes']:,}", made))
     if len(rows) == 1:
         _say("status: no datasets on any worker")
         return
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _status_row(*cells) -> tuple:
+    """A row of what workers said of their datasets, printable on a terminal whatever they said."""
+    return tuple(printable(str(cell)) for cell in cells)

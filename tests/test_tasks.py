@@ -194,3 +194,22 @@ def test_a_step_costs_each_worker_its_check_and_one_command_that_also_publishes(
         assert started == {"check": 2, step: 2}, started  # no publish command: the step's own session did it
     for home in (Path(os.environ["HOME"]) / ".reductio" / "local").iterdir():
         assert (home / "data" / "here" / "_SUCCESS").exists()
+
+
+def test_text_a_worker_sends_reaches_the_terminal_with_its_control_characters_escaped(tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "noisy.py").write_text(
+        "import sys\n"
+        "def clear(key, value):\n"
+        "    sys.stderr.write('\\x1b]0;owned\\x07 stray\\n')\n"
+        "    raise ValueError('screen \\x1b[2J cleared\\r')\n"
+        "    yield key, value\n")
+    c = make_context(1, project=project)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a\t1"])), "text")
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "noisy.clear", "text", "out")
+    message = failure.value.message
+    assert "screen \\x1b[2J cleared\\x0d" in message, message
+    assert "\x1b" not in message and "\r" not in message and "\x07" not in message
