@@ -5,16 +5,20 @@ copies it into every worker's home (mode 0600), authorizes its public half
 on every SSH worker, and writes into every home a known_hosts holding the
 SSH workers' host keys exactly as the head verified them. A worker's ssh
 then trusts nothing else: an unknown or changed host key stops the scatter.
+The key is authorized restricted and forced to the gate (gate.py): with it,
+a worker can deliver scatter files into the homes of that account and do
+nothing else.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import tempfile
 from pathlib import Path
+from typing import Dict, List
 
 from reductio.errors import ReductioError
+from reductio.gate import authorized_line
 from reductio.packaging import push
 from reductio.protocol import shell_path
 from reductio.store import CLUSTER_KEY, KNOWN_HOSTS
@@ -44,7 +48,7 @@ def cluster_key() -> Path:
 
 
 def install_trust(cluster) -> None:
-    """Give every worker the cluster key and the SSH workers' pinned host keys."""
+    """Give every worker the cluster key and the SSH workers' pinned host keys; authorize the key, gated."""
     remote = [w for w in cluster.workers if not w.is_local]
     if not remote:
         return
@@ -58,20 +62,30 @@ def install_trust(cluster) -> None:
         def give(worker):
             push(worker, key, f"{worker.home.rstrip('/')}/{CLUSTER_KEY}")
             push(worker, known_file, f"{worker.home.rstrip('/')}/{KNOWN_HOSTS}")
-            if not worker.is_local:
-                _authorize(worker, public)
 
         cluster.each("setup (cluster key)", give)
+    accounts: Dict[tuple, List] = {}
+    for worker in remote:
+        accounts.setdefault(_account(worker), []).append(worker)
+    cluster.each("setup (cluster key)", lambda w: _authorize(w, public, accounts[_account(w)]), remote)
 
 
-def _authorize(worker, public: str) -> None:
-    """Append the cluster's public key to the worker's authorized_keys, once."""
+def _account(worker) -> tuple:
+    """Workers whose homes one authorized_keys file may serve: the same user and file, on any machine,
+    since homes are often shared between machines."""
+    return (worker.spec.username, worker.spec.authorized_keys or DEFAULT_AUTHORIZED_KEYS)
+
+
+def _authorize(worker, public: str, workers: list) -> None:
+    """Authorize the cluster key on ``worker`` for the homes of ``workers`` (its account), forced to the gate.
+
+    Every worker writes the same line, replacing its earlier one: on a
+    shared file the last write stands, on separate files each gets it.
+    """
     path = worker.spec.authorized_keys or DEFAULT_AUTHORIZED_KEYS
-    target, folder = shell_path(path), shell_path(os.path.dirname(path) or ".")
-    line = shlex.quote(public)
-    result = worker.run(
-        f"umask 077 && mkdir -p {folder} && touch {target} &&"
-        f" (grep -qxF {line} {target} || echo {line} >> {target})"
-    )
-    if result.exited != 0:
-        raise ReductioError(f"cannot authorize the cluster key in {path}: {result.stderr.strip()[-300:]}")
+    pythons = [shell_path(f"{w.venv}/bin/python") for w in workers]
+    line = authorized_line(public, pythons, [shell_path(w.home) for w in workers])
+    try:
+        worker.step("authorize", {"path": path, "line": line})
+    except ReductioError as err:
+        raise ReductioError(f"cannot authorize the cluster key in {path}: {err}") from None

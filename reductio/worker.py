@@ -31,6 +31,7 @@ STEPS = {
     "receive": "receiving", "send": "delivery",
     "check": "control", "publish": "control", "discard": "control", "prepare": "control",
     "delete": "control", "status": "control", "session": "control",
+    "authorize": "gate",
 }
 
 _WRITING = ("map", "transform", "reduce", "sort", "receive", "send")
