@@ -422,6 +422,9 @@ def write_results(results: list) -> None:
             rows = [r for r in results if (r["size"], r["workload"], r["run"]) == (size, workload, run)]
             lines += _table(rows)
     lines += targets(results)
+    from scatter_scale import section  # its own results, kept in bench/scale.json
+
+    lines += [""] + section()
     (BENCH / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
