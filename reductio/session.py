@@ -15,10 +15,11 @@ import logging
 import queue
 import threading
 
+from reductio import control
 from reductio.errors import ReductioError, WorkerSilent, WorkerUnreachable
 from reductio.transport import Command
 
-SERVED = ("check", "publish", "discard", "delete", "status")
+SERVED = tuple(control.SERVED)  # the steps a session answers, as its worker end knows them
 
 log = logging.getLogger("reductio")
 
