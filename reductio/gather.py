@@ -102,11 +102,15 @@ def merged(path: str, source: str, version: str) -> bool:
 
 
 def _remember(target: Path, source: str, version: str) -> None:
+    """Note what was merged into ``target``; if that cannot be written, the next merge just runs again."""
     record = _record(target)
-    record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = record.with_name(f".{record.name}.{new_attempt()}")
-    partial.write_text(json.dumps(_facts(target, source, version)))
-    os.replace(partial, record)
+    try:
+        record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = record.with_name(f".{record.name}.{new_attempt()}")
+        partial.write_text(json.dumps(_facts(target, source, version)))
+        os.replace(partial, record)
+    except OSError:
+        pass
 
 
 def _record(target: Path) -> Path:
