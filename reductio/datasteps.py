@@ -27,7 +27,7 @@ from reductio.steps import (
     check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, sum_runs_into, transform_lines,
     unsorted,
 )
-from reductio.store import TEXT, Home, check_name, file_facts
+from reductio.store import TEXT, Home, check_name, file_facts, total
 
 _CHUNK = 1 << 20
 
@@ -210,8 +210,8 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
 
 def _report_progress(position, marker: dict) -> None:
     """Let the heartbeat report input lines done (``position.done``) out of the source's lines."""
-    total = _lines_of(marker)
-    heartbeat.progress = lambda: {"done": position.done, "total": total}
+    lines = total(marker["files"].values(), "lines")
+    heartbeat.progress = lambda: {"done": position.done, "total": lines}
 
 
 def _processes(params: dict) -> int:
@@ -251,18 +251,14 @@ def _counters(marker: dict, written: dict[str, dict], lines_in: int, started: Cl
     """The built-in counters of a step on one worker, and the user's (``user``: already added up)."""
     counters = {
         "lines in": lines_in,
-        "lines out": sum(entry["lines"] for entry in written.values()),
-        "bytes in": sum(entry["bytes"] for entry in marker["files"].values()),
-        "bytes out": sum(entry["bytes"] for entry in written.values()),
+        "lines out": total(written.values(), "lines"),
+        "bytes in": total(marker["files"].values(), "bytes"),
+        "bytes out": total(written.values(), "bytes"),
         **started.counters(),
     }
     if user is None:
         user = {f"user: {name}": count for name, count in snapshot().items()}
     return dict(counters, **user)
-
-
-def _lines_of(marker: dict) -> int:
-    return sum(entry["lines"] for entry in marker["files"].values())
 
 
 COMBINE_LIMIT = 100_000
@@ -316,7 +312,7 @@ def step_sort(params: dict) -> dict:
     sort_tmp.rmdir()
     written = {output.name: file_facts(output, is_sorted=True)}
     return {"files": written, "source": source_facts(marker),
-            "counters": _counters(marker, written, _lines_of(marker), started)}
+            "counters": _counters(marker, written, total(marker["files"].values(), "lines"), started)}
 
 
 def step_cat(params: dict) -> dict:
@@ -330,7 +326,7 @@ def step_cat(params: dict) -> dict:
         _run_sort(sort_argv(files, folder, merge_only=already_sorted), stdout=sys.stdout.buffer)
     finally:
         home.discard(params["attempt"])
-    return {"source": source_facts(marker), "bytes": sum(entry["bytes"] for entry in marker["files"].values())}
+    return {"source": source_facts(marker), "bytes": total(marker["files"].values(), "bytes")}
 
 
 def _run_sort(argv: list[str], stdout=None) -> None:

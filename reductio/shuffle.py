@@ -15,6 +15,7 @@ from reductio.config import settings
 from reductio.errors import DatasetError
 from reductio.feedback import display
 from reductio.job import common_source, discard, new_attempt, publish
+from reductio.store import total
 
 
 def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
@@ -45,16 +46,13 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
         discard(cluster, attempt, held)
         raise
     return {w.name: {"counters": {
-        "lines out": _sum(sent[w.name], "lines"), "bytes out": _sum(sent[w.name], "bytes"),
-        "lines in": _sum(arrived[w.name], "lines"), "bytes in": _sum(arrived[w.name], "bytes"),
-        "bytes crossed": _sum(sent[w.name], "bytes") - _sum(results[w.name]["sent"].get(str(w.index), {}), "bytes"),
+        "lines out": total(sent[w.name].values(), "lines"), "bytes out": total(sent[w.name].values(), "bytes"),
+        "lines in": total(arrived[w.name].values(), "lines"), "bytes in": total(arrived[w.name].values(), "bytes"),
+        "bytes crossed": (total(sent[w.name].values(), "bytes")
+                          - total(results[w.name]["sent"].get(str(w.index), {}).values(), "bytes")),
         "connections": results[w.name]["connections"],
         **results[w.name]["clock"],
     }} for w in cluster.workers}
-
-
-def _sum(files: dict, fact: str) -> int:
-    return sum(entry[fact] for entry in files.values())
 
 
 def send_params(cluster, sender, source: str) -> dict:
