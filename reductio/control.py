@@ -17,7 +17,7 @@ import time
 from reductio import heartbeat, steplog
 from reductio.errors import DatasetError, ReductioError, environment_error
 from reductio.protocol import ANSWER, emit
-from reductio.store import Home, check_name
+from reductio.store import Home, check_name, total
 
 
 def step_check(params: dict) -> dict:
@@ -71,8 +71,8 @@ def step_status(params: dict) -> dict:
         files = marker["files"].values()
         datasets[name] = {
             "files": len(marker["files"]),
-            "lines": sum(entry["lines"] for entry in files),
-            "bytes": sum(entry["bytes"] for entry in files),
+            "lines": total(files, "lines"),
+            "bytes": total(files, "bytes"),
             "step": marker.get("step", "?"),
             "from": marker.get("source") or marker.get("path") or marker.get("function") or "",
             "published": marker.get("published", 0),
@@ -96,12 +96,13 @@ def step_session(params: dict) -> dict:
         request = heartbeat.message().get("request")
         if not isinstance(request, dict):
             return {"answered": answered}
-        emit(ANSWER, _answer(request, params["home"]))
+        emit(ANSWER, answer(request, params["home"]))
         answered += 1
 
 
-def _answer(request: dict, home: str) -> dict:
-    answer = {"id": request.get("id")}
+def answer(request: dict, home: str) -> dict:
+    """Run one control step ``{"step", "params"}`` in ``home``: ``{"id", "result"}`` or ``{"id", "error"}``, logged."""
+    reply = {"id": request.get("id")}
     step = request.get("step")
     params = dict(request.get("params") or {}, home=home)
     started = time.time()
@@ -109,16 +110,16 @@ def _answer(request: dict, home: str) -> dict:
         if step not in SERVED:
             raise ReductioError(f"a session does not run {step!r}")
         try:
-            answer["result"] = SERVED[step](params)
+            reply["result"] = SERVED[step](params)
         except OSError as err:
             raise environment_error(err) from err
     except ReductioError as err:
-        answer["error"] = err.to_dict()
+        reply["error"] = err.to_dict()
         steplog.log(params, f"{step} failed after {time.time() - started:.1f} s: {err}")
-        return answer
+        return reply
     if step not in ("check", "status"):
         steplog.log(params, f"{step} done in {time.time() - started:.1f} s")
-    return answer
+    return reply
 
 
 SERVED = {"check": step_check, "publish": step_publish, "discard": step_discard, "delete": step_delete,

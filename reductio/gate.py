@@ -139,7 +139,8 @@ def authorized_line(public: str, pythons: list, homes: list) -> str:
     command = (f"for python in {' '.join(pythons)}; do test -x \"$python\" &&"
                f" exec \"$python\" -I -m reductio.gate {' '.join(homes)}; done;"
                " echo 'reductio gate: no reductio environment on this machine' >&2; exit 1")
-    return f'restrict,command="{command.replace(chr(34), chr(92) + chr(34))}" {public}'
+    escaped = command.replace('"', '\\"')
+    return f'restrict,command="{escaped}" {public}'
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 import time
 
 from reductio import heartbeat, steplog
+from reductio.control import answer
 from reductio.errors import ReductioError, environment_error
 from reductio.protocol import ERROR, RESULT, emit
 from reductio.store import Home
@@ -82,18 +83,11 @@ def _verdict(params: dict) -> int:
     The head's only other answer is to hang up (then it discards the attempt itself).
     """
     verdict = heartbeat.message()["publish"]
-    started = time.time()
-    try:
-        try:
-            result = step_function("publish")(dict(verdict, home=params["home"], attempt=params["attempt"]))
-        except OSError as err:
-            raise environment_error(err) from err
-    except ReductioError as err:
-        emit(ERROR, err.to_dict())
-        steplog.log(params, f"publish failed: {err}")
+    published = answer({"step": "publish", "params": dict(verdict, attempt=params["attempt"])}, params["home"])
+    if "error" in published:
+        emit(ERROR, published["error"])
         return 1
-    emit(RESULT, result)
-    steplog.log(params, f"publish done in {time.time() - started:.1f} s")
+    emit(RESULT, published["result"])
     return 0
 
 
