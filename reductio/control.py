@@ -21,7 +21,8 @@ from reductio.store import Home, check_name, total
 
 
 def step_check(params: dict) -> dict:
-    """Before a step: the target's marker (if any), the source's version, the function's code digest."""
+    """Before a step: the target's marker (if any), the source's version, the function's code digest,
+    and which of the files shipped with a command (by digest) the home lacks."""
     home = Home(params["home"])
     home.check_ready()
     target = None
@@ -35,7 +36,8 @@ def step_check(params: dict) -> dict:
     if functions:
         from reductio.steps import code_digest  # imports the user's code: only checks that name functions pay
         code = "-".join(code_digest(path) for path in functions)
-    return {"target": target, "source": source, "code": code}
+    missing = [digest for digest in params.get("shipped") or [] if not (home.shipped / digest).is_file()]
+    return {"target": target, "source": source, "code": code, "missing": missing}
 
 
 def step_publish(params: dict) -> dict:

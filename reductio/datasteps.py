@@ -7,17 +7,18 @@ process; map, transform and reduce may run over several share processes
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import subprocess
 import sys
 from pathlib import Path
 
-from reductio import heartbeat, reducers, shares
+from reductio import heartbeat, reducers, shares, streaming
 from reductio.clock import Clock
 from reductio.control import source_facts
 from reductio.counters import snapshot
-from reductio.errors import DatasetError, ReductioError, UserCodeError
+from reductio.errors import DatasetError, InputError, ReductioError, UserCodeError
 from reductio.machine import cores_each
 from reductio.output import PartitionedOutput
 from reductio.records import decode_error, lines_before, open_slice, read_lines, split_record
@@ -39,6 +40,7 @@ class _Position:
     line = 0  # lines read of this file, or of this share of it
     finished = 0  # lines of the files already read
     path, start = None, 0  # the file, and the byte a share of it starts at
+    status = ""  # what a command last said of itself (streaming.py)
 
     def at_file(self, path: Path, start: int = 0) -> None:
         self.finished += self.line
@@ -187,8 +189,8 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
             return _run_shares(step, params, marker, cuts)
         ranges = [(path, 0, None) for path in files]
     function_path = params["function"]
-    function = load_function(function_path)
     folder = home.attempt_dir(params["attempt"])
+    function = _function(function_path, params, home, folder, "function")
     output = PartitionedOutput(folder, int(params["partitions"]), params["origin"])
     position = _Position()
     text = marker.get("format") == TEXT
@@ -199,6 +201,8 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
         written = output.close()
     except UserCodeError as err:
         output.abandon()
+        if isinstance(function, streaming.Command):  # it reads ahead: where it failed is its own to say
+            raise
         where = f"{position.file} line {position.number()}" if position.line else position.file
         raise UserCodeError(f"{where}: {err}", err.details) from None
     except BaseException:
@@ -208,10 +212,23 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
             "counters": _counters(marker, written, position.done, started)}
 
 
+def _function(spec: str, params: dict, home: Home, folder: Path, role: str):
+    """The function a step names, imported; or the command it names, ready to run (streaming.py)."""
+    if streaming.command_of(spec) is not None:
+        return streaming.Command(spec, params, folder, home.shipped, role)
+    return load_function(spec)
+
+
 def _report_progress(position, marker: dict) -> None:
-    """Let the heartbeat report input lines done (``position.done``) out of the source's lines."""
+    """Let the heartbeat report input lines done (``position.done``) out of the source's lines, and a status."""
     lines = total(marker["files"].values(), "lines")
-    heartbeat.progress = lambda: {"done": position.done, "total": lines}
+
+    def report():
+        status = getattr(position, "status", "")
+        return {"done": position.done, "total": lines, "status": status} if status else {
+            "done": position.done, "total": lines}
+
+    heartbeat.progress = report
 
 
 def _processes(params: dict) -> int:
@@ -266,6 +283,8 @@ COMBINE_LIMIT = 100_000
 
 def step_map(params: dict) -> dict:
     combine = params.get("combine")
+    if streaming.command_of(params["function"]) is not None:
+        return _run_function_step("map", params, functools.partial(_map_command, params))
     if not combine:
         return _run_function_step("map", params, lambda fn, name, ranges, pos, text, output: map_into(
             fn, name, _records(ranges, pos, text), output))
@@ -278,17 +297,45 @@ def step_map(params: dict) -> dict:
         fn, name, _records(ranges, pos, text), reducer, combine, limit, output))
 
 
+def _map_command(params: dict, command, _name: str, ranges: list[Range], position: _Position, _text: bool,
+                 output) -> None:
+    """Map by a command: its output routed as it is, or through a combiner command or function."""
+    combine = params.get("combine")
+    if not combine:
+        command.map(ranges, position, output)
+    elif streaming.command_of(combine) is not None:
+        combiner = _function(combine, params, Home(params["home"]), output.folder, "combine")
+        command.map(ranges, position, output, combiner)
+    else:
+        limit = int(params.get("combine_limit") or COMBINE_LIMIT)
+        with command.pairs(ranges, position) as pairs:
+            combine_into(_pass_on, command.name, pairs, load_function(combine), combine, limit, output)
+
+
+def _pass_on(key: str, value: str):
+    """The mapper combine_into calls on a command's output: each pair as it is."""
+    return ((key, value),)
+
+
 def step_transform(params: dict) -> dict:
     return _run_function_step("transform", params, lambda fn, name, ranges, pos, text, output: output.write_all(
         transform_lines(fn, name, _raw_lines(ranges, pos))))
 
 
 def step_reduce(params: dict) -> dict:
+    if streaming.command_of(params["function"]) is not None:  # a command reads bytes: the marker vouches for order
+        marker, _ = _source(Home(params["home"]), params["source"])
+        unsorted_files = sorted(name for name, facts in marker["files"].items() if not facts.get("sorted"))
+        if unsorted_files:
+            raise InputError(f"dataset {params['source']!r} is not sorted ({unsorted_files[0]});"
+                             " run sort on it first")
     return _run_function_step("reduce", params, _reduce, by_key=True)
 
 
 def _reduce(function, name: str, ranges: list[Range], position: _Position, text: bool, output) -> None:
-    if function is reducers.sum and len(ranges) == 1:  # the usual case: one file that sort made
+    if isinstance(function, streaming.Command):
+        function.reduce(ranges, position, output)
+    elif function is reducers.sum and len(ranges) == 1:  # the usual case: one file that sort made
         sum_runs_into(_sorted_runs(ranges[0], position, text), output)
     else:
         reduce_into(function, name, _sorted_records(ranges, position, text), output)

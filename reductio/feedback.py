@@ -48,6 +48,7 @@ class Display:
         self.stream = stream or sys.stderr
         self.done: Dict[str, int] = {}
         self.total: Dict[str, int] = {}
+        self.status: Dict[str, str] = {}  # what a worker's command last said of itself (reporter:status:)
         self.started = time.time()
         self.heard: Dict[str, float] = dict.fromkeys(self.names, self.started)
         self.over: Dict[str, bool] = {}
@@ -64,18 +65,22 @@ class Display:
             threading.Thread(target=self._tick, daemon=True).start()
 
     def progress_of(self, worker_name: str):
-        """The callback a worker's reports go to: ``(done, total)``, or ``(None, None)`` for a heartbeat."""
+        """The callback a worker's reports go to: ``(done, total[, status])``, or ``(None, None)`` for a heartbeat."""
         return functools.partial(self.update, worker_name)
 
-    def update(self, worker: str, done: Optional[int], total: Optional[int]) -> None:
+    def update(self, worker: str, done: Optional[int], total: Optional[int], status: Optional[str] = None) -> None:
         with self.lock:
             self.heard[worker] = time.time()
             if done is None:
                 return
             self.done[worker], self.total[worker] = done, total
+            if status:
+                self.status[worker] = status
             if self.bars is not None:
                 bar = self.bars[worker]
                 bar.total = total
+                if status:
+                    bar.set_postfix_str(status, refresh=False)
                 bar.update(done - bar.n)
 
     def reporting(self, action):
@@ -111,7 +116,8 @@ class Display:
         rate = done / elapsed
         quiet = self.quiet()
         silent = f"; {', '.join(f'{w}: no report for {s:.0f} s' for w, s in quiet.items())}" if quiet else ""
-        parts = ", ".join(f"{w} {100 * d / self.total[w]:.0f}%" if self.total[w] else f"{w} -"
+        parts = ", ".join((f"{w} {100 * d / self.total[w]:.0f}%" if self.total[w] else f"{w} -")
+                          + (f" ({self.status[w]})" if w in self.status else "")
                           for w, d in sorted(self.done.items()))
         if len(self.total) < len(self.names):
             waiting = len(self.names) - len(self.total)

@@ -26,10 +26,11 @@ def new_attempt() -> str:
 
 
 class Survey:
-    """What every worker says before a step: its target's marker, its source's version, the code."""
+    """What every worker says before a step: its target's marker, its source's version, the code,
+    the shipped files it lacks (``shipped``: their digests)."""
 
-    def __init__(self, cluster: Cluster, what: str, target: str, source: str = None, functions=()):
-        params = {"target": target, "source": source, "functions": list(functions)}
+    def __init__(self, cluster: Cluster, what: str, target: str, source: str = None, functions=(), shipped=()):
+        params = {"target": target, "source": source, "functions": list(functions), "shipped": list(shipped)}
         self.checks = cluster.each(f"{what} (check)", lambda w: w.step("check", params))
         self.source = common_source(self.checks, source) if source else None
         codes = {check["code"] for check in self.checks.values()}

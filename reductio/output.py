@@ -31,6 +31,7 @@ class PartitionedOutput:
     """
 
     def __init__(self, folder: Path, partitions: int, origin: str) -> None:
+        self.folder = folder
         self.paths = [folder / partition_file(p, origin) for p in range(partitions)]
         self.files = [open(path, "wb") for path in self.paths]
         self.digests = [hashlib.sha256() for _ in range(partitions)]

@@ -60,7 +60,8 @@ def emit(prefix: str, payload: dict, stream=None) -> None:
 class Reply:
     """A worker command's stderr, read as it arrives: protocol lines picked out, a short tail of the rest kept.
 
-    ``on_progress(done, total)`` is called for each progress line, and
+    ``on_progress(done, total, status)`` is called for each progress line (``status``: what a command
+    said of itself, or None), and
     ``on_progress(None, None)`` for each heartbeat. A line
     longer than MAX_REPLY_LINE is cut there and the rest of it skipped, so
     no worker output grows the head's memory without bound.
@@ -112,7 +113,8 @@ class Reply:
             elif line.startswith(PROGRESS):
                 report = _payload(line, PROGRESS, cut)
                 if self.on_progress is not None:
-                    self.on_progress(int(report["done"]), int(report["total"]))
+                    status = printable(str(report["status"])[:200]) if report.get("status") else None
+                    self.on_progress(int(report["done"]), int(report["total"]), status)
             elif line.startswith(ANSWER) and self.on_answer is not None:
                 self.on_answer(_payload(line, ANSWER, cut))
             elif line.startswith(ALIVE):

@@ -103,10 +103,11 @@ def _key(line: bytes) -> bytes:
 
 
 class Progress:
-    """Input lines done, added up over the share processes (what the worker's progress thread reads)."""
+    """Input lines done, added up over the share processes, and a status (what the worker's progress thread reads)."""
 
     def __init__(self, count: int) -> None:
         self.each = [0] * count
+        self.status = ""  # what a share's command said of itself last
 
     @property
     def done(self) -> int:
@@ -166,9 +167,11 @@ class _Child:
                 failed.set()
             self.over.set()
 
-    def _progress(self, done, _total) -> None:
+    def _progress(self, done, _total, status=None) -> None:
         if done is not None:
             self.progress.each[self.index] = done
+        if status:
+            self.progress.status = status
 
     def stop(self) -> None:
         if self.process.poll() is None:

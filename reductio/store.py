@@ -7,6 +7,7 @@ Layout, the only place it is spelled out::
     HOME/tmp/ATTEMPT/                             a step's output until it is published
     HOME/cluster_key, HOME/known_hosts            how this worker reaches the others (scatter)
     HOME/venv/, HOME/dist/                        an SSH worker's Python environment and sdists
+    HOME/shipped/SHA256                           a file shipped with a command step, named by its content
 
 A step writes into ``tmp/ATTEMPT``; publishing checks every expected file is
 there whole, writes the marker, moves the folder into ``store`` and swaps the
@@ -86,6 +87,7 @@ class Home:
         self.data = self.root / "data"
         self.store = self.root / "store"
         self.tmp = self.root / "tmp"
+        self.shipped = self.root / "shipped"
 
     def prepare(self) -> None:
         """Create the home's folders, readable by the owner only."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from reductio import gather, packaging, shuffle, spread
+from reductio import gather, packaging, shipping, shuffle, spread, streaming
 from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
 from reductio.errors import ReductioError, UserCodeError, printable
@@ -39,6 +39,8 @@ _HELP_FUNCTION = "dotted path of the function, e.g. mymodule.bigrams; it must im
 _HELP_SOURCE = "name of the dataset to read"
 _HELP_TARGET = "name of the dataset to write (replaced if it exists)"
 _HELP_FORCE = "redo the step even if its target is up to date"
+_HELP_FILES = "a local file the command needs in its working folder (repeatable)"
+_HELP_ENV = "NAME=VALUE set in the command's environment (repeatable)"
 
 
 def _reported(body):
@@ -87,8 +89,10 @@ def _dry(c, cluster, step: str, params_for) -> bool:
 
 
 def _check_function(path: str) -> str:
+    if streaming.command_of(path):
+        return path
     if not isinstance(path, str) or not _FUNCTION.fullmatch(path):
-        raise UserCodeError(f"bad function path {path!r}: give package.module.function")
+        raise UserCodeError(f"bad function path {path!r}: give package.module.function, or | COMMAND")
     return path
 
 
@@ -215,9 +219,17 @@ def initialize(c, function, target, force=False):
                 spread.arrivals(received), {"function": function, "target": target, "seconds": seconds})
 
 
-def _function_step(c, step: str, function: str, source: str, target: str, force: bool, combine: str = "") -> None:
-    """map, transform and reduce: run the function on every worker, partition its output."""
+def _function_step(c, step: str, function: str, source: str, target: str, force: bool, combine: str = "",
+                   files=None, env=None) -> None:
+    """map, transform and reduce: run the function or command on every worker, partition its output."""
     functions = [_check_function(function)] + ([_check_function(combine)] if combine else [])
+    commands = [spec for spec in functions if streaming.command_of(spec) is not None]
+    if (files or env) and not commands:
+        raise UserCodeError("files and env are for a command (| COMMAND), not a Python function")
+    if combine and streaming.command_of(combine) is not None and streaming.command_of(function) is None:
+        raise UserCodeError("a combiner command needs a mapper command; give the combiner as a Python function")
+    shipped = shipping.digests(files)
+    variables = streaming.check_env(env)
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
@@ -227,38 +239,54 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     processes = found.get("processes")
 
     def params_for(worker):
-        return {"function": function, "combine": combine, "combine_limit": limit, "source": source,
-                "partitions": len(cluster), "origin": f"w{worker.index:05d}",
-                "processes": worker.spec.processes or processes, "sharing": cluster.sharing(worker)}
+        params = {"function": function, "combine": combine, "combine_limit": limit, "source": source,
+                  "partitions": len(cluster), "origin": f"w{worker.index:05d}",
+                  "processes": worker.spec.processes or processes, "sharing": cluster.sharing(worker)}
+        if commands:
+            params.update(files={name: digest for name, (_, digest) in shipped.items()}, env=variables,
+                          sort_buffer=found.get("sort_buffer"))
+        return params
 
     if _dry(c, cluster, step, params_for):
         return
     started = time.time()
-    survey = Survey(cluster, step, target, source, functions)
-    facts = {"step": step, "function": function, "code": survey.code, "source": source,
-             "source_attempt": survey.source["attempt"], "format": TEXT if step == "transform" else RECORDS,
+    survey = Survey(cluster, step, target, source, [f for f in functions if f not in commands],
+                    [digest for _, digest in shipped.values()])
+    code = survey.code
+    if commands:  # what a command runs is its text, its files and its environment
+        code = "-".join(filter(None, [code, digest_of([*commands, *sorted(f"{n}={d}" for n, (_, d) in shipped.items()),
+                                                       *sorted(f"{k}={v}" for k, v in variables.items())])]))
+    text = step == "transform" or streaming.command_of(function) is not None
+    facts = {"step": step, "function": function, "code": code, "source": source,
+             "source_attempt": survey.source["attempt"], "format": TEXT if text else RECORDS,
              "partitions": len(cluster)}
     if combine:
         facts["combine"] = combine
     if _up_to_date(c, survey, facts, target, force):
         return
+    shipping.ship(cluster, survey, shipped)
     results = run_and_publish(cluster, step, params_for, target, facts)
     seconds = time.time() - started
     report_step(c.config, f"{step}: {function} {source} -> {target} ({seconds:.1f} s)", step, results,
                 {"function": function, "source": source, "target": target, "seconds": seconds})
 
 
-@task(help={"function": _HELP_FUNCTION + "; called as function(key, value), yields (key, value) pairs",
+@task(help={"function": _HELP_FUNCTION + "; called as function(key, value), yields (key, value) pairs;"
+                         " or | COMMAND, fed the lines on stdin",
             "source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE,
-            "combine": "dotted path of a reducer that pre-aggregates map output on each worker (a combiner)"})
+            "combine": "dotted path of a reducer that pre-aggregates map output on each worker (a combiner),"
+                       " or | COMMAND",
+            "files": _HELP_FILES, "env": _HELP_ENV},
+      iterable=["files", "env"])
 @_reported
-def map(c, function, source, target, force=False, combine=""):  # noqa: A001 - the product's name for it
+def map(c, function, source, target, force=False, combine="", files=None, env=None):  # noqa: A001 - product name
     """Call function(key, value) on every record; each yielded pair goes to the partition owning its key.
 
     With ``combine``, the pairs are first pre-aggregated by that reducer in
-    bounded memory (see README "Combiners").
+    bounded memory (see README "Combiners"). ``| COMMAND`` instead of a
+    function runs a command with the lines on stdin (README "Streaming steps").
     """
-    _function_step(c, "map", function, source, target, force, combine)
+    _function_step(c, "map", function, source, target, force, combine, files, env)
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(line, out)",
@@ -266,16 +294,20 @@ def map(c, function, source, target, force=False, combine=""):  # noqa: A001 - t
 @_reported
 def transform(c, function, source, target, force=False):
     """Call function(line, out) on every raw line; out.write_pair(k, v) and out.write(line) add output."""
+    if streaming.command_of(function) is not None:
+        raise UserCodeError("transform takes a Python function; to run a command over raw lines, use map")
     _function_step(c, "transform", function, source, target, force)
 
 
-@task(help={"function": _HELP_FUNCTION + "; called as function(key, values) once per key",
+@task(help={"function": _HELP_FUNCTION + "; called as function(key, values) once per key;"
+                         " or | COMMAND, fed the sorted lines on stdin",
             "source": "name of a sorted dataset (the output of sort)", "target": _HELP_TARGET,
-            "force": _HELP_FORCE})
+            "force": _HELP_FORCE, "files": _HELP_FILES, "env": _HELP_ENV},
+      iterable=["files", "env"])
 @_reported
-def reduce(c, function, source, target, force=False):
-    """Call function(key, values) once per key of sorted input, values a lazy iterator."""
-    _function_step(c, "reduce", function, source, target, force)
+def reduce(c, function, source, target, force=False, files=None, env=None):
+    """Call function(key, values) once per key of sorted input, values a lazy iterator; or run | COMMAND."""
+    _function_step(c, "reduce", function, source, target, force, files=files, env=env)
 
 
 @task(help={"source": "a dataset made by map, transform or reduce", "target": _HELP_TARGET, "force": _HELP_FORCE})

@@ -1,0 +1,48 @@
+"""Files a command step needs, shipped to every worker once, named by their content.
+
+``map(c, "| python3 tokens.py", ..., files=["tokens.py"])``: each file goes
+to the worker's ``HOME/shipped/SHA256`` (store.py) unless the step's check
+found it there already, and the command finds it by its own name in its
+working folder. A changed file is a new digest, so the step is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, Tuple
+
+from reductio.errors import UserCodeError
+from reductio.packaging import push
+from reductio.streaming import check_file_name
+
+
+def digests(paths) -> Dict[str, Tuple[Path, str]]:
+    """name -> (local path, SHA-256) of each file to ship; a name given twice or a missing file is refused."""
+    found: Dict[str, Tuple[Path, str]] = {}
+    for given in paths or ():
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise UserCodeError(f"no file {given} to ship with the command")
+        name = check_file_name(path.name)
+        if name in found:
+            raise UserCodeError(f"two files to ship are called {name!r}: {found[name][0]} and {path}")
+        digest = hashlib.sha256()
+        with open(path, "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                digest.update(block)
+        found[name] = (path, digest.hexdigest())
+    return found
+
+
+def ship(cluster, survey, files: Dict[str, Tuple[Path, str]]) -> None:
+    """Push each file a worker's check said it lacks into its home."""
+    by_digest = {digest: path for path, digest in files.values()}
+
+    def one(worker):
+        for digest in survey.checks[worker.name].get("missing") or []:
+            push(worker, by_digest[digest], f"{worker.home.rstrip('/')}/shipped/{digest}", mode="400")
+
+    lacking = [w for w in cluster.workers if survey.checks[w.name].get("missing")]
+    if lacking:
+        cluster.each("ship files", one, lacking)

@@ -1,0 +1,275 @@
+"""Steps whose mapper, reducer or combiner is a command: the Hadoop Streaming contract.
+
+Where a step takes a function, ``"| COMMAND"`` names a shell command
+instead (``/bin/sh -c COMMAND``). It runs in a working folder of its own
+holding the files shipped with it, its PATH starting with the folder of the
+worker's Python (as in an activated environment), and reads the step's
+input lines on stdin. Each line it writes is routed by its key, the text
+before the first tab (a line with no tab is all key), and kept as written.
+On stderr, ``reporter:counter:GROUP,COUNTER,AMOUNT`` adds to a counter,
+``reporter:status:MESSAGE`` shows in the progress line, and the last other
+lines are kept for the error if it exits non-zero. A combiner command
+reads the mapper's output sorted (the worker's ``sort``, LC_ALL=C), as
+Hadoop's combiners do. Standard library only: this runs on the workers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+from reductio.counters import increment
+from reductio.errors import UserCodeError
+from reductio.sorting import sort_argv, sort_env
+
+PREFIX = "|"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
+_COUNTER = re.compile(rb"reporter:counter:([^,\n]*),([^,\n]*),(-?\d+)\s*")
+_STATUS = b"reporter:status:"
+_BLOCK = 1 << 20
+_TAIL = 20
+_MAX_STDERR_LINE = 2000
+_NOT_FOUND = 127
+_COUNTING = threading.Lock()
+
+
+def command_of(spec) -> str | None:
+    """The command that ``spec`` names (``"| COMMAND"``), or None when it is a function's dotted path."""
+    if isinstance(spec, str) and spec.startswith(PREFIX):
+        return spec[len(PREFIX):].strip()
+    return None
+
+
+def check_env(pairs) -> dict[str, str]:
+    """``["NAME=VALUE", ...]`` as a dict, refusing what is not a variable assignment."""
+    env = {}
+    for pair in pairs or ():
+        name, equals, value = str(pair).partition("=")
+        if not equals or not _ENV_NAME.fullmatch(name):
+            raise UserCodeError(f"bad environment setting {pair!r}: write NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def check_file_name(name: str) -> str:
+    """Refuse a shipped file's name that could leave the working folder."""
+    if not _FILE_NAME.fullmatch(name) or ".." in name:
+        raise UserCodeError(f"bad name for a shipped file {name!r}: use letters, digits, '_', '.', '+' and '-'")
+    return name
+
+
+class Command:
+    """One step's command on one worker: what it runs, with which files and environment, and where."""
+
+    def __init__(self, spec: str, params: dict, folder: Path, shipped: Path, role: str) -> None:
+        self.text = command_of(spec)
+        self.name = f"command {self.text!r}"
+        self.env = dict(os.environ, **(params.get("env") or {}))
+        self.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", os.defpath)
+        self.files = {check_file_name(name): shipped / digest for name, digest in (params.get("files") or {}).items()}
+        self.folder = folder / f".work-{params['origin']}-{role}"
+        self.sort_buffer = params.get("sort_buffer")
+
+    def map(self, ranges, position, output, combine: Command | None = None) -> None:
+        """Pipe the input ``ranges`` through the command (and a combiner command) into ``output``."""
+        with _Pipeline(self, _blocks(ranges, position), position, combine) as pipeline:
+            output.write_all(pipeline.lines())
+
+    def pairs(self, ranges, position) -> _Pipeline:
+        """The command's output as (key, value) pairs, for a Python combiner: use as a context manager."""
+        return _Pipeline(self, _blocks(ranges, position), position)
+
+    def reduce(self, ranges, position, output) -> None:
+        """Pipe sorted input through the command into ``output``; several sorted files are merged first."""
+        if len(ranges) == 1:
+            with _Pipeline(self, _blocks(ranges, position), position) as pipeline:
+                output.write_all(pipeline.lines())
+            return
+        merge = subprocess.Popen(sort_argv([path for path, _, _ in ranges], self.folder.parent, merge_only=True,
+                                           buffer=self.sort_buffer), stdout=subprocess.PIPE, env=sort_env())
+        try:
+            with _Pipeline(self, _merged(merge, position), position) as pipeline:
+                output.write_all(pipeline.lines())
+        finally:
+            if merge.poll() is None:
+                merge.kill()
+            merge.wait()
+            merge.stdout.close()
+        if merge.returncode:
+            raise UserCodeError(f"sort -m of the reducer's input failed (exit {merge.returncode})")
+
+    def workdir(self) -> Path:
+        """A fresh working folder holding the shipped files (links to the home's copies)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(mode=0o700)
+        for name, path in self.files.items():
+            if not path.is_file():
+                raise UserCodeError(f"shipped file {name!r} is missing on this worker; run the step again")
+            os.symlink(path, self.folder / name)
+        return self.folder
+
+
+class _Pipeline:
+    """The running processes of one command step: input fed from a thread, output read as lines.
+
+    Map with a combiner command is ``COMMAND | sort | COMBINER``; every
+    process is in the worker's process group, so a lost head stops them all.
+    """
+
+    def __init__(self, command: Command, blocks: Iterator[bytes], position, combine: Command | None = None) -> None:
+        self.command, self.position = command, position
+        self.stages: list[tuple[Command | None, subprocess.Popen, _Stderr]] = []
+        folder = command.workdir()
+        first = self._start(command, folder, subprocess.PIPE)
+        last = first
+        if combine is not None:
+            sort_tmp = folder / ".sort-tmp"
+            sort_tmp.mkdir()
+            argv = sort_argv([], sort_tmp, buffer=command.sort_buffer)  # no files: it reads stdin
+            last = self._start(None, folder, last.stdout, argv, sort_env())
+            last = self._start(combine, combine.workdir(), last.stdout)
+        for _, process, _ in self.stages[:-1]:
+            process.stdout.close()  # the next stage holds it: a stage that stops reading gets SIGPIPE
+        self.stdout = io.TextIOWrapper(last.stdout, encoding="utf-8", newline="\n")
+        self._feeder = threading.Thread(target=_feed, args=(blocks, first.stdin), daemon=True)
+        self._feeder.start()
+        self.lines_out = 0
+
+    def _start(self, command, folder, stdin, argv=None, env=None) -> subprocess.Popen:
+        argv = argv or ["/bin/sh", "-c", command.text]
+        process = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=folder,
+                                   env=env or command.env)
+        self.stages.append((command, process, _Stderr(process.stderr, self.position)))
+        return process
+
+    def lines(self) -> Iterator[str]:
+        """The last process's output lines, each ending in LF."""
+        try:
+            for line in self.stdout:
+                self.lines_out += 1
+                yield line if line[-1:] == "\n" else line + "\n"
+        except UnicodeDecodeError:
+            raise UserCodeError(f"{self._last_name()} wrote output that is not UTF-8 (line {self.lines_out + 1})")
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for line in self.lines():
+            key, _, value = line[:-1].partition("\t")
+            yield key, value
+
+    def __enter__(self) -> _Pipeline:
+        return self
+
+    def __exit__(self, kind, error, _traceback) -> None:
+        if kind is not None:
+            self._stop()
+        for _, process, stderr in self.stages:
+            process.wait()
+            stderr.join()
+        self._feeder.join()
+        self.stdout.close()
+        for command in {stage[0] for stage in self.stages if stage[0] is not None}:
+            shutil.rmtree(command.folder, ignore_errors=True)
+        if kind is None:
+            self._check()
+
+    def _stop(self) -> None:
+        for _, process, _ in self.stages:
+            if process.poll() is None:
+                process.kill()
+
+    def _check(self) -> None:
+        """Raise the failure of the stage that failed on its own: one killed by SIGPIPE only followed another."""
+        failed = [(command, process, stderr) for command, process, stderr in self.stages if process.returncode]
+        own = [stage for stage in failed if stage[1].returncode not in (-signal.SIGPIPE, 128 + signal.SIGPIPE)]
+        if own or failed:
+            raise _failure(*(own or failed)[0])
+
+    def _last_name(self) -> str:
+        return self.stages[-1][0].name
+
+
+def _blocks(ranges, position) -> Iterator[bytes]:
+    """The bytes of the input ranges, in large blocks, lines counted as they go."""
+    for path, start, end in ranges:
+        position.at_file(path, start)
+        with open(path, "rb") as data:
+            data.seek(start)
+            left = (os.fstat(data.fileno()).st_size if end is None else end) - start
+            while left > 0:
+                block = data.read(min(_BLOCK, left))
+                if not block:
+                    return
+                left -= len(block)
+                position.line += block.count(b"\n")
+                yield block
+
+
+def _merged(merge: subprocess.Popen, position) -> Iterator[bytes]:
+    """What ``sort -m`` writes, in blocks, lines counted as they go."""
+    for block in iter(lambda: merge.stdout.read1(_BLOCK), b""):
+        position.line += block.count(b"\n")
+        yield block
+
+
+def _feed(blocks: Iterator[bytes], stdin) -> None:
+    """Copy the input to the first process; one that stops reading early is judged by its exit status."""
+    try:
+        for block in blocks:
+            stdin.write(block)
+    except (BrokenPipeError, ValueError):
+        pass
+    finally:
+        try:
+            stdin.close()
+        except BrokenPipeError:
+            pass
+
+
+def _failure(command: Command | None, process: subprocess.Popen, stderr: _Stderr) -> UserCodeError:
+    """The error for a stage that exited non-zero: its command, exit code and last stderr lines."""
+    code = process.returncode
+    tail = list(stderr.tail)
+    name = command.name if command is not None else "sort (before the combiner)"
+    if code == _NOT_FOUND and command is not None:
+        return UserCodeError(f"{name}: not found ({tail[-1] if tail else 'exit 127'})")
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    last = f": {tail[-1]}" if tail else " (nothing on stderr)"
+    return UserCodeError(f"{name} {how}{last}", "\n".join(tail))
+
+
+class _Stderr:
+    """A process's stderr, read as it comes: counters and status taken out, the last other lines kept."""
+
+    def __init__(self, stream, position) -> None:
+        self.tail: deque[str] = deque(maxlen=_TAIL)
+        self._thread = threading.Thread(target=self._read, args=(stream, position), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream, position) -> None:
+        with stream:
+            while True:
+                line = stream.readline(_BLOCK)
+                if not line:
+                    return
+                counter = _COUNTER.fullmatch(line)
+                if counter:
+                    group, name, amount = (part.decode("utf-8", "replace") for part in counter.groups())
+                    with _COUNTING:  # a mapper's and a combiner's stderr are read at once
+                        increment(f"{group},{name}", int(amount))
+                elif line.startswith(_STATUS):
+                    position.status = line[len(_STATUS):].strip().decode("utf-8", "replace")[:_MAX_STDERR_LINE]
+                else:
+                    self.tail.append(line.rstrip(b"\n").decode("utf-8", "replace")[:_MAX_STDERR_LINE])
+
+    def join(self) -> None:
+        self._thread.join()

@@ -1,0 +1,227 @@
+"""Commands as mapper, reducer and combiner (the Hadoop Streaming contract), on real local workers."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from invoke import Exit
+
+from conftest import make_context, write_lines
+from reductio import tasks
+
+WORDS = ["the cat sat", "on the mat", "the end", "ünïcode wörds the"] * 250
+
+# A word-count mapper and reducer as a Hadoop Streaming user writes them: plain scripts on stdin/stdout.
+MAPPER = """\
+import sys
+for line in sys.stdin:
+    for word in line.split():
+        print(word + "\\t1")
+    sys.stderr.write("reporter:counter:words,lines,1\\n")
+sys.stderr.write("reporter:status:mapped\\n")
+"""
+REDUCER = """\
+import sys
+from itertools import groupby
+rows = (line.rstrip("\\n").split("\\t", 1) for line in sys.stdin)
+for key, group in groupby(rows, lambda row: row[0]):
+    print(f"{key}\\t{sum(int(value) for _, value in group)}")
+"""
+
+
+def homes():
+    return sorted((Path(os.environ["HOME"]) / ".reductio" / "local").iterdir())
+
+
+@pytest.fixture
+def c():
+    context = make_context(2)
+    tasks.setup(context)
+    return context
+
+
+@pytest.fixture
+def scripts(tmp_path):
+    (tmp_path / "mapper.py").write_text(MAPPER)
+    (tmp_path / "reducer.py").write_text(REDUCER)
+    return [str(tmp_path / "mapper.py"), str(tmp_path / "reducer.py")]
+
+
+def counts(path: Path) -> dict:
+    return {key: int(value) for key, value in (line.split("\t") for line in path.read_text().splitlines())}
+
+
+def expected_counts() -> dict:
+    return dict(Counter(word for line in WORDS for word in line.split()))
+
+
+def word_count(c, tmp_path, scripts, combine="", **options) -> dict:
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", WORDS)), "text")
+    tasks.map(c, "| python3 mapper.py", "text", "pairs", combine=combine, files=scripts, **options)
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "| python3 reducer.py", "sorted", "counts", files=scripts)
+    tasks.merge(c, "counts", str(tmp_path / "counts.tsv"))
+    return counts(tmp_path / "counts.tsv")
+
+
+def test_a_mapper_and_reducer_command_count_words_with_their_counters(c, tmp_path, scripts, capsys):
+    assert word_count(c, tmp_path, scripts) == expected_counts()
+    out = capsys.readouterr().out
+    assert f"words,lines: {len(WORDS):,}" in out  # reporter:counter lines summed over both workers
+
+
+def test_a_combiner_command_reads_the_mappers_output_sorted(c, tmp_path, scripts, capsys):
+    assert word_count(c, tmp_path, scripts, combine="| python3 reducer.py") == expected_counts()
+    map_table = capsys.readouterr().out.split("map: ")[1].split("scatter: ")[0]
+    total_out = int(map_table.split("total")[1].split()[1].replace(",", ""))
+    assert total_out <= 2 * len(expected_counts())  # one line per word and worker, not one per word
+
+
+def test_a_python_combiner_pre_aggregates_a_commands_output(c, tmp_path, scripts):
+    assert word_count(c, tmp_path, scripts, combine="reductio.reducers.sum") == expected_counts()
+
+
+def test_a_line_without_a_tab_is_all_key_and_kept_as_written(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"w{i}" for i in range(100)])), "text")
+    tasks.map(c, "| tr a-z A-Z", "text", "upper")
+    tasks.merge(c, "upper", str(tmp_path / "upper.txt"))
+    assert sorted((tmp_path / "upper.txt").read_text().splitlines()) == sorted(f"W{i}" for i in range(100))
+    for home in homes():  # partitioned by the whole line: each line sits in its key's partition
+        for part in (home / "data" / "upper").glob("p*"):
+            from reductio.partition import partition_of
+            assert {partition_of(line, 2) for line in part.read_text().splitlines()} <= {int(part.name[1:6])}
+
+
+def test_a_map_only_job_sets_the_environment_and_finds_its_files(c, tmp_path):
+    (tmp_path / "suffix.txt").write_text("!\n")
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a", "b", "c"])), "text")
+    tasks.map(c, '| while read w; do printf "%s\\t%s%s\\n" "$w" "$GREETING" "$(cat suffix.txt)"; done',
+              "text", "greeted", files=[str(tmp_path / "suffix.txt")], env=["GREETING=hello"])
+    tasks.merge(c, "greeted", str(tmp_path / "out.tsv"))
+    assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == [f"{w}\thello!" for w in "abc"]
+
+
+def test_a_command_runs_with_the_workers_python_first_on_path(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["x"] * 10)), "text")
+    tasks.map(c, '| python3 -c "import sys; sys.stdin.read(); print(sys.executable)"', "text", "pythons")
+    tasks.merge(c, "pythons", str(tmp_path / "out.txt"))
+    found = set((tmp_path / "out.txt").read_text().split())
+    assert found and all(os.path.dirname(p) == os.path.dirname(sys.executable) for p in found)
+
+
+def test_a_failing_command_names_worker_command_exit_code_and_stderr(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", WORDS)), "text")
+    with pytest.raises(Exit) as failed:
+        tasks.map(c, "| echo first >&2; echo 'it broke' >&2; exit 3", "text", "pairs")
+    message = str(failed.value.message)
+    assert "local-0" in message and "local-1" in message
+    assert "command \"echo first >&2; echo 'it broke' >&2; exit 3\" exited with code 3: it broke" in message
+    assert "first" in message  # the stderr tail is in the details
+    assert not any((home / "data" / "pairs").exists() for home in homes())
+    assert not any(list((home / "tmp").iterdir()) for home in homes())
+
+
+def test_a_command_that_is_not_found_is_one_clear_line(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", WORDS)), "text")
+    with pytest.raises(Exit) as failed:
+        tasks.map(c, "| no-such-mapper --fast", "text", "pairs")
+    first = str(failed.value.message).splitlines()[1]
+    assert "command 'no-such-mapper --fast': not found" in first and "exit" not in first
+
+
+def test_a_command_that_stops_reading_early_and_exits_zero_is_fine(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"line {i} " + "x" * 100 for i in range(50_000)])), "text")
+    tasks.map(c, "| head -n 1", "text", "firsts")
+    tasks.merge(c, "firsts", str(tmp_path / "out.txt"))
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == 2  # one per worker
+
+
+def test_output_that_is_not_utf8_is_refused(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a"])), "text")
+    with pytest.raises(Exit, match="not UTF-8"):
+        tasks.map(c, "| cat >/dev/null; printf 'ok\\n\\377\\n'", "text", "bad")
+
+
+def test_a_reducer_command_refuses_unsorted_input(c, tmp_path, scripts):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", WORDS)), "text")
+    tasks.map(c, "| python3 mapper.py", "text", "pairs", files=scripts)
+    with pytest.raises(Exit, match="is not sorted"):
+        tasks.reduce(c, "| python3 reducer.py", "pairs", "counts", files=scripts)
+
+
+def test_a_step_is_redone_when_a_shipped_file_changes_and_skipped_when_not(c, tmp_path, scripts, capsys):
+    word_count(c, tmp_path, scripts)
+    capsys.readouterr()
+    tasks.map(c, "| python3 mapper.py", "text", "pairs", files=scripts)
+    assert "map: pairs is up to date" in capsys.readouterr().out
+    Path(scripts[0]).write_text(MAPPER.replace('"\\t1"', '"\\t2"'))
+    tasks.map(c, "| python3 mapper.py", "text", "pairs", files=scripts)
+    assert "up to date" not in capsys.readouterr().out
+    tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
+    assert set(line.split("\t")[1] for line in (tmp_path / "pairs.tsv").read_text().splitlines()) == {"2"}
+
+
+def test_several_processes_per_worker_give_the_same_counts(tmp_path, scripts):
+    c = make_context(2, processes=3)
+    tasks.setup(c)
+    lines = [f"word{i % 5000} other{i % 7}" for i in range(300_000)]  # MIN_SHARE thrice per worker: 3 shares
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    tasks.map(c, "| python3 mapper.py", "text", "pairs", files=scripts)
+    assert len({p.name.split(".")[1] for h in homes() for p in (h / "data" / "pairs").glob("p*")}) > 2
+    tasks.scatter(c, "pairs", "here")
+    tasks.sort(c, "here", "sorted")
+    tasks.reduce(c, "| python3 reducer.py", "sorted", "counts", files=scripts)
+    tasks.merge(c, "counts", str(tmp_path / "counts.tsv"))
+    assert counts(tmp_path / "counts.tsv") == dict(Counter(w for line in lines for w in line.split()))
+
+
+def test_files_and_env_are_refused_with_a_python_function(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a"])), "text")
+    with pytest.raises(Exit, match="files and env are for a command"):
+        tasks.map(c, "wordjobs.identity", "text", "out", env=["A=1"])
+    with pytest.raises(Exit, match="bad environment setting"):
+        tasks.map(c, "| cat", "text", "out", env=["not a setting"])
+
+
+def test_the_command_line_takes_a_command_files_and_env(tmp_path, scripts):
+    import subprocess
+
+    fabfile = tmp_path / "fabfile.py"
+    fabfile.write_text(textwrap.dedent("""\
+        from reductio.tasks import *
+    """))
+    write_lines(tmp_path / "in.txt", WORDS)
+    run = lambda *argv: subprocess.run(["reductio", "-f", str(fabfile), *argv], cwd=tmp_path,  # noqa: E731
+                                       capture_output=True, text=True)
+    assert run("setup").returncode == 0
+    assert run("load", "in.txt", "text").returncode == 0
+    done = run("map", "| python3 mapper.py", "text", "pairs", "--files", scripts[0], "--env", "X=1")
+    assert done.returncode == 0, done.stderr
+    assert "words,lines: 1,000" in done.stdout
+
+
+def test_reporter_status_shows_in_the_progress_line(tmp_path, capsys):
+    c = make_context(2, progress_interval=0.2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [str(i) for i in range(40)])), "text")
+    capsys.readouterr()
+    tasks.map(c, '| while read n; do echo "reporter:status:at line $n" >&2; echo "$n"; sleep 0.05; done',
+              "text", "out")
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reductio: map: ")]
+    assert any("local-0 " in line and "% (at line " in line for line in progress), progress
+
+
+def test_commands_and_their_files_run_on_ssh_workers_next_to_a_local_one(ssh_workers, tmp_path, scripts, capsys):
+    ssh_workers(2, local=1)
+    c = make_context()
+    tasks.setup(c)
+    assert word_count(c, tmp_path, scripts, combine="| python3 reducer.py") == expected_counts()
+    capsys.readouterr()
+    tasks.map(c, "| python3 mapper.py", "text", "pairs", combine="| python3 reducer.py", files=scripts)
+    assert "map: pairs is up to date" in capsys.readouterr().out  # shipped already, same code: skipped
