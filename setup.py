@@ -19,7 +19,11 @@ setup(
     package_data={"reductio.example": ["sample-words.txt"]},
     python_requires=">=3.9",
     install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4", "setuptools>=70.1", "tqdm>=4.60"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "build>=1"]},
+    extras_require={
+        # mrjob 0.7.4 imports pipes, gone from Python 3.13's standard library (distutils comes with setuptools)
+        "mrjob": ["mrjob==0.7.4", "standard-pipes; python_version >= '3.13'"],
+        "test": ["pytest>=7", "hypothesis>=6", "build>=1", "mrjob==0.7.4", "standard-pipes; python_version >= '3.13'"],
+    },
     entry_points={"console_scripts": ["reductio = reductio.cli:program.run"]},
     classifiers=[
         "Programming Language :: Python :: 3",

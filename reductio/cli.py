@@ -14,6 +14,8 @@ even when its target is up to date. Tasks answer to their Python names
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 
 from fabric import Config, Executor
 from fabric.main import Fab
@@ -83,6 +85,42 @@ class Reductio(Fab):
             if underscored != context.name:
                 context.aliases = (*context.aliases, underscored)
         return Parser(initial=self.initial_context, contexts=contexts)
+
+
+    def run(self, argv=None, exit=True):
+        """``reductio mrjob JOB.py [its options] INPUT... --output DIR``: all after ``mrjob`` is the job's own
+        command line, but ``--output`` and ``--cat-output``, which are ours."""
+        argv = list(sys.argv if argv is None else (shlex.split(argv) if isinstance(argv, str) else argv))
+        return super().run(_job_line(argv, self._valued()), exit)
+
+    def _valued(self) -> set:
+        """The core options that take a value (so the word after one is not a task)."""
+        return {f"-{name}" if len(name) == 1 else f"--{name}"
+                for arg in self.core_args() if arg.takes_value for name in arg.names}
+
+
+def _job_line(argv: list, valued: set) -> list:
+    """argv with what follows the ``mrjob`` task folded into its ``--job`` option."""
+    position = 1
+    while position < len(argv):
+        word = argv[position]
+        if word == "mrjob":
+            break
+        position += 2 if word in valued else 1
+    else:
+        return argv
+    job, ours = [], []
+    rest = iter(argv[position + 1:])
+    for word in rest:
+        if word == "--output":
+            ours += ["--output", next(rest, "")]
+        elif word.startswith("--output="):
+            ours += ["--output", word[len("--output="):]]
+        elif word == "--cat-output":
+            ours.append("--cat-output")
+        else:
+            job.append(word)
+    return argv[:position + 1] + (["--job", shlex.join(job)] if job else []) + ours
 
 
 def make_program() -> Reductio:

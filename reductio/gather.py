@@ -41,10 +41,7 @@ def merge_to_file(cluster, source: str, path: str) -> int:
     except OSError as err:
         raise ReductioError(f"cannot write the merge into {target.parent}: {err.strerror or err}") from None
     try:
-        with display("merge", cluster) as progress:
-            results = cluster.each("merge", progress.reporting(
-                lambda w, on_progress: _fetch(w, source, attempt, work / f"part-{w.index:05d}", on_progress)))
-        common_source(results, source)
+        results = _fetch_all(cluster, "merge", source, attempt, work)
         parts = sorted(work.glob("part-*"))
         partial = work / "merged"
         done = subprocess.run(
@@ -56,6 +53,35 @@ def merge_to_file(cluster, source: str, path: str) -> int:
         os.replace(partial, target)  # a link planted meanwhile is replaced, never followed
         _remember(target, source, common_source(results, source)["attempt"])
         return target.stat().st_size
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def fetch_parts(cluster, source: str, folder: str) -> list:
+    """Write each worker's part of ``source`` (sorted) as ``part-NNNNN`` in ``folder``, as Hadoop's output folders.
+
+    The parts arrive in a hidden folder beside them and replace the folder's
+    old ``part-*`` files only once every one is complete. Returns their paths.
+    """
+    target = _target(folder)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ReductioError(f"output {target} is not a folder; give a folder path")
+    attempt = new_attempt()
+    work = target / f".reductio-parts-{attempt}"
+    try:
+        work.mkdir(mode=0o700, parents=True)
+    except OSError as err:
+        raise ReductioError(f"cannot write the output into {target}: {err.strerror or err}") from None
+    try:
+        _fetch_all(cluster, "output", source, attempt, work)
+        for old in target.glob("part-*"):
+            old.unlink()
+        parts = []
+        for part in sorted(work.glob("part-*")):
+            os.chmod(part, 0o600)
+            os.replace(part, target / part.name)
+            parts.append(target / part.name)
+        return parts
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -72,6 +98,15 @@ def _mode(target: Path) -> int:
     except FileNotFoundError:
         return 0o600
     return stat.S_IMODE(found.st_mode) if stat.S_ISREG(found.st_mode) else 0o600
+
+
+def _fetch_all(cluster, what: str, source: str, attempt: str, work: Path) -> dict:
+    """Every worker's part of ``source`` into ``work/part-NNNNN``; their results, all of one version."""
+    with display(what, cluster) as progress:
+        results = cluster.each(what, progress.reporting(
+            lambda w, on_progress: _fetch(w, source, attempt, work / f"part-{w.index:05d}", on_progress)))
+    common_source(results, source)
+    return results
 
 
 def _fetch(worker, source: str, attempt: str, part: Path, on_progress) -> dict:

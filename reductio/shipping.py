@@ -18,13 +18,15 @@ from reductio.streaming import check_file_name
 
 
 def digests(paths) -> Dict[str, Tuple[Path, str]]:
-    """name -> (local path, SHA-256) of each file to ship; a name given twice or a missing file is refused."""
+    """name -> (local path, SHA-256) of each file to ship (``PATH`` or ``PATH#NAME``); a name given twice or a
+    missing file is refused."""
     found: Dict[str, Tuple[Path, str]] = {}
     for given in paths or ():
-        path = Path(given).expanduser()
+        local, _, rename = str(given).partition("#")  # Hadoop's PATH#NAME: ship PATH under NAME
+        path = Path(local).expanduser()
         if not path.is_file():
-            raise UserCodeError(f"no file {given} to ship with the command")
-        name = check_file_name(path.name)
+            raise UserCodeError(f"no file {local} to ship with the command")
+        name = check_file_name(rename or path.name)
         if name in found:
             raise UserCodeError(f"two files to ship are called {name!r}: {found[name][0]} and {path}")
         digest = hashlib.sha256()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ from reductio.trust import install_trust
 
 __all__ = [
     "setup", "distribute", "load", "initialize", "map", "transform", "scatter",
-    "sort", "sort_unique", "reduce", "merge", "delete", "status", "report",
+    "sort", "sort_unique", "reduce", "merge", "delete", "status", "report", "mrjob",
 ]
 
 _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -160,15 +161,20 @@ def load(c, path, target, force=False):
     A line with no tab is a key with an empty value when mapped; CRLF line
     ends become LF; invalid UTF-8 stops the load with the file and offset.
     """
+    load_files(c, spread.input_files(path), target, force, str(path))
+
+
+def load_files(c, files: list, target: str, force: bool = False, label: str = None) -> None:
+    """load's body for a list of files (``label``: how the step's line and marker name them)."""
     check_name(target)
-    files = spread.input_files(path)
+    label = label or ", ".join(str(p) for p in files)
     cluster = Cluster.from_context(c)
     if _dry(c, cluster, "receive", lambda w: {}):
         return
     size = spread.block_size(files, len(cluster))
     started = time.time()
     listing = digest_of(f"{p.resolve()}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
-    facts = {"step": "load", "path": str(path), "input": listing, "format": TEXT, "partitions": None,
+    facts = {"step": "load", "path": label, "input": listing, "format": TEXT, "partitions": None,
              "workers": len(cluster)}
     if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
         return
@@ -180,8 +186,8 @@ def load(c, path, target, force=False):
 
     received = spread.spread(cluster, target, "load", feed, facts)
     seconds = time.time() - started
-    report_step(c.config, f"load: {path} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
-                {"path": str(path), "target": target, "seconds": seconds})
+    report_step(c.config, f"load: {label} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
+                {"path": label, "target": target, "seconds": seconds})
 
 
 @task(help={"function": "dotted path of function(out), run on the head; out.write_pair(k, v), out.write(line)",
@@ -220,8 +226,10 @@ def initialize(c, function, target, force=False):
 
 
 def _function_step(c, step: str, function: str, source: str, target: str, force: bool, combine: str = "",
-                   files=None, env=None) -> None:
-    """map, transform and reduce: run the function or command on every worker, partition its output."""
+                   files=None, env=None):
+    """map, transform and reduce: run the function or command on every worker, partition its output.
+
+    Returns each worker's result, or None when the step was up to date."""
     functions = [_check_function(function)] + ([_check_function(combine)] if combine else [])
     commands = [spec for spec in functions if streaming.command_of(spec) is not None]
     if (files or env) and not commands:
@@ -269,6 +277,7 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     seconds = time.time() - started
     report_step(c.config, f"{step}: {function} {source} -> {target} ({seconds:.1f} s)", step, results,
                 {"function": function, "source": source, "target": target, "seconds": seconds})
+    return results
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(key, value), yields (key, value) pairs;"
@@ -286,7 +295,7 @@ def map(c, function, source, target, force=False, combine="", files=None, env=No
     bounded memory (see README "Combiners"). ``| COMMAND`` instead of a
     function runs a command with the lines on stdin (README "Streaming steps").
     """
-    _function_step(c, "map", function, source, target, force, combine, files, env)
+    return _function_step(c, "map", function, source, target, force, combine, files, env)
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(line, out)",
@@ -307,7 +316,7 @@ def transform(c, function, source, target, force=False):
 @_reported
 def reduce(c, function, source, target, force=False, files=None, env=None):
     """Call function(key, values) once per key of sorted input, values a lazy iterator; or run | COMMAND."""
-    _function_step(c, "reduce", function, source, target, force, files=files, env=env)
+    return _function_step(c, "reduce", function, source, target, force, files=files, env=env)
 
 
 @task(help={"source": "a dataset made by map, transform or reduce", "target": _HELP_TARGET, "force": _HELP_FORCE})
@@ -393,6 +402,21 @@ def merge(c, source, path, force=False):
     _say(f"merge: {source} -> {path} ({size:,} bytes, {seconds:.1f} s)")
     log_step(c.config, {"step": "merge", "source": source, "target": str(path), "seconds": seconds,
                         "finished": time.time()})
+
+
+@task(help={"job": "the MRJob script, its own options and its input files, as on its command line",
+            "output": "the folder to write the job's output into, as part-NNNNN files",
+            "cat_output": "also write the output on stdout (mrjob's --cat-output)"})
+@_reported
+def mrjob(c, job, output, cat_output=False):
+    """Run an unmodified mrjob script on the workers (README "Running mrjob jobs").
+
+    ``mrjob(c, "mr_word_freq_count.py words.txt", output="counts")``; on the
+    command line ``reductio mrjob mr_word_freq_count.py words.txt --output counts``.
+    """
+    from reductio import mrjobs
+
+    mrjobs.run(c, shlex.split(job) if isinstance(job, str) else list(job), output, cat_output)
 
 
 @task(help={"log": "the job log to read (what reductio: log: names)",

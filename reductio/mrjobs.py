@@ -1,0 +1,177 @@
+"""Unmodified mrjob scripts on reductio's workers: each MRStep becomes map, scatter, sort and reduce commands.
+
+The head imports the script with its own mrjob and lets mrjob's own runner
+code (``MRJobBinRunner``) spell every substep's command line as mrjob's
+Hadoop runner would: ``python3 -m reductio.mrjob_task JOB.py --step-num=N
+--mapper`` and the job's passthrough options, ``pre_filter`` wrapped in
+``sh -ex -c``, ``mapper_cmd`` as written, the job's files under their
+working-folder names. mrjob's own zip of the head's mrjob goes with them
+(its bootstrap), so workers need no install. reductio runs
+those as streaming steps (streaming.py): the first step reads the raw
+input lines, each later one the ``JSON key<TAB>JSON value`` lines of the
+step before; reductio's whole-line sort groups keys (and sorts values, as
+SORT_VALUES asks). jobconf and cmdenv reach the tasks as environment
+variables, dots as underscores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Dict, List
+
+from reductio import gather, spread, tasks
+from reductio.cluster import Cluster
+from reductio.errors import ReductioError, UserCodeError
+from reductio.feedback import user_totals
+
+_UNSUPPORTED = {"input_manifest": "mapper_raw"}
+
+
+def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
+    """Run the MRJob script ``argv[0]`` with its own options and inputs ``argv[1:]``; its output into ``output``."""
+    if not argv:
+        raise UserCodeError("give the mrjob script to run, then its options and input files")
+    runner = _runner(Path(argv[0]), argv[1:])
+    try:
+        _check_runner(runner)
+        files = {name: path for name, path in runner._working_dir_mgr.name_to_path("file").items()}
+        files["mrjob.zip"] = runner._create_mrjob_zip()  # the head's mrjob, for workers without one (mrjob_task)
+        shipped = [f"{path}#{name}" for name, path in sorted(files.items())]
+        prefix = _prefix(Path(argv[0]), argv[1:])
+        source = f"{prefix}.input"
+        tasks.load_files(c, _inputs(runner), source)
+        for number, step in enumerate(runner._get_steps()):
+            source = _run_step(c, runner, number, step, source, prefix, shipped)
+    finally:
+        runner.cleanup()  # mrjob's temp folder on the head
+    parts = gather.fetch_parts(Cluster.from_context(c), source, output)
+    if cat_output:
+        for part in parts:
+            with open(part, "rb") as data:
+                shutil.copyfileobj(data, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+
+
+def _runner(script: Path, args: List[str]):
+    """mrjob's own runner code for the job, configured from its command line as ``-r local`` would be."""
+    try:
+        with warnings.catch_warnings():  # mrjob 0.7.4 imports pipes, deprecated since Python 3.11: not the user's
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from mrjob.bin import MRJobBinRunner
+            from mrjob.job import MRJob
+    except ImportError:
+        raise ReductioError("running mrjob jobs needs mrjob on the head: pip install 'reductio[mrjob]'") from None
+
+    class ReductioRunner(MRJobBinRunner):
+        alias = "reductio"
+        _STEP_TYPES = {"streaming"}
+
+        def _task_python_bin(self):
+            return ["python3", "-m", "reductio.mrjob_task"]  # the worker's Python: first on a command's PATH
+
+    if not script.is_file():
+        raise UserCodeError(f"no mrjob script at {script}")
+    spec = importlib.util.spec_from_file_location(f"_reductio_mrjob_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # mrjob finds the script's path through it
+    sys.path.insert(0, str(script.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        from reductio.steps import user_error
+
+        raise user_error(f"{script} does not import, raising", exc) from None
+    finally:
+        sys.path.remove(str(script.resolve().parent))
+    jobs = [value for value in vars(module).values()
+            if isinstance(value, type) and issubclass(value, MRJob) and value.__module__ == module.__name__]
+    if len(jobs) != 1:
+        raise UserCodeError(f"{script} defines {len(jobs)} MRJob classes"
+                            f"{': ' + ', '.join(j.__name__ for j in jobs) if jobs else ''}; reductio runs one")
+    try:
+        job = jobs[0](args=[*args, "-r", "local"])
+    except SystemExit as exit:  # argparse said what was wrong on stderr
+        raise UserCodeError(f"{script}: the job refused its options (exit {exit.code})") from None
+    _check(job._steps_desc())
+    return ReductioRunner(**job._runner_kwargs())
+
+
+def _check(steps: List[dict]) -> None:
+    """Refuse what reductio cannot run, before anything runs."""
+    for number, step in enumerate(steps):
+        if step["type"] != "streaming":
+            raise UserCodeError(f"step {number + 1} is a {step['type']} step; reductio runs only MRStep"
+                                " (mapper, combiner, reducer) steps")
+        for key, name in _UNSUPPORTED.items():
+            if step.get(key):
+                raise UserCodeError(f"step {number + 1} uses {name}, which reductio does not run yet")
+
+
+def _check_runner(runner) -> None:
+    if runner._setup or runner._opts["py_files"]:
+        raise UserCodeError("the job has setup commands or py_files, which reductio does not run yet")
+    if runner._working_dir_mgr.name_to_path("archive"):
+        raise UserCodeError("the job ships archives or DIRS, which reductio does not run yet")
+    if any(path == "-" for path in runner._input_paths):
+        raise UserCodeError("give the job's input as files: reductio does not read it from stdin")
+
+
+def _inputs(runner) -> List[Path]:
+    found = []
+    for path in runner._input_paths:
+        found += spread.input_files(path)
+    return found
+
+
+def _prefix(script: Path, args: List[str]) -> str:
+    """The job's dataset names start with this: the script and its arguments, so a re-run finds them."""
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", script.stem)[:40]
+    digest = hashlib.sha256("\0".join([str(script.resolve()), *args]).encode()).hexdigest()[:10]
+    return f"mrjob.{stem}.{digest}"
+
+
+def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, files: List[str]) -> str:
+    """Map (with its combiner), and with a reducer scatter, sort and reduce: the name of the step's output."""
+    from mrjob.util import cmd_line
+
+    env = sorted(f"{key.replace('.', '_')}={value}" for key, value in runner._jobconf_for_step(number).items())
+    env += sorted(f"{key}={value}" for key, value in runner._cmdenv().items())
+
+    def command(substep: str) -> str:
+        return "| " + cmd_line(runner._substep_args(number, substep))
+
+    here = f"{prefix}.{number}"
+    mapper = command("mapper") if "mapper" in step else "| cat"
+    combine = command("combiner") if "combiner" in step else ""
+    counted = [tasks.map(c, mapper, source, f"{here}.mapped", combine=combine, files=files, env=env)]
+    target = f"{here}.mapped"
+    if "reducer" in step:
+        tasks.scatter(c, target, f"{here}.here")
+        tasks.sort(c, f"{here}.here", f"{here}.sorted")
+        target = f"{here}.reduced"
+        counted.append(tasks.reduce(c, command("reducer"), f"{here}.sorted", target, files=files, env=env))
+    totals: Dict[str, int] = {}
+    for results in filter(None, counted):  # None: skipped, up to date
+        for name, count in user_totals(results).items():
+            totals[name] = totals.get(name, 0) + count
+    if totals:
+        print(counter_lines(totals), flush=True)
+    return target
+
+
+def counter_lines(totals: Dict[str, int]) -> str:
+    """User counters ``GROUP,COUNTER`` as mrjob prints them."""
+    from mrjob.logs.counters import _format_counters
+
+    grouped: Dict[str, Dict[str, int]] = {}
+    for name, count in totals.items():
+        group, _, counter = name.partition(",")
+        grouped.setdefault(group, {})[counter] = count
+    return _format_counters(grouped)
+

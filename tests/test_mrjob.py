@@ -1,0 +1,148 @@
+"""mrjob's own bundled examples, unmodified, on reductio's workers: the same output as mrjob's ``-r local``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import mrjob.examples
+import pytest
+from invoke import Exit
+
+from conftest import make_context, write_lines
+from reductio import tasks
+
+EXAMPLES = Path(mrjob.examples.__file__).parent
+TEXT = [
+    "The quick brown fox jumps over the lazy dog",
+    "uncle hubert runs faster than the fox but slower than the dog",
+    "a fox and a dog run, and run, and run until the sun is up",
+    "Unusual words: ubiquitous, umbrella, UNDER, tulip",
+    "",
+    "the end of the quick run is the start of the next run",
+] * 40
+
+# example, its own options, how to compare (JSON-decoded lines as a multiset, unless said otherwise)
+CASES = [
+    ("mr_word_freq_count", []),
+    ("mr_words_containing_u_freq_count", []),  # pre_filter
+    ("mr_wc", []),
+    ("mr_count_lines_right", []),
+    ("mr_most_used_word", []),  # FILES, two steps
+    ("mr_next_word_stats", []),  # SORT_VALUES, two steps
+    ("mr_grep", ["-e", "fox"]),  # mapper_cmd, map only
+    ("mr_log_sampler", ["--sample-size", "100000"]),  # bigger than the input: every line, in some order
+]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    return [str(write_lines(tmp_path / "one.txt", TEXT)), str(write_lines(tmp_path / "two.txt", TEXT[::-1]))]
+
+
+def decoded(line: str) -> str:
+    """A line with its JSON key and value decoded and written canonically (dict order may differ)."""
+    parts = []
+    for part in line.split("\t", 1):
+        try:
+            parts.append(json.dumps(json.loads(part), sort_keys=True))
+        except ValueError:
+            parts.append(part)
+    return "\t".join(parts)
+
+
+def mrjob_local(example: str, args: list, inputs: list) -> Counter:
+    done = subprocess.run([sys.executable, str(EXAMPLES / f"{example}.py"), "-r", "local", *args, *inputs],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return Counter(decoded(line) for line in done.stdout.splitlines())
+
+
+def reductio_run(c, example: str, args: list, inputs: list, output: Path) -> Counter:
+    tasks.mrjob(c, shlex.join([str(EXAMPLES / f"{example}.py"), *args, *inputs]), output=str(output))
+    return Counter(decoded(line) for part in sorted(output.glob("part-*")) for line in part.read_text().splitlines())
+
+
+@pytest.mark.parametrize("example, args", CASES, ids=[case[0] for case in CASES])
+def test_a_bundled_example_gives_what_mrjob_local_gives_on_local_workers(example, args, inputs, tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    expected = mrjob_local(example, args, inputs)
+    assert expected  # the comparison means something
+    assert reductio_run(c, example, args, inputs, tmp_path / "out") == expected
+
+
+def test_examples_run_on_ssh_workers_that_have_no_mrjob_installed(ssh_workers, inputs, tmp_path):
+    ssh_workers(2)
+    c = make_context()
+    tasks.setup(c)
+    for example, args in [CASES[0], CASES[4], CASES[6]]:  # combiner; FILES and two steps; mapper_cmd
+        assert reductio_run(c, example, args, inputs, tmp_path / example) == mrjob_local(example, args, inputs)
+
+
+def test_count_lines_wrong_totals_the_lines_whatever_the_number_of_map_tasks(inputs, tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    got = reductio_run(c, "mr_count_lines_wrong", [], inputs, tmp_path / "out")
+    assert sum(json.loads(line.split("\t")[1]) * times for line, times in got.items()) == 2 * len(TEXT)
+
+
+def test_a_rerun_skips_every_step_and_rewrites_the_same_output(inputs, tmp_path, capsys):
+    c = make_context(2)
+    tasks.setup(c)
+    first = reductio_run(c, "mr_most_used_word", [], inputs, tmp_path / "out")
+    capsys.readouterr()
+    assert reductio_run(c, "mr_most_used_word", [], inputs, tmp_path / "out") == first
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reductio: ")]
+    assert steps and all("up to date" in line for line in steps), steps
+
+
+def test_a_failing_job_exits_with_the_users_traceback(inputs, tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    with pytest.raises(Exit) as failed:
+        reductio_run(c, "mr_boom", [], inputs, tmp_path / "out")
+    message = str(failed.value.message)
+    assert "mr_boom.py --step-num=0 --mapper" in message and "exited with code 1" in message
+    assert "Traceback" in message and "mapper_init" in message and "BOOM" in message
+
+
+def test_the_command_line_runs_a_job_with_its_options_and_counters(inputs, tmp_path):
+    script = tmp_path / "mr_counting.py"
+    script.write_text(
+        "from mrjob.job import MRJob\n"
+        "class MRCounting(MRJob):\n"
+        "    def configure_args(self):\n"
+        "        super().configure_args()\n"
+        "        self.add_passthru_arg('--word', default='fox')\n"
+        "    def mapper(self, _, line):\n"
+        "        if self.options.word in line.split():\n"
+        "            self.increment_counter('matches', 'lines', 1)\n"
+        "            yield self.options.word, 1\n"
+        "    def reducer(self, word, counts):\n"
+        "        yield word, sum(counts)\n"
+        "if __name__ == '__main__':\n"
+        "    MRCounting.run()\n")
+    (tmp_path / "fabfile.py").write_text("from reductio.tasks import *\n")
+    run = ["reductio", "-f", "fabfile.py"]
+    assert subprocess.run([*run, "setup"], cwd=tmp_path, capture_output=True).returncode == 0
+    done = subprocess.run([*run, "mrjob", str(script), "--word", "dog", *inputs, "--output", "out", "--cat-output"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    dogs = sum(line.split().count("dog") > 0 for line in TEXT) * 2
+    assert done.stdout.splitlines()[-1] == f'"dog"\t{dogs}'
+    assert f"Counters: 1\n\tmatches\n\t\tlines={dogs}" in done.stdout
+    assert (tmp_path / "out" / "part-00000").exists() and (tmp_path / "out" / "part-00001").exists()
+
+
+def test_jar_and_spark_steps_and_mapper_raw_are_refused_with_a_clear_message(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    for example, what in [("mr_jar_step_example", "jar step"), ("mr_spark_wordcount", "spark step"),
+                          ("mr_text_classifier", "mapper_raw")]:
+        with pytest.raises(Exit, match=what):
+            tasks.mrjob(c, f"{EXAMPLES / example}.py {write_lines(tmp_path / 'in.txt', ['a'])}", output="out")
