@@ -7,6 +7,7 @@ process; map, transform and reduce may run over several share processes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import itertools
@@ -28,7 +29,7 @@ from reductio.steps import (
     check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, sum_runs_into, transform_lines,
     unsorted,
 )
-from reductio.store import TEXT, Home, check_name, file_facts, total
+from reductio.store import FILES, TEXT, Home, check_name, file_facts, total
 
 _CHUNK = 1 << 20
 
@@ -184,13 +185,14 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
         ranges = _share(params, marker, files)
     else:
         count = _processes(params)
-        cuts = shares.cut(files, count, by_key) if count > 1 and (len(files) == 1 or not by_key) else []
+        cuts = shares.cut(files, count, by_key, marker.get("format") == FILES) if count > 1 and (
+            len(files) == 1 or not by_key) else []
         if len(cuts) > 1:
             return _run_shares(step, params, marker, cuts)
         ranges = [(path, 0, None) for path in files]
     function_path = params["function"]
     folder = home.attempt_dir(params["attempt"])
-    function = _function(function_path, params, home, folder, "function")
+    function = _function(function_path, params, home, folder, "function", marker)
     output = PartitionedOutput(folder, int(params["partitions"]), params["origin"])
     position = _Position()
     text = marker.get("format") == TEXT
@@ -212,10 +214,11 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
             "counters": _counters(marker, written, position.done, started)}
 
 
-def _function(spec: str, params: dict, home: Home, folder: Path, role: str):
-    """The function a step names, imported; or the command it names, ready to run (streaming.py)."""
+def _function(spec: str, params: dict, home: Home, folder: Path, role: str, source: dict = None):
+    """The function a step names, imported; or the command it names, ready to run over ``source`` (its marker:
+    which input file each data file came from, whole files or lines; streaming.py)."""
     if streaming.command_of(spec) is not None:
-        return streaming.Command(spec, params, folder, home.shipped, role)
+        return streaming.Command(spec, params, folder, home.shipped, role, source)
     return load_function(spec)
 
 
@@ -308,7 +311,7 @@ def _map_command(params: dict, command, _name: str, ranges: list[Range], positio
         command.map(ranges, position, output, combiner)
     else:
         limit = int(params.get("combine_limit") or COMBINE_LIMIT)
-        with command.pairs(ranges, position) as pairs:
+        with contextlib.closing(command.pairs(ranges, position)) as pairs:
             combine_into(_pass_on, command.name, pairs, load_function(combine), combine, limit, output)
 
 
@@ -377,7 +380,9 @@ def step_cat(params: dict) -> dict:
 
 
 def _run_sort(argv: list[str], stdout=None) -> None:
-    done = subprocess.run(argv, env=sort_env(), stdout=stdout, stderr=subprocess.PIPE)
+    """Run sort; its stdin is not ours (the head's beats): with no files (a worker with an empty part) it reads
+    nothing."""
+    done = subprocess.run(argv, env=sort_env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE)
     if done.returncode != 0:
         message = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise ReductioError(f"sort failed (exit {done.returncode}): {message[-1] if message else 'no message'}")

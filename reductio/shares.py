@@ -1,7 +1,8 @@
 """Several processes per worker: the worker's input cut into shares, one process each.
 
 A share is a list of byte ranges ``(path, start, end)`` of the worker's data
-files, every cut at the start of a line. For sorted input (reduce) a cut also
+files, every cut at the start of a line; whole files (``load --whole``) are
+cut only between files. For sorted input (reduce) a cut also
 falls between two different keys, so each key's values stay in one process,
 and the two lines around it are checked to be in order: each process checks
 its own share. Each share runs as the same step in its own ``python -m
@@ -27,16 +28,18 @@ MIN_SHARE = 1 << 20  # bytes: below this a process costs more to start than it s
 Range = tuple[Path, int, int]
 
 
-def cut(files: Sequence[Path], count: int, by_key: bool = False) -> list[list[Range]]:
+def cut(files: Sequence[Path], count: int, by_key: bool = False, whole_files: bool = False) -> list[list[Range]]:
     """Up to ``count`` shares of about equal bytes, covering every byte of ``files`` once, in order."""
     sizes = [path.stat().st_size for path in files]
     total = sum(sizes)
     count = max(1, min(count, total // MIN_SHARE))
     points = [(0, 0)]
     for k in range(1, count):
-        point = _locate(sizes, total * k // count)
-        index, offset = point
-        offset = (_key_start if by_key else _line_start)(files[index], offset, total // count)
+        index, offset = _locate(sizes, total * k // count)
+        if whole_files:
+            offset = sizes[index] if offset else 0
+        else:
+            offset = (_key_start if by_key else _line_start)(files[index], offset, total // count)
         if offset is None:
             continue
         point = (index, offset) if offset < sizes[index] else (index + 1, 0)

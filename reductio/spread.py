@@ -1,9 +1,13 @@
-"""From the head to the workers: local text files and generated lines, dealt out evenly.
+"""From the head to the workers: local files and generated lines, dealt out evenly.
 
 ``load`` and ``initialize`` read on the head and stream blocks of whole
-lines round-robin to one ``receive`` command per worker, as frames of one
-file (framing.py). Memory holds one block; each worker checks its shard
-against the size and SHA-256 the head sent before anything is published.
+lines round-robin to one ``receive`` command per worker (framing.py); a
+worker keeps its blocks of each input file as a shard file of its own,
+whose marker facts name that input, so a map command can be told which
+file it reads (streaming.py). ``load --whole`` sends each file whole and
+unchanged to one worker instead. Memory holds one block; each worker checks
+every shard against the size and SHA-256 the head sent before anything is
+published.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from reductio.errors import InputError, ReductioError, StepFailed
 from reductio.feedback import display
 from reductio.job import discard, new_attempt, publish
 from reductio.steps import Output
+from reductio.store import shard_name
 from reductio.transport import StreamBroken
 
 MAX_BLOCK = 1 << 20
@@ -76,12 +81,45 @@ def text_blocks(path: Path, size: int) -> Iterator[bytes]:
             yield block.replace(b"\r\n", b"\n")
 
 
-def spread(cluster, target: str, origin: str, feed, facts: dict) -> Dict[str, dict]:
-    """Let ``feed(spreader)`` write blocks, then publish the shards as ``target`` everywhere or nowhere."""
+def whole_blocks(path: Path) -> Iterator[bytes]:
+    """A file's bytes as they are (a .gz decompressed, as mrjob hands mapper_raw its files), in blocks."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as data:
+            yield from iter(lambda: data.read(MAX_BLOCK), b"")
+    except (OSError, EOFError) as err:
+        raise InputError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+
+
+def load_feed(files: List[Path], workers: int, whole: bool):
+    """What load sends: blocks of lines of each file dealt out in turn, or each file whole to the worker
+    holding the fewest bytes so far (``whole``); shard k is files[k]."""
+    size = block_size(files, workers)
+
+    def feed(spreader: "Spreader") -> None:
+        held = [0] * workers
+        for index, path in enumerate(files):
+            if not whole:
+                for block in text_blocks(path, size):
+                    spreader.write(block, index)
+                continue
+            worker = min(range(workers), key=lambda i: (held[i], i))
+            spreader.write(b"", index, worker)  # an empty file is a file too
+            for block in whole_blocks(path):
+                spreader.write(block, index, worker)
+                held[worker] += len(block)
+
+    return feed
+
+
+def spread(cluster, target: str, origin: str, feed, facts: dict, inputs: List[str] = None) -> Dict[str, dict]:
+    """Let ``feed(spreader)`` write blocks, then publish the shards as ``target`` everywhere or nowhere.
+
+    ``inputs``: the name of each shard's input file, kept in its marker facts as ``input``."""
     attempt = new_attempt()
     try:
         with display(origin, cluster) as progress:
-            spreader = Spreader(cluster, attempt, origin, progress)
+            spreader = Spreader(cluster, attempt, origin, progress, inputs)
             try:
                 feed(spreader)
             except BaseException:
@@ -103,30 +141,32 @@ def arrivals(received: Dict[str, dict]) -> Dict[str, dict]:
 
 
 class Spreader:
-    """One ``receive`` stream per worker; whole blocks go to each in turn."""
+    """One ``receive`` stream per worker; whole blocks go to each in turn, or to the worker named."""
 
-    def __init__(self, cluster, attempt: str, origin: str, progress) -> None:
-        self.name, self.origin = f"s00000.{origin}", origin
+    def __init__(self, cluster, attempt: str, origin: str, progress, inputs: List[str] = None) -> None:
+        self.origin, self.inputs = origin, inputs
         self.streams = [w.open("receive", {"attempt": attempt}, "w", progress.progress_of(w.name))
                         for w in cluster.workers]
         self.workers, self.progress = cluster.workers, progress
-        self.digests = [hashlib.sha256() for _ in self.workers]
-        self.sizes = [0] * len(self.workers)
+        self.shards: List[Dict[int, list]] = [{} for _ in self.workers]  # per worker: shard -> [bytes, sha256]
         self.turn = 0
         self._locks = [threading.Lock() for _ in self.workers]
         self._sent = [time.monotonic()] * len(self.workers)
         self._over = threading.Event()
         threading.Thread(target=self._keep_alive, args=(min(w.beat for w in self.workers),), daemon=True).start()
 
-    def write(self, block: bytes) -> None:
-        i = self.turn
+    def write(self, block: bytes, shard: int = 0, worker: int = None) -> None:
+        """Send ``block`` of input ``shard`` to ``worker``, else to the next worker in turn."""
+        i = self.turn if worker is None else worker
         try:
-            self._send(i, framing.file_header(self.name, len(block)) + block)
+            self._send(i, framing.file_header(shard_name(shard, self.origin), len(block)) + block)
         except StreamBroken:
             self._failed(i)
-        self.digests[i].update(block)
-        self.sizes[i] += len(block)
-        self.turn = (i + 1) % len(self.streams)
+        sent = self.shards[i].setdefault(shard, [0, hashlib.sha256()])
+        sent[0] += len(block)
+        sent[1].update(block)
+        if worker is None:
+            self.turn = (i + 1) % len(self.streams)
 
     def _send(self, i: int, data: bytes) -> None:
         with self._locks[i]:
@@ -152,17 +192,25 @@ class Spreader:
         self._over.set()
         received = {}
         for i, (worker, stream) in enumerate(zip(self.workers, self.streams)):
-            end = {"bytes": self.sizes[i], "sha256": self.digests[i].hexdigest()}
-            try:  # the worker checks its shard against what we sent
-                self._send(i, framing.end_header(self.name, end))
+            names = {shard_name(shard, self.origin): shard for shard in self.shards[i]}
+            try:  # the worker checks each shard against what we sent
+                for name, shard in names.items():
+                    size, digest = self.shards[i][shard]
+                    self._send(i, framing.end_header(name, {"bytes": size, "sha256": digest.hexdigest()}))
             except StreamBroken:
                 self._failed(i)
             try:
-                facts = stream.finish()["files"][self.name]
+                files = stream.finish()["files"]
+                if set(files) != set(names):
+                    raise ReductioError(f"received {', '.join(sorted(files)) or 'no file'},"
+                                        f" not {', '.join(sorted(names)) or 'nothing'}")
             except ReductioError as err:
                 raise StepFailed(self.origin, {worker.name: err}, len(self.workers)) from None
+            if self.inputs:
+                for name, shard in names.items():
+                    files[name]["input"] = self.inputs[shard]
             self.progress.finished(worker.name)
-            received[worker.name] = {self.name: facts}
+            received[worker.name] = files
         return received
 
     def _failed(self, i: int) -> None:

@@ -34,11 +34,13 @@ STALE_AFTER = 3600
 CLUSTER_KEY = "cluster_key"
 KNOWN_HOSTS = "known_hosts"
 # A marker's "format": TEXT lines come from files or out.write and may lack a
-# tab (the whole line is then the key); RECORDS lines were all written as pairs.
-TEXT, RECORDS = "text", "records"
+# tab (the whole line is then the key); RECORDS lines were all written as pairs;
+# FILES are whole input files as they were (``load --whole``), read only by a map command.
+TEXT, RECORDS, FILES = "text", "records", "files"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _ATTEMPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,99}")
 _PARTITION_FILE = re.compile(r"p(\d{5})\.")
+_SHARD_FILE = "s{:05d}.{}"  # a worker's piece of load's input file number N, or initialize's lines (N = 0)
 
 
 def check_name(name: str) -> str:
@@ -67,6 +69,11 @@ def partition_of_file(name: str):
     """The partition a data file holds, or None for an unpartitioned shard."""
     match = _PARTITION_FILE.match(name)
     return int(match.group(1)) if match else None
+
+
+def shard_name(index: int, origin: str) -> str:
+    """The file name of a worker's shard of input ``index`` (load: one per input file it got lines of)."""
+    return _SHARD_FILE.format(index, origin)
 
 
 def scan(path: Path):

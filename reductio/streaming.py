@@ -4,7 +4,12 @@ Where a step takes a function, ``"| COMMAND"`` names a shell command
 instead (``/bin/sh -c COMMAND``). It runs in a working folder of its own
 holding the files shipped with it, its PATH starting with the folder of the
 worker's Python (as in an activated environment), and reads the step's
-input lines on stdin. Each line it writes is routed by its key, the text
+input lines on stdin. Over input that ``load`` made it runs once per input
+file it has lines of, with ``mapreduce_map_input_file`` (and the older
+``map_input_file``) naming that file, as Hadoop's map tasks do; over whole
+files (``load --whole``) once per file, the file's path here and the input
+file's name as its last two arguments and nothing on stdin (mrjob's
+``mapper_raw``). Each line it writes is routed by its key, the text
 before the first tab (a line with no tab is all key), and kept as written.
 On stderr, ``reporter:counter:GROUP,COUNTER,AMOUNT`` adds to a counter,
 ``reporter:status:MESSAGE`` shows in the progress line, and the last other
@@ -16,6 +21,7 @@ Hadoop's combiners do. Standard library only: this runs on the workers.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import shutil
@@ -30,6 +36,7 @@ from pathlib import Path
 from reductio.counters import increment
 from reductio.errors import UserCodeError
 from reductio.sorting import sort_argv, sort_env
+from reductio.store import FILES
 
 PREFIX = "|"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -71,8 +78,9 @@ def check_file_name(name: str) -> str:
 class Command:
     """One step's command on one worker: what it runs, with which files and environment, and where."""
 
-    def __init__(self, spec: str, params: dict, folder: Path, shipped: Path, role: str) -> None:
+    def __init__(self, spec: str, params: dict, folder: Path, shipped: Path, role: str, source: dict = None) -> None:
         self.text = command_of(spec)
+        self.source = source or {}  # the marker of what it reads: the format, each file's input
         self.name = f"command {self.text!r}"
         self.env = dict(os.environ, **(params.get("env") or {}))
         self.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", os.defpath)
@@ -82,12 +90,36 @@ class Command:
 
     def map(self, ranges, position, output, combine: Command | None = None) -> None:
         """Pipe the input ``ranges`` through the command (and a combiner command) into ``output``."""
-        with _Pipeline(self, _blocks(ranges, position), position, combine) as pipeline:
-            output.write_all(pipeline.lines())
+        for blocks, env, args in self._runs(ranges, position):
+            with _Pipeline(self, blocks, position, combine, env, args) as pipeline:
+                output.write_all(pipeline.lines())
 
-    def pairs(self, ranges, position) -> _Pipeline:
-        """The command's output as (key, value) pairs, for a Python combiner: use as a context manager."""
-        return _Pipeline(self, _blocks(ranges, position), position)
+    def pairs(self, ranges, position) -> Iterator[tuple[str, str]]:
+        """The command's output as (key, value) pairs, for a Python combiner; close it when done."""
+        for blocks, env, args in self._runs(ranges, position):
+            with _Pipeline(self, blocks, position, None, env, args) as pipeline:
+                yield from pipeline
+
+    def _runs(self, ranges, position) -> Iterator[tuple[Iterator[bytes], dict, list]]:
+        """Each run of a map command: its input blocks, the variables and the arguments it gets.
+
+        One run over every range, unless the source says which input file each
+        data file holds (load): then one run per input file, named in
+        ``mapreduce_map_input_file``; or one per whole file, given as arguments.
+        """
+        files = self.source.get("files") or {}
+        if self.source.get("format") == FILES:
+            for path, _, _ in ranges:
+                yield _named(path, files[path.name], position), {}, [str(path), files[path.name]["input"]]
+            return
+        inputs = [files.get(path.name, {}).get("input") for path, _, _ in ranges]
+        if not any(inputs):
+            yield _blocks(ranges, position), {}, []
+            return
+        for name, run in itertools.groupby(zip(ranges, inputs), key=lambda pair: pair[1]):
+            uri = f"file://{name}"
+            yield _blocks([part for part, _ in run], position), {"mapreduce_map_input_file": uri,
+                                                                 "map_input_file": uri}, []
 
     def reduce(self, ranges, position, output) -> None:
         """Pipe sorted input through the command into ``output``; several sorted files are merged first."""
@@ -96,7 +128,8 @@ class Command:
                 output.write_all(pipeline.lines())
             return
         merge = subprocess.Popen(sort_argv([path for path, _, _ in ranges], self.folder.parent, merge_only=True,
-                                           buffer=self.sort_buffer), stdout=subprocess.PIPE, env=sort_env())
+                                           buffer=self.sort_buffer), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, env=sort_env())
         try:
             with _Pipeline(self, _merged(merge, position), position) as pipeline:
                 output.write_all(pipeline.lines())
@@ -126,18 +159,21 @@ class _Pipeline:
     process is in the worker's process group, so a lost head stops them all.
     """
 
-    def __init__(self, command: Command, blocks: Iterator[bytes], position, combine: Command | None = None) -> None:
+    def __init__(self, command: Command, blocks: Iterator[bytes], position, combine: Command | None = None,
+                 env: dict = None, args: list = ()) -> None:
         self.command, self.position = command, position
         self.stages: list[tuple[Command | None, subprocess.Popen, _Stderr]] = []
         folder = command.workdir()
-        first = self._start(command, folder, subprocess.PIPE)
+        argv = ["/bin/sh", "-c", f'{command.text} "$@"', "sh", *args] if args else None
+        first = self._start(command, folder, subprocess.PIPE, argv, dict(command.env, **env) if env else None)
         last = first
         if combine is not None:
             sort_tmp = folder / ".sort-tmp"
             sort_tmp.mkdir()
             argv = sort_argv([], sort_tmp, buffer=command.sort_buffer)  # no files: it reads stdin
             last = self._start(None, folder, last.stdout, argv, sort_env())
-            last = self._start(combine, combine.workdir(), last.stdout)
+            last = self._start(combine, combine.workdir(), last.stdout, None,
+                               dict(combine.env, **env) if env else None)
         for _, process, _ in self.stages[:-1]:
             process.stdout.close()  # the next stage holds it: a stage that stops reading gets SIGPIPE
         self.stdout = io.TextIOWrapper(last.stdout, encoding="utf-8", newline="\n")
@@ -212,6 +248,13 @@ def _blocks(ranges, position) -> Iterator[bytes]:
                 left -= len(block)
                 position.line += block.count(b"\n")
                 yield block
+
+
+def _named(path: Path, facts: dict, position) -> Iterator[bytes]:
+    """No input on stdin for a command given a whole file by name; its lines count as done once it starts."""
+    position.at_file(path)
+    position.line = facts["lines"]
+    return iter(())
 
 
 def _merged(merge: subprocess.Popen, position) -> Iterator[bytes]:

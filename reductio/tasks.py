@@ -10,6 +10,7 @@ failed worker and why, and the step's target is published nowhere.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 import sys
@@ -22,12 +23,12 @@ from invoke import Exit, task
 from reductio import gather, packaging, shipping, shuffle, spread, streaming
 from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
-from reductio.errors import ReductioError, UserCodeError, printable
+from reductio.errors import DatasetError, ReductioError, UserCodeError, printable
 from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish
 from reductio.report import read_log, render
 from reductio.steps import code_digest, load_function, user_error
-from reductio.store import RECORDS, TEXT, check_name
+from reductio.store import FILES, RECORDS, TEXT, check_name
 from reductio.trust import install_trust
 
 __all__ = [
@@ -153,38 +154,35 @@ def distribute(c):
 
 
 @task(help={"path": "a local file or folder of files (.gz read transparently)", "target": _HELP_TARGET,
-            "force": _HELP_FORCE})
+            "force": _HELP_FORCE,
+            "whole": "send each file whole and unchanged to one worker, for a map command that reads the files"
+                     " it is given (README \"Streaming steps\")"})
 @_reported
-def load(c, path, target, force=False):
+def load(c, path, target, force=False, whole=False):
     """Split local text files into line-aligned shards spread evenly over the workers.
 
     A line with no tab is a key with an empty value when mapped; CRLF line
     ends become LF; invalid UTF-8 stops the load with the file and offset.
+    With ``whole``, each file goes whole and unchanged to one worker instead.
     """
-    load_files(c, spread.input_files(path), target, force, str(path))
+    load_files(c, spread.input_files(path), target, force, str(path), whole)
 
 
-def load_files(c, files: list, target: str, force: bool = False, label: str = None) -> None:
+def load_files(c, files: list, target: str, force: bool = False, label: str = None, whole: bool = False) -> None:
     """load's body for a list of files (``label``: how the step's line and marker name them)."""
     check_name(target)
     label = label or ", ".join(str(p) for p in files)
     cluster = Cluster.from_context(c)
     if _dry(c, cluster, "receive", lambda w: {}):
         return
-    size = spread.block_size(files, len(cluster))
     started = time.time()
     listing = digest_of(f"{p.resolve()}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
-    facts = {"step": "load", "path": label, "input": listing, "format": TEXT, "partitions": None,
-             "workers": len(cluster)}
+    facts = {"step": "load", "path": label, "input": listing, "format": FILES if whole else TEXT,
+             "partitions": None, "workers": len(cluster)}
     if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
         return
-
-    def feed(spreader):
-        for file in files:
-            for block in spread.text_blocks(file, size):
-                spreader.write(block)
-
-    received = spread.spread(cluster, target, "load", feed, facts)
+    feed = spread.load_feed(files, len(cluster), whole)
+    received = spread.spread(cluster, target, "load", feed, facts, [os.path.abspath(p) for p in files])
     seconds = time.time() - started
     report_step(c.config, f"load: {label} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
                 {"path": label, "target": target, "seconds": seconds})
@@ -260,6 +258,8 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     started = time.time()
     survey = Survey(cluster, step, target, source, [f for f in functions if f not in commands],
                     [digest for _, digest in shipped.values()])
+    if step != "map" or streaming.command_of(function) is None:
+        _refuse_whole_files(survey, source, f"{step} with a function")
     code = survey.code
     if commands:  # what a command runs is its text, its files and its environment
         code = "-".join(filter(None, [code, digest_of([*commands, *sorted(f"{n}={d}" for n, (_, d) in shipped.items()),
@@ -342,6 +342,13 @@ def scatter(c, source, target, force=False):
                 "scatter", results, {"source": source, "target": target, "seconds": time.time() - started})
 
 
+def _refuse_whole_files(survey: Survey, source: str, what: str) -> None:
+    """Whole files (load --whole) are not lines: only a map command reads them, each named on its command line."""
+    if survey.source["format"] == FILES:
+        raise DatasetError(f"dataset {source!r} holds whole files (load --whole), which {what} cannot read;"
+                           " map them with a command (| COMMAND)")
+
+
 def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
     check_name(source)
     check_name(target)
@@ -358,6 +365,7 @@ def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
         return
     started = time.time()
     survey = Survey(cluster, step, target, source)
+    _refuse_whole_files(survey, source, step)
     facts = {"step": step, "source": source, "source_attempt": survey.source["attempt"],
              "format": survey.source["format"], "partitions": survey.source["partitions"]}
     if _up_to_date(c, survey, facts, target, force):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import sys
 import textwrap
@@ -225,3 +227,66 @@ def test_commands_and_their_files_run_on_ssh_workers_next_to_a_local_one(ssh_wor
     capsys.readouterr()
     tasks.map(c, "| python3 mapper.py", "text", "pairs", combine="| python3 reducer.py", files=scripts)
     assert "map: pairs is up to date" in capsys.readouterr().out  # shipped already, same code: skipped
+
+
+def test_a_map_command_runs_once_per_input_file_named_in_mapreduce_map_input_file(c, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_lines(inputs / "a.txt", ["x"] * 300)
+    write_lines(inputs / "b.txt", ["y"] * 500)
+    tasks.load(c, str(inputs), "text")
+    # each run says which file it reads and how many lines it got, and that its variables agree
+    tasks.map(c, '| echo "$mapreduce_map_input_file\t$(wc -l) $map_input_file"', "text", "runs")
+    tasks.merge(c, "runs", str(tmp_path / "runs.tsv"))
+    runs = [line.split("\t") for line in (tmp_path / "runs.tsv").read_text().splitlines()]
+    per_file = Counter()
+    for name, rest in runs:
+        lines, same = rest.split(" ")
+        assert same == name
+        per_file[name] += int(lines)
+    assert per_file == {f"file://{inputs / 'a.txt'}": 300, f"file://{inputs / 'b.txt'}": 500}
+    assert len(runs) <= 4  # one run per input file a worker holds lines of, not per block
+
+
+def test_whole_files_reach_one_command_run_each_by_name_unchanged(c, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    crlf = b"WARC/1.0\r\nline two\r\n\xff not utf-8, no final newline"
+    (inputs / "one.bin").write_bytes(crlf)
+    (inputs / "two.txt.gz").write_bytes(gzip.compress(b"decompressed\n"))
+    (inputs / "three.txt").write_bytes(b"")
+    tasks.load(c, str(inputs), "files", whole=True)
+    (tmp_path / "seen.py").write_text(
+        "import hashlib, sys\n"
+        "path, name = sys.argv[1:]\n"
+        "print(name, hashlib.sha256(open(path, 'rb').read()).hexdigest(), sys.stdin.read(), sep='\\t')\n")
+    tasks.map(c, "| python3 seen.py", "files", "seen", files=[str(tmp_path / "seen.py")])
+    tasks.merge(c, "seen", str(tmp_path / "seen.tsv"))
+    seen = sorted(line.split("\t") for line in (tmp_path / "seen.tsv").read_text().splitlines())
+
+    assert seen == sorted([
+        [str(inputs / "one.bin"), hashlib.sha256(crlf).hexdigest(), ""],
+        [str(inputs / "three.txt"), hashlib.sha256(b"").hexdigest(), ""],
+        [str(inputs / "two.txt.gz"), hashlib.sha256(b"decompressed\n").hexdigest(), ""],
+    ])
+
+
+def test_whole_files_are_refused_by_every_step_but_a_map_command(c, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_lines(inputs / "a.txt", ["a\tb"])
+    tasks.load(c, str(inputs), "files", whole=True)
+    for step in (lambda: tasks.map(c, "wordjobs.words", "files", "out"),
+                 lambda: tasks.sort(c, "files", "out"),
+                 lambda: tasks.reduce(c, "wordjobs.total", "files", "out")):
+        with pytest.raises(Exit, match="holds whole files"):
+            step()
+
+
+def test_a_worker_that_got_no_lines_sorts_reduces_and_merges_nothing_without_waiting(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "one.txt", ["only\tline"])), "one")  # one block: one worker
+    assert sum(1 for home in homes() if list((home / "data" / "one").glob("s*"))) == 1
+    tasks.sort(c, "one", "sorted")
+    tasks.reduce(c, "| cat", "sorted", "reduced")
+    tasks.merge(c, "reduced", str(tmp_path / "out.tsv"))
+    assert (tmp_path / "out.tsv").read_text() == "only\tline\n"
