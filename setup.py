@@ -20,9 +20,12 @@ setup(
     python_requires=">=3.9",
     install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4", "setuptools>=70.1", "tqdm>=4.60"],
     extras_require={
-        # mrjob 0.7.4 imports pipes, gone from Python 3.13's standard library (distutils comes with setuptools)
+        # mrjob 0.7.4 imports pipes, gone from Python 3.13's standard library (distutils comes with setuptools);
+        # reductio.mrjob_task stands in for both where they are missing, as on the workers
         "mrjob": ["mrjob==0.7.4", "standard-pipes; python_version >= '3.13'"],
-        "test": ["pytest>=7", "hypothesis>=6", "build>=1", "mrjob==0.7.4", "standard-pipes; python_version >= '3.13'"],
+        # warcio: mrjob's mr_phone_to_url example reads WET files with it
+        "test": ["pytest>=7", "hypothesis>=6", "build>=1", "mrjob==0.7.4", "standard-pipes; python_version >= '3.13'",
+                 "warcio>=1.7"],
     },
     entry_points={"console_scripts": ["reductio = reductio.cli:program.run"]},
     classifiers=[

@@ -6,12 +6,17 @@ as different bytes. Keys are partitioned by their bytes, so every worker
 must encode alike: this hides the other libraries from the script, which
 then runs unchanged as its own ``__main__``, importing the ``mrjob.zip``
 of the head's mrjob shipped into its working folder (mrjobs.py) when
-there is one. Standard library only.
+there is one. mrjob 0.7.4 imports two modules newer Pythons removed;
+``supply_removed_modules`` stands in for them. Standard library only.
 """
 
 import os
+import re
 import runpy
+import shlex
+import shutil
 import sys
+import types
 
 _OTHER_JSON = ("ujson", "rapidjson", "simplejson")
 
@@ -19,12 +24,76 @@ _OTHER_JSON = ("ujson", "rapidjson", "simplejson")
 def main() -> None:
     for name in _OTHER_JSON:
         sys.modules[name] = None  # importing it raises ImportError: mrjob falls back to json
+    supply_removed_modules()
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     if os.path.isfile("mrjob.zip"):
         sys.path.insert(0, os.path.abspath("mrjob.zip"))
     runpy.run_path(script, run_name="__main__")
+
+
+def supply_removed_modules() -> None:
+    """What mrjob 0.7.4 uses of ``pipes`` (gone in Python 3.13) and ``distutils`` (gone in 3.12), where they are
+    gone and neither standard-pipes nor setuptools brings them back: ``pipes.quote``,
+    ``distutils.spawn.find_executable`` and ``distutils.version.LooseVersion``."""
+    try:
+        import pipes  # noqa: F401 - deprecated on 3.11 and 3.12: mrjob imports it anyway
+    except ImportError:
+        _module("pipes", quote=shlex.quote)
+    try:
+        import distutils.spawn  # noqa: F401
+        import distutils.version  # noqa: F401
+    except ImportError:
+        distutils = _module("distutils")
+        distutils.spawn = _module("distutils.spawn", find_executable=shutil.which)
+        distutils.version = _module("distutils.version", LooseVersion=LooseVersion)
+
+
+def _module(name: str, **names) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(names)
+    sys.modules[name] = module
+    return module
+
+
+class LooseVersion:
+    """distutils' loose version: numbers compare as numbers, other runs of letters as text."""
+
+    _COMPONENT = re.compile(r"(\d+|[a-z]+|\.)")
+
+    def __init__(self, vstring: str = None) -> None:
+        if vstring:
+            self.parse(vstring)
+
+    def parse(self, vstring: str) -> None:
+        self.vstring = vstring
+        parts = [part for part in self._COMPONENT.split(vstring) if part and part != "."]
+        self.version = [int(part) if part.isdigit() else part for part in parts]
+
+    def __str__(self) -> str:
+        return self.vstring
+
+    def __repr__(self) -> str:
+        return f"LooseVersion({str(self)!r})"
+
+    def _other(self, other):
+        return (LooseVersion(other) if isinstance(other, str) else other).version
+
+    def __eq__(self, other) -> bool:
+        return self.version == self._other(other)
+
+    def __lt__(self, other) -> bool:
+        return self.version < self._other(other)
+
+    def __le__(self, other) -> bool:
+        return self.version <= self._other(other)
+
+    def __gt__(self, other) -> bool:
+        return self.version > self._other(other)
+
+    def __ge__(self, other) -> bool:
+        return self.version >= self._other(other)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ Hadoop runner would: ``python3 -m reductio.mrjob_task JOB.py --step-num=N
 working-folder names. mrjob's own zip of the head's mrjob goes with them
 (its bootstrap), so workers need no install. reductio runs
 those as streaming steps (streaming.py): the first step reads the raw
-input lines, each later one the ``JSON key<TAB>JSON value`` lines of the
-step before; reductio's whole-line sort groups keys (and sorts values, as
-SORT_VALUES asks). jobconf and cmdenv reach the tasks as environment
-variables, dots as underscores.
+input lines, one task per input file as ``mapreduce_map_input_file``
+names it (or, for ``mapper_raw``, each whole file by path, as mrjob's
+manifest script hands it over), each later one the ``JSON key<TAB>JSON
+value`` lines of the step before; reductio's whole-line sort groups keys
+(and sorts values, as SORT_VALUES asks). jobconf and cmdenv reach the tasks
+as environment variables, dots as underscores.
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from reductio import gather, spread, tasks
 from reductio.cluster import Cluster
 from reductio.errors import ReductioError, UserCodeError
 from reductio.feedback import user_totals
-
-_UNSUPPORTED = {"input_manifest": "mapper_raw"}
+from reductio.mrjob_task import supply_removed_modules
 
 
 def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
@@ -45,7 +46,7 @@ def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
         shipped = [f"{path}#{name}" for name, path in sorted(files.items())]
         prefix = _prefix(Path(argv[0]), argv[1:])
         source = f"{prefix}.input"
-        tasks.load_files(c, _inputs(runner), source)
+        tasks.load_files(c, _inputs(runner), source, whole=runner._uses_input_manifest())  # mapper_raw: whole
         for number, step in enumerate(runner._get_steps()):
             source = _run_step(c, runner, number, step, source, prefix, shipped)
     finally:
@@ -63,6 +64,7 @@ def _runner(script: Path, args: List[str]):
     try:
         with warnings.catch_warnings():  # mrjob 0.7.4 imports pipes, deprecated since Python 3.11: not the user's
             warnings.simplefilter("ignore", DeprecationWarning)
+            supply_removed_modules()
             from mrjob.bin import MRJobBinRunner
             from mrjob.job import MRJob
     except ImportError:
@@ -108,9 +110,9 @@ def _check(steps: List[dict]) -> None:
         if step["type"] != "streaming":
             raise UserCodeError(f"step {number + 1} is a {step['type']} step; reductio runs only MRStep"
                                 " (mapper, combiner, reducer) steps")
-        for key, name in _UNSUPPORTED.items():
-            if step.get(key):
-                raise UserCodeError(f"step {number + 1} uses {name}, which reductio does not run yet")
+        if step.get("input_manifest") and "pre_filter" in step.get("mapper", {}):
+            raise UserCodeError(f"step {number + 1} has mapper_raw and a mapper_pre_filter, which reductio"
+                                " does not run together")
 
 
 def _check_runner(runner) -> None:
@@ -144,6 +146,8 @@ def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, file
     env += sorted(f"{key}={value}" for key, value in runner._cmdenv().items())
 
     def command(substep: str) -> str:
+        if substep == "mapper" and step.get("input_manifest"):  # mapper_raw: the file's path and name follow
+            return "| " + cmd_line(runner._script_args_for_step(number, substep))
         return "| " + cmd_line(runner._substep_args(number, substep))
 
     here = f"{prefix}.{number}"

@@ -115,14 +115,16 @@ class SshCluster:
     def known_hosts(self) -> str:
         return "".join(daemon.known_hosts_line() for daemon in self.daemons)
 
-    def workers_cfg(self, homes: Path, count: int = None, local: int = 0) -> str:
-        """A workers.cfg naming ``count`` of the daemons, then ``local`` local workers."""
+    def workers_cfg(self, homes: Path, count: int = None, local: int = 0, python: str = None) -> str:
+        """A workers.cfg naming ``count`` of the daemons, then ``local`` local workers; with ``python``,
+        the SSH workers' environments are made by it, in homes of their own."""
         sections = []
         for i, daemon in enumerate(self.daemons[:count]):
+            home = homes / (f"ssh-{i}" if python is None else f"ssh-{i}-{Path(python).name}")
             sections.append(
                 f"[ssh-{i}]\nhost = 127.0.0.1\nport = {daemon.port}\nusername = {self.user}\n"
-                f"key_filename = {self.user_key}\nhome = {homes / f'ssh-{i}'}\n"
-                f"authorized_keys = {self.authorized_keys}\n"
+                f"key_filename = {self.user_key}\nhome = {home}\n"
+                f"authorized_keys = {self.authorized_keys}\n" + (f"python = {python}\n" if python else "")
             )
         for i in range(local):
             sections.append(f"[local-{i}]\nlocal = yes\nhome = {homes / f'local-{i}'}\n")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -36,6 +39,7 @@ CASES = [
     ("mr_next_word_stats", []),  # SORT_VALUES, two steps
     ("mr_grep", ["-e", "fox"]),  # mapper_cmd, map only
     ("mr_log_sampler", ["--sample-size", "100000"]),  # bigger than the input: every line, in some order
+    ("mr_count_lines_by_file", []),  # mapreduce_map_input_file
 ]
 
 
@@ -139,10 +143,72 @@ def test_the_command_line_runs_a_job_with_its_options_and_counters(inputs, tmp_p
     assert (tmp_path / "out" / "part-00000").exists() and (tmp_path / "out" / "part-00001").exists()
 
 
-def test_jar_and_spark_steps_and_mapper_raw_are_refused_with_a_clear_message(tmp_path):
+def test_the_text_classifier_reads_whole_files_through_mapper_raw_in_four_steps(tmp_path):
     c = make_context(2)
     tasks.setup(c)
-    for example, what in [("mr_jar_step_example", "jar step"), ("mr_spark_wordcount", "spark step"),
-                          ("mr_text_classifier", "mapper_raw")]:
+    docs = [str(path) for path in sorted((EXAMPLES / "docs-to-classify").iterdir())]
+    expected = mrjob_local("mr_text_classifier", [], docs)
+    assert len(expected) > 100  # documents and n-gram scores
+    assert reductio_run(c, "mr_text_classifier", [], docs, tmp_path / "out") == expected
+
+
+WET_WRITER = """\
+import io, sys
+from warcio.warcwriter import WARCWriter
+
+pages = [("http://pizza.example.com/menu", "Call (415) 555-1212 to order, or 1-800-555-0199."),
+         ("http://pizza.example.com/", "Pizza! Phone 415.555.1212"),
+         ("http://other.example.org/contact", "Reach us at 212-555-0100 any day."),
+         ("http://other.example.org/about", "No numbers here.")]
+with open(sys.argv[1], "wb") as out:
+    writer = WARCWriter(out, gzip=True)
+    for url, text in pages:
+        writer.write_record(writer.create_warc_record(
+            url, "conversion", payload=io.BytesIO(text.encode()), warc_content_type="text/plain"))
+"""
+
+
+def wet_file(path: Path) -> Path:
+    """A small Common Crawl WET file (gzipped WARC conversion records), as mr_phone_to_url reads, made by warcio
+    (in a process of its own: warcio leaves temporary files to the garbage collector)."""
+    subprocess.run([sys.executable, "-c", WET_WRITER, str(path)], check=True, timeout=60)
+    return path
+
+
+def test_phone_to_url_reads_a_wet_file_whole_with_warcio(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    inputs = [str(wet_file(tmp_path / "crawl.warc.wet.gz"))]
+    expected = mrjob_local("mr_phone_to_url", [], inputs)
+    assert len(expected) == 3  # three numbers, each with its best URL
+    assert reductio_run(c, "mr_phone_to_url", [], inputs, tmp_path / "out") == expected
+
+
+def test_examples_run_on_ssh_workers_with_python_3_13_and_no_mrjob(sshd_cluster, ssh_workers, inputs, tmp_path):
+    """Python 3.13 has neither pipes nor distutils, which mrjob 0.7.4 imports; the workers have no mrjob."""
+    ssh_workers(2)  # the daemons' host keys in known_hosts; the workers.cfg is ours:
+    Path("workers.cfg").write_text(sshd_cluster.workers_cfg(sshd_cluster.homes, count=2, python=newest_python()))
+    c = make_context()
+    tasks.setup(c)
+    for example, args in [CASES[0], CASES[8]]:  # combiner; mapreduce_map_input_file
+        assert reductio_run(c, example, args, inputs, tmp_path / example) == mrjob_local(example, args, inputs)
+    docs = [str(path) for path in sorted((EXAMPLES / "docs-to-classify").iterdir())]
+    assert reductio_run(c, "mr_text_classifier", [], docs, tmp_path / "classified") == mrjob_local(
+        "mr_text_classifier", [], docs)
+
+
+def newest_python() -> str:
+    """Python 3.13's interpreter, which the machine must have (pyenv on the machines this suite runs on)."""
+    pyenv = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pyenv" / "versions"  # HOME is the test's own
+    for candidate in [shutil.which("python3.13"), *sorted(pyenv.glob("3.13*/bin/python3.13"))]:
+        if candidate and subprocess.run([candidate, "-c", "import venv"], capture_output=True).returncode == 0:
+            return str(candidate)
+    raise AssertionError("this test needs Python 3.13 with venv (pyenv install 3.13, or Debian's python3.13-venv)")
+
+
+def test_jar_and_spark_steps_are_refused_with_a_clear_message(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    for example, what in [("mr_jar_step_example", "jar step"), ("mr_spark_wordcount", "spark step")]:
         with pytest.raises(Exit, match=what):
             tasks.mrjob(c, f"{EXAMPLES / example}.py {write_lines(tmp_path / 'in.txt', ['a'])}", output="out")
