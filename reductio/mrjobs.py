@@ -41,6 +41,9 @@ def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
     runner = _runner(Path(argv[0]), argv[1:])
     try:
         _check_runner(runner)
+        for path in runner._opts["py_files"]:  # on the tasks' PYTHONPATH, as mrjob's setup script puts them
+            runner._working_dir_mgr.add("file", path)
+        python_path = [runner._working_dir_mgr.name("file", path) for path in runner._opts["py_files"]]
         files = {name: path for name, path in runner._working_dir_mgr.name_to_path("file").items()}
         files["mrjob.zip"] = runner._create_mrjob_zip()  # the head's mrjob, for workers without one (mrjob_task)
         shipped = [f"{path}#{name}" for name, path in sorted(files.items())]
@@ -48,7 +51,7 @@ def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
         source = f"{prefix}.input"
         tasks.load_files(c, _inputs(runner), source, whole=runner._uses_input_manifest())  # mapper_raw: whole
         for number, step in enumerate(runner._get_steps()):
-            source = _run_step(c, runner, number, step, source, prefix, shipped)
+            source = _run_step(c, runner, number, step, source, prefix, shipped, python_path)
     finally:
         runner.cleanup()  # mrjob's temp folder on the head
     parts = gather.fetch_parts(Cluster.from_context(c), source, output)
@@ -116,8 +119,8 @@ def _check(steps: List[dict]) -> None:
 
 
 def _check_runner(runner) -> None:
-    if runner._setup or runner._opts["py_files"]:
-        raise UserCodeError("the job has setup commands or py_files, which reductio does not run yet")
+    if runner._setup:
+        raise UserCodeError("the job has setup commands, which reductio does not run yet")
     if runner._working_dir_mgr.name_to_path("archive"):
         raise UserCodeError("the job ships archives or DIRS, which reductio does not run yet")
     if any(path == "-" for path in runner._input_paths):
@@ -138,12 +141,18 @@ def _prefix(script: Path, args: List[str]) -> str:
     return f"mrjob.{stem}.{digest}"
 
 
-def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, files: List[str]) -> str:
-    """Map (with its combiner), and with a reducer scatter, sort and reduce: the name of the step's output."""
+def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, files: List[str],
+              python_path: List[str]) -> str:
+    """Map (with its combiner), and with a reducer scatter, sort and reduce: the name of the step's output.
+
+    ``python_path``: the names of the job's py_files in the task's working folder."""
     from mrjob.util import cmd_line
 
-    env = sorted(f"{key.replace('.', '_')}={value}" for key, value in runner._jobconf_for_step(number).items())
-    env += sorted(f"{key}={value}" for key, value in runner._cmdenv().items())
+    variables = {key.replace(".", "_"): value for key, value in runner._jobconf_for_step(number).items()}
+    variables.update(runner._cmdenv())
+    if python_path:
+        variables["PYTHONPATH"] = ":".join(python_path + [variables.get("PYTHONPATH", "")]).rstrip(":")
+    env = sorted(f"{key}={value}" for key, value in variables.items())
 
     def command(substep: str) -> str:
         if substep == "mapper" and step.get("input_manifest"):  # mapper_raw: the file's path and name follow

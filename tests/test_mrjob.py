@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
@@ -9,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -80,12 +82,30 @@ def test_a_bundled_example_gives_what_mrjob_local_gives_on_local_workers(example
     assert reductio_run(c, example, args, inputs, tmp_path / "out") == expected
 
 
-def test_examples_run_on_ssh_workers_that_have_no_mrjob_installed(ssh_workers, inputs, tmp_path):
+def test_every_example_runs_on_ssh_workers_that_have_no_mrjob_installed(ssh_workers, inputs, tmp_path):
     ssh_workers(2)
     c = make_context()
     tasks.setup(c)
-    for example, args in [CASES[0], CASES[4], CASES[6]]:  # combiner; FILES and two steps; mapper_cmd
+    for example, args in CASES:
         assert reductio_run(c, example, args, inputs, tmp_path / example) == mrjob_local(example, args, inputs)
+    wet = [str(wet_file(tmp_path / "crawl.warc.wet.gz"))]
+    warcio = ["--py-files", str(zipped_modules(tmp_path / "warcio.zip", "warcio", "six"))]  # the workers have none
+    assert reductio_run(c, "mr_phone_to_url", warcio, wet, tmp_path / "phones") == mrjob_local(
+        "mr_phone_to_url", [], wet)
+    got = reductio_run(c, "mr_count_lines_wrong", [], inputs, tmp_path / "wrong")
+    assert sum(json.loads(line.split("\t")[1]) * times for line, times in got.items()) == 2 * len(TEXT)
+
+
+def zipped_modules(path: Path, *names: str) -> Path:
+    """A zip of installed modules and packages, importable from sys.path: what mrjob's --py-files ships."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in names:
+            origin = Path(importlib.util.find_spec(name).origin)
+            sources = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+            for source in sources:
+                archive.write(source, source.relative_to(origin.parent.parent if origin.name == "__init__.py"
+                                                         else origin.parent))
+    return path
 
 
 def test_count_lines_wrong_totals_the_lines_whatever_the_number_of_map_tasks(inputs, tmp_path):
