@@ -10,6 +10,7 @@ there is one. mrjob 0.7.4 imports two modules newer Pythons removed;
 ``supply_removed_modules`` stands in for them. Standard library only.
 """
 
+import importlib.util
 import os
 import re
 import runpy
@@ -37,14 +38,9 @@ def supply_removed_modules() -> None:
     """What mrjob 0.7.4 uses of ``pipes`` (gone in Python 3.13) and ``distutils`` (gone in 3.12), where they are
     gone and neither standard-pipes nor setuptools brings them back: ``pipes.quote``,
     ``distutils.spawn.find_executable`` and ``distutils.version.LooseVersion``."""
-    try:
-        import pipes  # noqa: F401 - deprecated on 3.11 and 3.12: mrjob imports it anyway
-    except ImportError:
+    if importlib.util.find_spec("pipes") is None:  # found, not imported: importing it here would warn on stderr
         _module("pipes", quote=shlex.quote)
-    try:
-        import distutils.spawn  # noqa: F401
-        import distutils.version  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("distutils") is None:
         distutils = _module("distutils")
         distutils.spawn = _module("distutils.spawn", find_executable=shutil.which)
         distutils.version = _module("distutils.version", LooseVersion=LooseVersion)

@@ -232,3 +232,12 @@ def test_jar_and_spark_steps_are_refused_with_a_clear_message(tmp_path):
     for example, what in [("mr_jar_step_example", "jar step"), ("mr_spark_wordcount", "spark step")]:
         with pytest.raises(Exit, match=what):
             tasks.mrjob(c, f"{EXAMPLES / example}.py {write_lines(tmp_path / 'in.txt', ['a'])}", output="out")
+
+
+def test_the_task_runner_adds_nothing_to_a_tasks_stderr(tmp_path):
+    """A task's stderr is its counters, status and the error shown when it fails: the runner keeps out of it."""
+    script = tmp_path / "quiet.py"
+    script.write_text("import mrjob.util\nprint('ran')\n")  # mrjob.util imports pipes and distutils
+    done = subprocess.run([sys.executable, "-m", "reductio.mrjob_task", str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
