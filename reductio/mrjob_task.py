@@ -10,7 +10,9 @@ there is one. mrjob 0.7.4 imports two modules newer Pythons removed;
 ``supply_removed_modules`` stands in for them. Standard library only.
 """
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import runpy
@@ -20,6 +22,7 @@ import sys
 import types
 
 _OTHER_JSON = ("ujson", "rapidjson", "simplejson")
+_OUT_BUFFER = 1 << 16
 
 
 def main() -> None:
@@ -31,7 +34,25 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     if os.path.isfile("mrjob.zip"):
         sys.path.insert(0, os.path.abspath("mrjob.zip"))
-    runpy.run_path(script, run_name="__main__")
+    with _buffered_stdout():
+        runpy.run_path(script, run_name="__main__")
+
+
+@contextlib.contextmanager
+def _buffered_stdout():
+    """The task's output is a data stream into a pipe: write it in large blocks even under PYTHONUNBUFFERED
+    (mrjob writes each key and value apart; unbuffered, that was two system calls per pair, each waking sort)."""
+    sys.stdout.flush()
+    stdout = sys.stdout
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(stdout.fileno(), "w", closefd=False), _OUT_BUFFER),
+                                  encoding=stdout.encoding, errors=stdout.errors, newline="\n")
+    try:
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+        finally:
+            sys.stdout = stdout
 
 
 def supply_removed_modules() -> None:

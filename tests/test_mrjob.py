@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import pwd
+import select
 import shlex
 import shutil
 import subprocess
@@ -241,3 +242,18 @@ def test_the_task_runner_adds_nothing_to_a_tasks_stderr(tmp_path):
     done = subprocess.run([sys.executable, "-m", "reductio.mrjob_task", str(script)], capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
+
+
+def test_a_tasks_output_is_written_in_blocks_even_under_pythonunbuffered(tmp_path):
+    """mrjob writes each key and value apart: unbuffered, two system calls per pair, each waking the reader."""
+    script = tmp_path / "writer.py"
+    script.write_text("import sys\nsys.stdout.buffer.write(b'key\\t1\\n')\nsys.stdin.read()\n")
+    task = subprocess.Popen([sys.executable, "-m", "reductio.mrjob_task", str(script)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=tmp_path)
+    try:
+        readable, _, _ = select.select([task.stdout], [], [], 2)  # unbuffered, the line is there at once
+        assert not readable, "the task's first line reached the pipe before its buffer was full or the task ended"
+    finally:
+        task.stdin.close()
+    with task.stdout:
+        assert task.stdout.read() == b"key\t1\n" and task.wait(60) == 0
