@@ -10,9 +10,7 @@ there is one. mrjob 0.7.4 imports two modules newer Pythons removed;
 ``supply_removed_modules`` stands in for them. Standard library only.
 """
 
-import contextlib
 import importlib.util
-import io
 import os
 import re
 import runpy
@@ -21,8 +19,9 @@ import shutil
 import sys
 import types
 
+from reductio.buffering import buffered_stdout
+
 _OTHER_JSON = ("ujson", "rapidjson", "simplejson")
-_OUT_BUFFER = 1 << 16
 
 
 def main() -> None:
@@ -34,25 +33,8 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     if os.path.isfile("mrjob.zip"):
         sys.path.insert(0, os.path.abspath("mrjob.zip"))
-    with _buffered_stdout():
+    with buffered_stdout():  # mrjob writes each key and value apart
         runpy.run_path(script, run_name="__main__")
-
-
-@contextlib.contextmanager
-def _buffered_stdout():
-    """The task's output is a data stream into a pipe: write it in large blocks even under PYTHONUNBUFFERED
-    (mrjob writes each key and value apart; unbuffered, that was two system calls per pair, each waking sort)."""
-    sys.stdout.flush()
-    stdout = sys.stdout
-    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(stdout.fileno(), "w", closefd=False), _OUT_BUFFER),
-                                  encoding=stdout.encoding, errors=stdout.errors, newline="\n")
-    try:
-        yield
-    finally:
-        try:
-            sys.stdout.flush()
-        finally:
-            sys.stdout = stdout
 
 
 def supply_removed_modules() -> None:

@@ -13,6 +13,7 @@ This module and the ones it imports use only the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -20,6 +21,7 @@ import sys
 import time
 
 from reductio import heartbeat, steplog
+from reductio.buffering import buffered_stdout
 from reductio.control import answer
 from reductio.errors import ReductioError, environment_error
 from reductio.protocol import ERROR, RESULT, emit
@@ -36,6 +38,7 @@ STEPS = {
 }
 
 _WRITING = ("map", "transform", "reduce", "sort", "receive", "send")
+_USER_CODE = ("map", "transform", "reduce")  # their stdout is only what the user's code prints
 
 
 def step_function(step: str):
@@ -56,7 +59,8 @@ def main(argv: list = None) -> int:
     started = time.time()
     try:
         try:
-            result = step_function(step)(params)
+            with buffered_stdout() if step in _USER_CODE else contextlib.nullcontext():  # a stray print per record
+                result = step_function(step)(params)
         except OSError as err:
             raise environment_error(err) from err
     except ReductioError as err:
