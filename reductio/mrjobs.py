@@ -31,7 +31,7 @@ from reductio import gather, spread, tasks
 from reductio.cluster import Cluster
 from reductio.errors import ReductioError, UserCodeError
 from reductio.feedback import user_totals
-from reductio.mrjob_task import supply_removed_modules
+from reductio.mrjob_task import COMBINE_IN_MAPPER, supply_removed_modules
 
 
 def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
@@ -152,6 +152,9 @@ def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, file
     variables.update(runner._cmdenv())
     if python_path:
         variables["PYTHONPATH"] = ":".join(python_path + [variables.get("PYTHONPATH", "")]).rstrip(":")
+    in_mapper = _combines_in_mapper(runner, step)
+    if in_mapper:
+        variables[COMBINE_IN_MAPPER] = "1"
     env = sorted(f"{key}={value}" for key, value in variables.items())
 
     def command(substep: str) -> str:
@@ -161,7 +164,7 @@ def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, file
 
     here = f"{prefix}.{number}"
     mapper = command("mapper") if "mapper" in step else "| cat"
-    combine = command("combiner") if "combiner" in step else ""
+    combine = command("combiner") if "combiner" in step and not in_mapper else ""
     counted = [tasks.map(c, mapper, source, f"{here}.mapped", combine=combine, files=files, env=env)]
     target = f"{here}.mapped"
     if "reducer" in step:
@@ -176,6 +179,13 @@ def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, file
     if totals:
         print(counter_lines(totals), flush=True)
     return target
+
+
+def _combines_in_mapper(runner, step: dict) -> bool:
+    """Whether the step's combiner can run inside its mapper's process (mrjob_task): both are the script's own,
+    a reducer follows, and the combiner need not see values sorted (SORT_VALUES)."""
+    return (step.get("mapper", {}).get("type") == "script" and step.get("combiner", {}).get("type") == "script"
+            and "reducer" in step and not runner._sort_values)
 
 
 def counter_lines(totals: Dict[str, int]) -> str:

@@ -257,3 +257,36 @@ def test_a_tasks_output_is_written_in_blocks_even_under_pythonunbuffered(tmp_pat
         task.stdin.close()
     with task.stdout:
         assert task.stdout.read() == b"key\t1\n" and task.wait(60) == 0
+
+
+def test_a_mapper_told_to_combine_runs_the_combiner_in_its_own_process_on_json_exact_pairs(tmp_path):
+    """The map step of a job whose combiner is its own runs no sort and no combiner process: the mapper combines.
+    Pairs whose JSON round trip would change them (a tuple value) reach the reducer uncombined, as mrjob allows."""
+    script = tmp_path / "mr_tuples.py"
+    script.write_text(
+        "from mrjob.job import MRJob\n"
+        "class MRTuples(MRJob):\n"
+        "    def mapper(self, _, line):\n"
+        "        for word in line.split():\n"
+        "            yield word, 1\n"
+        "            yield 'pair:' + word, (1, word)\n"
+        "    def combiner(self, key, values):\n"
+        "        values = list(values)\n"
+        "        yield key, sum(v if isinstance(v, int) else v[0] for v in values)\n"
+        "    def reducer(self, key, values):\n"
+        "        yield key, sum(values)\n"
+        "if __name__ == '__main__':\n"
+        "    MRTuples.run()\n")
+
+    def mapped(**env):
+        done = subprocess.run([sys.executable, "-m", "reductio.mrjob_task", str(script), "--step-num=0", "--mapper"],
+                              input="a b a\nb a\n", capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env=dict(os.environ, **env))
+        assert done.returncode == 0, done.stderr
+        return Counter(done.stdout.splitlines())
+
+    from reductio.mrjob_task import COMBINE_IN_MAPPER
+
+    assert mapped() == {'"a"\t1': 3, '"b"\t1': 2, '"pair:a"\t[1, "a"]': 3, '"pair:b"\t[1, "b"]': 2}
+    assert mapped(**{COMBINE_IN_MAPPER: "1"}) == {'"a"\t3': 1, '"b"\t2': 1, '"pair:a"\t[1, "a"]': 3,
+                                                 '"pair:b"\t[1, "b"]': 2}
