@@ -55,7 +55,7 @@ def text_blocks(path: Path, size: int) -> Iterator[bytes]:
     Each block is valid UTF-8 (else an InputError with the byte offset), its
     CRLF line ends become LF, and the file's last line gets its LF.
     """
-    opener = gzip.open if path.name.endswith(".gz") else open
+    opener = _opener(path)
     offset = 0
     try:
         data = opener(path, "rb")
@@ -81,11 +81,15 @@ def text_blocks(path: Path, size: int) -> Iterator[bytes]:
             yield block.replace(b"\r\n", b"\n")
 
 
+def _opener(path: Path):
+    """How load opens an input file: a .gz decompressed as it is read."""
+    return gzip.open if path.name.endswith(".gz") else open
+
+
 def whole_blocks(path: Path) -> Iterator[bytes]:
     """A file's bytes as they are (a .gz decompressed, as mrjob hands mapper_raw its files), in blocks."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rb") as data:
+        with _opener(path)(path, "rb") as data:
             yield from iter(lambda: data.read(MAX_BLOCK), b"")
     except (OSError, EOFError) as err:
         raise InputError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
