@@ -58,11 +58,12 @@ def _run_mapper_combining(job, step_num: int = 0) -> None:
     """
     read_lines, write_mapped = job._wrap_protocols(step_num, "mapper")
     _, write_combined = job._wrap_protocols(step_num, "combiner")
-    json = _is_json(job.pick_protocols(step_num, "mapper")[1]) and _is_json(job.pick_protocols(step_num, "combiner")[0])
+    both_json = (_is_json(job.pick_protocols(step_num, "mapper")[1])
+                 and _is_json(job.pick_protocols(step_num, "combiner")[0]))
     held: dict = {}
     count = 0
     for key, value in job.map_pairs(read_lines(), step_num=step_num):
-        if not json or type(key) is not str or type(value) not in _EXACT:
+        if not both_json or type(key) is not str or type(value) not in _EXACT:
             write_mapped(key, value)
             continue
         values = held.get(key)

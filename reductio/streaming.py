@@ -164,16 +164,16 @@ class _Pipeline:
         self.command, self.position = command, position
         self.stages: list[tuple[Command | None, subprocess.Popen, _Stderr]] = []
         folder = command.workdir()
+        env = env or {}  # this run's own variables, on top of each command's
         argv = ["/bin/sh", "-c", f'{command.text} "$@"', "sh", *args] if args else None
-        first = self._start(command, folder, subprocess.PIPE, argv, dict(command.env, **env) if env else None)
+        first = self._start(command, folder, subprocess.PIPE, argv, {**command.env, **env})
         last = first
         if combine is not None:
             sort_tmp = folder / ".sort-tmp"
             sort_tmp.mkdir()
             argv = sort_argv([], sort_tmp, buffer=command.sort_buffer)  # no files: it reads stdin
             last = self._start(None, folder, last.stdout, argv, sort_env())
-            last = self._start(combine, combine.workdir(), last.stdout, None,
-                               dict(combine.env, **env) if env else None)
+            last = self._start(combine, combine.workdir(), last.stdout, None, {**combine.env, **env})
         for _, process, _ in self.stages[:-1]:
             process.stdout.close()  # the next stage holds it: a stage that stops reading gets SIGPIPE
         self.stdout = io.TextIOWrapper(last.stdout, encoding="utf-8", newline="\n")
