@@ -5,8 +5,9 @@ code (``MRJobBinRunner``) spell every substep's command line as mrjob's
 Hadoop runner would: ``python3 -m reductio.mrjob_task JOB.py --step-num=N
 --mapper`` and the job's passthrough options, ``pre_filter`` wrapped in
 ``sh -ex -c``, ``mapper_cmd`` as written, the job's files under their
-working-folder names. mrjob's own zip of the head's mrjob goes with them
-(its bootstrap), so workers need no install. reductio runs
+working-folder names and its ``DIRS`` and archives unpacked there
+(archives.py). mrjob's own zip of the head's mrjob goes with them (its
+bootstrap), so workers need no install. reductio runs
 those as streaming steps (streaming.py): the first step reads the raw
 input lines, one task per input file as ``mapreduce_map_input_file``
 names it (or, for ``mapper_raw``, each whole file by path, as mrjob's
@@ -18,11 +19,14 @@ as environment variables, dots as underscores.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
+import os
 import re
 import shutil
 import sys
+import tarfile
 import warnings
 from pathlib import Path
 from typing import Dict, List
@@ -46,7 +50,10 @@ def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
         python_path = [runner._working_dir_mgr.name("file", path) for path in runner._opts["py_files"]]
         files = {name: path for name, path in runner._working_dir_mgr.name_to_path("file").items()}
         files["mrjob.zip"] = runner._create_mrjob_zip()  # the head's mrjob, for workers without one (mrjob_task)
-        shipped = [f"{path}#{name}" for name, path in sorted(files.items())]
+        _archive_dirs(runner)
+        archived = runner._working_dir_mgr.name_to_path("archive")
+        shipped = {"files": [f"{path}#{name}" for name, path in sorted(files.items())],
+                   "archives": [f"{path}#{name}" for name, path in sorted(archived.items())]}
         prefix = _prefix(Path(argv[0]), argv[1:])
         source = f"{prefix}.input"
         tasks.load_files(c, _inputs(runner), source, whole=runner._uses_input_manifest())  # mapper_raw: whole
@@ -121,10 +128,32 @@ def _check(steps: List[dict]) -> None:
 def _check_runner(runner) -> None:
     if runner._setup:
         raise UserCodeError("the job has setup commands, which reductio does not run yet")
-    if runner._working_dir_mgr.name_to_path("archive"):
-        raise UserCodeError("the job ships archives or DIRS, which reductio does not run yet")
     if any(path == "-" for path in runner._input_paths):
         raise UserCodeError("give the job's input as files: reductio does not read it from stdin")
+
+
+def _archive_dirs(runner) -> None:
+    """Each of the job's DIRS (and ``--dirs``) as the tar.gz mrjob's runner planned for it, holding the same
+    members (the folder's files, links followed), but the same bytes for the same files, so a re-run finds the
+    steps up to date: members sorted, no owners, no time in the gzip header."""
+    for folder, tar_gz in sorted(runner._dir_to_archive_path.items()):
+        if not os.path.isdir(folder):
+            raise UserCodeError(f"the job's folder {folder} does not exist")
+        os.makedirs(os.path.dirname(tar_gz), exist_ok=True)
+        with open(tar_gz, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
+                tarfile.open(fileobj=zipped, mode="w", dereference=True) as tar:
+            for where, folders, names in os.walk(folder, followlinks=True):
+                folders.sort()
+                for name in sorted(names):
+                    path = os.path.join(where, name)
+                    tar.add(path, os.path.relpath(path, folder), recursive=False, filter=_anonymous)
+        runner._dir_archives_created.add(tar_gz)
+
+
+def _anonymous(member):
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    return member
 
 
 def _inputs(runner) -> List[Path]:
@@ -141,11 +170,12 @@ def _prefix(script: Path, args: List[str]) -> str:
     return f"mrjob.{stem}.{digest}"
 
 
-def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, files: List[str],
+def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, shipped: Dict[str, List[str]],
               python_path: List[str]) -> str:
     """Map (with its combiner), and with a reducer scatter, sort and reduce: the name of the step's output.
 
-    ``python_path``: the names of the job's py_files in the task's working folder."""
+    ``shipped``: the job's ``files`` and ``archives`` (``PATH#NAME``); ``python_path``: the names of its
+    py_files in the task's working folder."""
     from mrjob.util import cmd_line
 
     variables = {key.replace(".", "_"): value for key, value in runner._jobconf_for_step(number).items()}
@@ -165,13 +195,13 @@ def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, file
     here = f"{prefix}.{number}"
     mapper = command("mapper") if "mapper" in step else "| cat"
     combine = command("combiner") if "combiner" in step and not in_mapper else ""
-    counted = [tasks.map(c, mapper, source, f"{here}.mapped", combine=combine, files=files, env=env)]
+    counted = [tasks.map(c, mapper, source, f"{here}.mapped", combine=combine, env=env, **shipped)]
     target = f"{here}.mapped"
     if "reducer" in step:
         tasks.scatter(c, target, f"{here}.here")
         tasks.sort(c, f"{here}.here", f"{here}.sorted")
         target = f"{here}.reduced"
-        counted.append(tasks.reduce(c, command("reducer"), f"{here}.sorted", target, files=files, env=env))
+        counted.append(tasks.reduce(c, command("reducer"), f"{here}.sorted", target, env=env, **shipped))
     totals: Dict[str, int] = {}
     for results in filter(None, counted):  # None: skipped, up to date
         for name, count in user_totals(results).items():

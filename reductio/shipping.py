@@ -4,6 +4,8 @@
 to the worker's ``HOME/shipped/SHA256`` (store.py) unless the step's check
 found it there already, and the command finds it by its own name in its
 working folder. A changed file is a new digest, so the step is redone.
+Archives (``archives=["model.tar.gz#model"]``) travel the same way and are
+unpacked on the worker (archives.py).
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import hashlib
 from pathlib import Path
 from typing import Dict, Tuple
 
+from reductio import archives
 from reductio.errors import UserCodeError
 from reductio.packaging import push
 from reductio.streaming import check_file_name
 
 
-def digests(paths) -> Dict[str, Tuple[Path, str]]:
-    """name -> (local path, SHA-256) of each file to ship (``PATH`` or ``PATH#NAME``); a name given twice or a
-    missing file is refused."""
-    found: Dict[str, Tuple[Path, str]] = {}
+def digests(paths, taken: Dict[str, Tuple[Path, str]] = None, unpack: bool = False) -> Dict[str, Tuple[Path, str]]:
+    """name -> (local path, SHA-256) of each file to ship (``PATH`` or ``PATH#NAME``); a name given twice (or
+    already ``taken``) or a missing file is refused, and with ``unpack`` a file that is not an archive."""
+    found: Dict[str, Tuple[Path, str]] = dict(taken or {})
     for given in paths or ():
         local, _, rename = str(given).partition("#")  # Hadoop's PATH#NAME: ship PATH under NAME
         path = Path(local).expanduser()
@@ -29,12 +32,14 @@ def digests(paths) -> Dict[str, Tuple[Path, str]]:
         name = check_file_name(rename or path.name)
         if name in found:
             raise UserCodeError(f"two files to ship are called {name!r}: {found[name][0]} and {path}")
+        if unpack:
+            archives.check(path)
         digest = hashlib.sha256()
         with open(path, "rb") as data:
             for block in iter(lambda: data.read(1 << 20), b""):
                 digest.update(block)
         found[name] = (path, digest.hexdigest())
-    return found
+    return {name: found[name] for name in found if name not in (taken or {})}
 
 
 def ship(cluster, survey, files: Dict[str, Tuple[Path, str]]) -> None:

@@ -8,6 +8,7 @@ Layout, the only place it is spelled out::
     HOME/cluster_key, HOME/known_hosts            how this worker reaches the others (scatter)
     HOME/venv/, HOME/dist/                        an SSH worker's Python environment and sdists
     HOME/shipped/SHA256                           a file shipped with a command step, named by its content
+    HOME/shipped/SHA256.d/                        that file unpacked, when it was shipped as an archive
 
 A step writes into ``tmp/ATTEMPT``; publishing checks every expected file is
 there whole, writes the marker, moves the folder into ``store`` and swaps the

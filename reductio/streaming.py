@@ -2,7 +2,8 @@
 
 Where a step takes a function, ``"| COMMAND"`` names a shell command
 instead (``/bin/sh -c COMMAND``). It runs in a working folder of its own
-holding the files shipped with it, its PATH starting with the folder of the
+holding the files shipped with it (and the archives shipped with it,
+unpacked: archives.py), its PATH starting with the folder of the
 worker's Python (as in an activated environment), and reads the step's
 input lines on stdin. Over input that ``load`` made it runs once per input
 file it has lines of, with ``mapreduce_map_input_file`` (and the older
@@ -33,6 +34,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+from reductio import archives
 from reductio.counters import increment
 from reductio.errors import UserCodeError
 from reductio.sorting import sort_argv, sort_env
@@ -85,6 +87,8 @@ class Command:
         self.env = dict(os.environ, **(params.get("env") or {}))
         self.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", os.defpath)
         self.files = {check_file_name(name): shipped / digest for name, digest in (params.get("files") or {}).items()}
+        self.archives = {check_file_name(name): shipped / digest
+                         for name, digest in (params.get("archives") or {}).items()}
         self.folder = folder / f".work-{params['origin']}-{role}"
         self.sort_buffer = params.get("sort_buffer")
 
@@ -142,13 +146,13 @@ class Command:
             raise UserCodeError(f"sort -m of the reducer's input failed (exit {merge.returncode})")
 
     def workdir(self) -> Path:
-        """A fresh working folder holding the shipped files (links to the home's copies)."""
+        """A fresh working folder holding the shipped files and unpacked archives (links to the home's copies)."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(mode=0o700)
-        for name, path in self.files.items():
+        for name, path in [*self.files.items(), *self.archives.items()]:
             if not path.is_file():
                 raise UserCodeError(f"shipped file {name!r} is missing on this worker; run the step again")
-            os.symlink(path, self.folder / name)
+            os.symlink(archives.unpacked(path, name) if name in self.archives else path, self.folder / name)
         return self.folder
 
 

@@ -42,6 +42,8 @@ _HELP_SOURCE = "name of the dataset to read"
 _HELP_TARGET = "name of the dataset to write (replaced if it exists)"
 _HELP_FORCE = "redo the step even if its target is up to date"
 _HELP_FILES = "a local file the command needs in its working folder (repeatable)"
+_HELP_ARCHIVES = ("a local tar or zip file the command needs unpacked in its working folder, as a folder named"
+                  " after the file (PATH#NAME to name it; repeatable)")
 _HELP_ENV = "NAME=VALUE set in the command's environment (repeatable)"
 
 
@@ -224,17 +226,18 @@ def initialize(c, function, target, force=False):
 
 
 def _function_step(c, step: str, function: str, source: str, target: str, force: bool, combine: str = "",
-                   files=None, env=None):
+                   files=None, env=None, archives=None):
     """map, transform and reduce: run the function or command on every worker, partition its output.
 
     Returns each worker's result, or None when the step was up to date."""
     functions = [_check_function(function)] + ([_check_function(combine)] if combine else [])
     commands = [spec for spec in functions if streaming.command_of(spec) is not None]
-    if (files or env) and not commands:
-        raise UserCodeError("files and env are for a command (| COMMAND), not a Python function")
+    if (files or archives or env) and not commands:
+        raise UserCodeError("files, archives and env are for a command (| COMMAND), not a Python function")
     if combine and streaming.command_of(combine) is not None and streaming.command_of(function) is None:
         raise UserCodeError("a combiner command needs a mapper command; give the combiner as a Python function")
     shipped = shipping.digests(files)
+    unpacked = shipping.digests(archives, taken=shipped, unpack=True)
     variables = streaming.check_env(env)
     check_name(source)
     check_name(target)
@@ -249,7 +252,8 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
                   "partitions": len(cluster), "origin": f"w{worker.index:05d}",
                   "processes": worker.spec.processes or processes, "sharing": cluster.sharing(worker)}
         if commands:
-            params.update(files={name: digest for name, (_, digest) in shipped.items()}, env=variables,
+            params.update(files={name: digest for name, (_, digest) in shipped.items()},
+                          archives={name: digest for name, (_, digest) in unpacked.items()}, env=variables,
                           sort_buffer=found.get("sort_buffer"))
         return params
 
@@ -257,12 +261,13 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
         return
     started = time.time()
     survey = Survey(cluster, step, target, source, [f for f in functions if f not in commands],
-                    [digest for _, digest in shipped.values()])
+                    [digest for _, digest in [*shipped.values(), *unpacked.values()]])
     if step != "map" or streaming.command_of(function) is None:
         _refuse_whole_files(survey, source, f"{step} with a function")
     code = survey.code
-    if commands:  # what a command runs is its text, its files and its environment
+    if commands:  # what a command runs is its text, its files, archives and environment
         code = "-".join(filter(None, [code, digest_of([*commands, *sorted(f"{n}={d}" for n, (_, d) in shipped.items()),
+                                                       *sorted(f"archive {n}={d}" for n, (_, d) in unpacked.items()),
                                                        *sorted(f"{k}={v}" for k, v in variables.items())])]))
     text = step == "transform" or streaming.command_of(function) is not None
     facts = {"step": step, "function": function, "code": code, "source": source,
@@ -272,7 +277,7 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
         facts["combine"] = combine
     if _up_to_date(c, survey, facts, target, force):
         return
-    shipping.ship(cluster, survey, shipped)
+    shipping.ship(cluster, survey, {**shipped, **unpacked})
     results = run_and_publish(cluster, step, params_for, target, facts)
     seconds = time.time() - started
     report_step(c.config, f"{step}: {function} {source} -> {target} ({seconds:.1f} s)", step, results,
@@ -285,17 +290,18 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
             "source": _HELP_SOURCE, "target": _HELP_TARGET, "force": _HELP_FORCE,
             "combine": "dotted path of a reducer that pre-aggregates map output on each worker (a combiner),"
                        " or | COMMAND",
-            "files": _HELP_FILES, "env": _HELP_ENV},
-      iterable=["files", "env"])
+            "files": _HELP_FILES, "archives": _HELP_ARCHIVES, "env": _HELP_ENV},
+      iterable=["files", "archives", "env"])
 @_reported
-def map(c, function, source, target, force=False, combine="", files=None, env=None):  # noqa: A001 - product name
+def map(c, function, source, target, force=False, combine="", files=None, env=None,  # noqa: A001 - product name
+        archives=None):
     """Call function(key, value) on every record; each yielded pair goes to the partition owning its key.
 
     With ``combine``, the pairs are first pre-aggregated by that reducer in
     bounded memory (see README "Combiners"). ``| COMMAND`` instead of a
     function runs a command with the lines on stdin (README "Streaming steps").
     """
-    return _function_step(c, "map", function, source, target, force, combine, files, env)
+    return _function_step(c, "map", function, source, target, force, combine, files, env, archives)
 
 
 @task(help={"function": _HELP_FUNCTION + "; called as function(line, out)",
@@ -311,12 +317,12 @@ def transform(c, function, source, target, force=False):
 @task(help={"function": _HELP_FUNCTION + "; called as function(key, values) once per key;"
                          " or | COMMAND, fed the sorted lines on stdin",
             "source": "name of a sorted dataset (the output of sort)", "target": _HELP_TARGET,
-            "force": _HELP_FORCE, "files": _HELP_FILES, "env": _HELP_ENV},
-      iterable=["files", "env"])
+            "force": _HELP_FORCE, "files": _HELP_FILES, "archives": _HELP_ARCHIVES, "env": _HELP_ENV},
+      iterable=["files", "archives", "env"])
 @_reported
-def reduce(c, function, source, target, force=False, files=None, env=None):
+def reduce(c, function, source, target, force=False, files=None, env=None, archives=None):
     """Call function(key, values) once per key of sorted input, values a lazy iterator; or run | COMMAND."""
-    return _function_step(c, "reduce", function, source, target, force, files=files, env=env)
+    return _function_step(c, "reduce", function, source, target, force, files=files, env=env, archives=archives)
 
 
 @task(help={"source": "a dataset made by map, transform or reduce", "target": _HELP_TARGET, "force": _HELP_FORCE})

@@ -95,6 +95,9 @@ def test_every_example_runs_on_ssh_workers_that_have_no_mrjob_installed(ssh_work
         "mr_phone_to_url", [], wet)
     got = reductio_run(c, "mr_count_lines_wrong", [], inputs, tmp_path / "wrong")
     assert sum(json.loads(line.split("\t")[1]) * times for line, times in got.items()) == 2 * len(TEXT)
+    script, archive = lexicon_job(tmp_path / "job")
+    args = ["--archives", f"{archive}#extra"]
+    assert run_script(c, script, args, inputs, tmp_path / "unlisted") == script_local(script, args, inputs)
 
 
 def zipped_modules(path: Path, *names: str) -> Path:
@@ -171,6 +174,75 @@ def test_the_text_classifier_reads_whole_files_through_mapper_raw_in_four_steps(
     expected = mrjob_local("mr_text_classifier", [], docs)
     assert len(expected) > 100  # documents and n-gram scores
     assert reductio_run(c, "mr_text_classifier", [], docs, tmp_path / "out") == expected
+
+
+# A job whose mapper reads word lists from a folder it ships (DIRS), and from an archive given with --archives.
+LEXICON_JOB = """\
+import os
+from mrjob.job import MRJob
+
+
+class MRUnlistedWords(MRJob):
+    DIRS = ["lexicon"]
+
+    def mapper_init(self):
+        self.listed = set()
+        for folder in ["lexicon", "extra"]:
+            for where, _, names in os.walk(folder, followlinks=True):
+                for name in names:
+                    with open(os.path.join(where, name)) as words:
+                        self.listed.update(words.read().split())
+
+    def mapper(self, _, line):
+        for word in line.lower().replace(",", " ").replace(":", " ").split():
+            if word not in self.listed:
+                yield word, 1
+
+    def reducer(self, word, counts):
+        yield word, sum(counts)
+
+
+if __name__ == "__main__":
+    MRUnlistedWords.run()
+"""
+
+
+def lexicon_job(folder: Path) -> tuple:
+    """The job, its DIRS folder (with a subfolder) beside it, and a tar.gz for its --archives option."""
+    (folder / "lexicon" / "more").mkdir(parents=True)
+    (folder / "lexicon" / "stop.txt").write_text("the a and of is\n")
+    (folder / "lexicon" / "more" / "animals.txt").write_text("fox dog\n")
+    (folder / "mr_unlisted_words.py").write_text(LEXICON_JOB)
+    write_lines(folder / "verbs.txt", ["run", "runs", "jumps"])
+    archive = folder / "verbs.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "verbs.txt"], check=True)
+    return folder / "mr_unlisted_words.py", archive
+
+
+def run_script(c, script: Path, args: list, inputs: list, output: Path) -> Counter:
+    tasks.mrjob(c, shlex.join([str(script), *args, *inputs]), output=str(output))
+    return Counter(decoded(line) for part in sorted(output.glob("part-*")) for line in part.read_text().splitlines())
+
+
+def script_local(script: Path, args: list, inputs: list) -> Counter:
+    done = subprocess.run([sys.executable, str(script), "-r", "local", *args, *inputs],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return Counter(decoded(line) for line in done.stdout.splitlines())
+
+
+def test_a_jobs_dirs_and_archives_are_unpacked_in_its_tasks_working_folder(inputs, tmp_path, capsys):
+    c = make_context(2)
+    tasks.setup(c)
+    script, archive = lexicon_job(tmp_path / "job")
+    for args in [[], ["--archives", f"{archive}#extra"]]:
+        expected = script_local(script, args, inputs)
+        assert '"fox"' not in str(expected) and ('"run"' in str(expected)) == (not args)  # both lists were read
+        assert run_script(c, script, args, inputs, tmp_path / f"out{len(args)}") == expected
+    capsys.readouterr()
+    run_script(c, script, [], inputs, tmp_path / "again")  # the folder archived again, to the same bytes
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reductio: ")]
+    assert steps and all("up to date" in line for line in steps), steps
 
 
 WET_WRITER = """\

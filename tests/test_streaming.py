@@ -185,7 +185,7 @@ def test_several_processes_per_worker_give_the_same_counts(tmp_path, scripts):
 
 def test_files_and_env_are_refused_with_a_python_function(c, tmp_path):
     tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a"])), "text")
-    with pytest.raises(Exit, match="files and env are for a command"):
+    with pytest.raises(Exit, match="files, archives and env are for a command"):
         tasks.map(c, "wordjobs.identity", "text", "out", env=["A=1"])
     with pytest.raises(Exit, match="bad environment setting"):
         tasks.map(c, "| cat", "text", "out", env=["not a setting"])
