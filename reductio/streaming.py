@@ -223,9 +223,14 @@ class _Pipeline:
             self._check()
 
     def _stop(self) -> None:
-        for _, process, _ in self.stages:
-            if process.poll() is None:
-                process.kill()
+        """Kill every stage and what its shell started: a pipeline's processes outlive the shell, and hold the
+        stderr pipe whose end we wait for."""
+        running = [process.pid for _, process, _ in self.stages if process.poll() is None]
+        for pid in running + [child for pid in running for child in _descendants(pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _check(self) -> None:
         """Raise the failure of the stage that failed on its own: one killed by SIGPIPE only followed another."""
@@ -236,6 +241,25 @@ class _Pipeline:
 
     def _last_name(self) -> str:
         return self.stages[-1][0].name
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, found by their parents in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:  # "PID (COMM) STATE PPID ...": COMM may hold ")"
+                    parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone already
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
 
 
 def _blocks(ranges, position) -> Iterator[bytes]:

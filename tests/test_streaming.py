@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import subprocess
 import sys
 import textwrap
 from collections import Counter
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import make_context, write_lines
+from conftest import Background, make_context, write_lines
 from reductio import tasks
 
 WORDS = ["the cat sat", "on the mat", "the end", "ünïcode wörds the"] * 250
@@ -150,6 +151,17 @@ def test_output_that_is_not_utf8_is_refused(c, tmp_path):
         tasks.map(c, "| cat >/dev/null; printf 'ok\\n\\377\\n'", "text", "bad")
 
 
+def test_a_step_stopped_while_a_pipeline_runs_stops_every_process_of_it(c, tmp_path):
+    """The shell's pipeline outlives the shell, holding the stderr the step waits for: it must be stopped too."""
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a"])), "text")
+    run = Background(lambda: tasks.map(c, "| printf '\\377\\n'; sleep 300 | cat", "text", "bad"))
+    run.join(timeout=60)
+    assert not run.is_alive(), "the map step was still waiting for its command's pipeline after 60 s"
+    assert isinstance(run.error, Exit) and "not UTF-8" in run.error.message
+    left = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout
+
+
 def test_a_reducer_command_refuses_unsorted_input(c, tmp_path, scripts):
     tasks.load(c, str(write_lines(tmp_path / "in.txt", WORDS)), "text")
     tasks.map(c, "| python3 mapper.py", "text", "pairs", files=scripts)
@@ -192,8 +204,6 @@ def test_files_and_env_are_refused_with_a_python_function(c, tmp_path):
 
 
 def test_the_command_line_takes_a_command_files_and_env(tmp_path, scripts):
-    import subprocess
-
     fabfile = tmp_path / "fabfile.py"
     fabfile.write_text(textwrap.dedent("""\
         from reductio.tasks import *
