@@ -231,6 +231,16 @@ def _size(value, what: str) -> str:
     return str(value)
 
 
+def _bytes(value, what: str) -> int:
+    """A byte count: a whole number, or one with K, M or G (powers of 1024)."""
+    text = str(value).strip()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    if isinstance(value, bool) or not number.isdigit() or int(number) < 1:
+        raise ConfigError(f"{what} must be a number of bytes like 1000, 512K or 64M, not {value!r}")
+    return int(number) * unit
+
+
 def _log_path(value, what: str) -> str:
     path = os.path.expanduser(str(value))
     folder = os.path.dirname(os.path.abspath(path))
@@ -252,5 +262,6 @@ _SETTINGS = {
     "local_workers": _whole(1), "processes": _whole(1), "combine_limit": _whole(1), "sort_parallel": _whole(1),
     "retries": _whole(0), "retry_delay": _seconds(0), "progress_interval": _seconds(0, above=True),
     "dead_after": _seconds(0, above=True), "scatter_streams": _whole(1),
-    "sort_buffer": _size, "compress": _flag, "force": _flag, "log": _log_path, "wheelhouse": _folder,
+    "sort_buffer": _size, "max_record": _bytes, "compress": _flag, "force": _flag, "log": _log_path,
+    "wheelhouse": _folder,
 }

@@ -26,6 +26,7 @@ from reductio.buffering import buffered_stdout
 _OTHER_JSON = ("ujson", "rapidjson", "simplejson")
 COMBINE_IN_MAPPER = "REDUCTIO_MRJOB_COMBINE_IN_MAPPER"  # mrjobs.py sets it on a map step whose combiner runs here
 _BATCH = 100_000  # mapper values held before the combiner runs on them: bounded memory, as a map-side spill
+_HELD = 64 << 20  # characters of keys and str values held: fewer values when they are long
 _EXACT = (str, int, float, bool, type(None))  # what a JSON round trip gives back as it was
 
 
@@ -61,7 +62,7 @@ def _run_mapper_combining(job, step_num: int = 0) -> None:
     both_json = (_is_json(job.pick_protocols(step_num, "mapper")[1])
                  and _is_json(job.pick_protocols(step_num, "combiner")[0]))
     held: dict = {}
-    count = 0
+    count = size = 0
     for key, value in job.map_pairs(read_lines(), step_num=step_num):
         if not both_json or type(key) is not str or type(value) not in _EXACT:
             write_mapped(key, value)
@@ -69,12 +70,15 @@ def _run_mapper_combining(job, step_num: int = 0) -> None:
         values = held.get(key)
         if values is None:
             held[key] = [value]
+            size += len(key)
         else:
             values.append(value)
         count += 1
-        if count >= _BATCH:
+        if type(value) is str:
+            size += len(value)
+        if count >= _BATCH or size >= _HELD:
             _combine(job, step_num, held, write_combined)
-            held, count = {}, 0
+            held, count, size = {}, 0, 0
     _combine(job, step_num, held, write_combined)
 
 

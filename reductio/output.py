@@ -1,10 +1,11 @@
 """A step's output on one worker: one file per partition, in the attempt folder.
 
 Each formatted line goes to the partition that owns its key. The partition
-of a key is remembered (a bounded cache), lines are gathered per partition
-and encoded and written in batches, hashed on the way (SHA-256, checked
-wherever the file travels); the files record whether their lines came out
-sorted, so merge can skip a sort it does not need.
+of a key is remembered (a bounded cache, short keys only), lines are
+gathered per partition and encoded and written in batches of bounded size,
+hashed on the way (SHA-256, checked wherever the file travels); a line over
+``max_record`` stops the step. The files record whether their lines came
+out sorted, so merge can skip a sort it does not need.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from reductio.errors import UserCodeError, environment_error
+from reductio.records import MAX_RECORD, first_too_long, too_long
 from reductio.store import file_facts, partition_file
 
-BATCH = 8192  # lines held over all partitions before they are written
+# Lines are held over all partitions until they add up to BATCH, each counted as its characters and LINE_COST,
+# about what a str costs besides them: some 8,000 short lines, or a few long ones.
+BATCH = 1 << 20
+LINE_COST = 100
 REMEMBERED = 10_000  # keys whose partition is remembered: enough for skewed keys, cheap when keys are many
+TAB = "\t"
+REMEMBERED_KEY = 200  # the longest key remembered: the cache stays small, and a long key's hash costs little beside it
 
 
 class PartitionedOutput:
@@ -26,12 +33,15 @@ class PartitionedOutput:
 
     ``routes`` maps a key to the append of its partition's batch; hot loops
     (write_all here, steps.call_into) look a key up there first, call
-    ``route`` for a key not found, count the lines they append and call
-    ``flush`` every BATCH lines.
+    ``route`` for a key not found, add up what they append (each line's
+    length and LINE_COST) and call ``flush`` at ``batch``. A line over
+    max_record is refused by the flush it starts (``batch`` is no more than
+    max_record), while the input line that made it is the one being read.
     """
 
-    def __init__(self, folder: Path, partitions: int, origin: str) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, partitions: int, origin: str, max_record: int = MAX_RECORD) -> None:
+        self.folder, self.max_record = folder, max_record
+        self.batch = min(BATCH, max_record + 1)
         self.paths = [folder / partition_file(p, origin) for p in range(partitions)]
         self.files = [open(path, "wb") for path in self.paths]
         self.digests = [hashlib.sha256() for _ in range(partitions)]
@@ -45,25 +55,25 @@ class PartitionedOutput:
     def route(self, key: str) -> Callable:
         """The append of the batch of the partition owning ``key`` (partition.partition_of, inlined).
 
-        The first REMEMBERED keys are remembered: with skewed keys the
-        frequent ones come early, and memory stays bounded whatever the key
-        count. steps.call_into inlines this.
+        The first REMEMBERED keys (up to REMEMBERED_KEY characters long) are
+        remembered: with skewed keys the frequent ones come early, and memory
+        stays bounded whatever the keys. steps.call_into inlines this.
         """
         # surrogatepass: a lone surrogate still gets a partition; flush then refuses the line, saying why.
         append = self.appends[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.appends)]
-        if len(self.routes) < REMEMBERED:
+        if len(self.routes) < REMEMBERED and len(key) <= REMEMBERED_KEY:
             self.routes[key] = append
         return append
 
     def write_all(self, lines: Iterable[str]) -> None:
         """Route every formatted line (LF-terminated) to its partition: the key is all before the first tab."""
-        routes, route, flush = self.routes, self.route, self.flush
+        routes, route, flush, batch, cost = self.routes, self.route, self.flush, self.batch, LINE_COST
         pending = 0
         for line in lines:
             key = line[: line.find("\t")]  # no tab: find is -1, the key is the line without its LF
             (routes.get(key) or route(key))(line)
-            pending += 1
-            if pending >= BATCH:
+            pending += cost + len(line)
+            if pending >= batch:
                 flush()
                 pending = 0
 
@@ -74,6 +84,10 @@ class PartitionedOutput:
                 if self.sorted[p]:
                     self._track(p, batch)
                 data = _encode("".join(batch))
+                if len(data) - len(batch) > self.max_record:  # some line may be over it
+                    index = first_too_long(batch, self.max_record)
+                    if index is not None:
+                        raise self.too_long(batch[index])
                 try:
                     self.files[p].write(data)
                 except OSError as err:  # a ReductioError, so the hot loop never takes it for the user's
@@ -81,6 +95,9 @@ class PartitionedOutput:
                 self.digests[p].update(data)
                 self.lines[p] += len(batch)
                 batch.clear()
+
+    def too_long(self, line: str) -> UserCodeError:
+        return UserCodeError(f"wrote {too_long(self.max_record)}, whose key starts {line[:line.find(TAB)][:60]!r}")
 
     def _track(self, p: int, batch: list) -> None:
         """Keep note of whether partition p is still in sort's order (code point order, without the LF)."""

@@ -4,7 +4,10 @@ Rules (README "Records"):
 - a record is one UTF-8 line ``key<TAB>value<LF>``; the key ends at the first
   tab, so a value may hold tabs, a key may not;
 - neither key nor value may hold a newline; a CR is an ordinary character;
-- keys and values are ``str``; anything else is refused, never converted.
+- keys and values are ``str``; anything else is refused, never converted;
+- a line holds at most ``max_record`` bytes besides its LF (MAX_RECORD unless
+  set): load and every step's output refuse a longer one, so whatever reads
+  a dataset reads lines of bounded size.
 Nothing is escaped: what a function yields is what lands on disk.
 """
 
@@ -18,6 +21,22 @@ from pathlib import Path
 from reductio.errors import InputError, UserCodeError
 
 READ_BUFFER = 1 << 20
+MAX_RECORD = 64 << 20  # the max_record setting's default
+
+
+def too_long(limit: int) -> str:
+    """How errors describe a line over ``max_record``."""
+    return f"a line longer than max_record ({limit:,} bytes)"
+
+
+def first_too_long(lines: list, limit: int) -> int | None:
+    """The index of the first of ``lines`` (text, each ending in LF) over ``limit`` bytes without its LF, or None."""
+    if len(max(lines, key=len)) * 4 <= limit:  # a character is 4 bytes at most: none is over
+        return None
+    for index, line in enumerate(lines):
+        if len(line) * 4 > limit and len(line.encode("utf-8", "surrogatepass")) - 1 > limit:
+            return index
+    return None
 
 
 def open_text(path: Path, mode: str = "r"):

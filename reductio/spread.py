@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 from reductio import framing
-from reductio.errors import InputError, ReductioError, StepFailed
+from reductio.errors import InputError, ReductioError, StepFailed, UserCodeError
 from reductio.feedback import display
 from reductio.job import discard, new_attempt, publish
+from reductio.records import MAX_RECORD, first_too_long, too_long
 from reductio.steps import Output
 from reductio.store import shard_name
 from reductio.transport import StreamBroken
@@ -49,14 +50,16 @@ def block_size(files: List[Path], workers: int) -> int:
     return max(MIN_BLOCK, min(MAX_BLOCK, total // (workers * 4) or MIN_BLOCK))
 
 
-def text_blocks(path: Path, size: int) -> Iterator[bytes]:
+def text_blocks(path: Path, size: int, max_record: int = MAX_RECORD) -> Iterator[bytes]:
     """Blocks of whole lines of a text file (.gz read transparently), checked and normalised.
 
     Each block is valid UTF-8 (else an InputError with the byte offset), its
-    CRLF line ends become LF, and the file's last line gets its LF.
+    CRLF line ends become LF, and the file's last line gets its LF. A line
+    over ``max_record`` bytes is an InputError naming it, found holding no
+    more than a block and ``max_record`` bytes.
     """
     opener = _opener(path)
-    offset = 0
+    offset = lines = 0
     try:
         data = opener(path, "rb")
     except OSError as err:
@@ -67,9 +70,12 @@ def text_blocks(path: Path, size: int) -> Iterator[bytes]:
                 block = data.read(size)
                 if not block:
                     return
-                block += data.readline()
+                block += data.readline(max_record + 1)
             except (OSError, EOFError) as err:
                 raise InputError(f"{path}: cannot read: {err}") from None
+            if len(block) > max_record:
+                _refuse_long_lines(path, block, lines, max_record)
+            lines += block.count(b"\n")
             try:
                 block.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -79,6 +85,13 @@ def text_blocks(path: Path, size: int) -> Iterator[bytes]:
             if not block.endswith(b"\n"):
                 block += b"\n"
             yield block.replace(b"\r\n", b"\n")
+
+
+def _refuse_long_lines(path: Path, block: bytes, lines_before: int, max_record: int) -> None:
+    """The InputError of the first line of ``block`` over ``max_record`` bytes (its LF not counted), if any."""
+    for number, line in enumerate(block.split(b"\n"), lines_before + 1):
+        if len(line) > max_record:
+            raise InputError(f"{path} line {number}: {too_long(max_record)}")
 
 
 def _opener(path: Path):
@@ -95,7 +108,7 @@ def whole_blocks(path: Path) -> Iterator[bytes]:
         raise InputError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
 
 
-def load_feed(files: List[Path], workers: int, whole: bool):
+def load_feed(files: List[Path], workers: int, whole: bool, max_record: int = MAX_RECORD):
     """What load sends: blocks of lines of each file dealt out in turn, or each file whole to the worker
     holding the fewest bytes so far (``whole``); shard k is files[k]."""
     size = block_size(files, workers)
@@ -104,7 +117,7 @@ def load_feed(files: List[Path], workers: int, whole: bool):
         held = [0] * workers
         for index, path in enumerate(files):
             if not whole:
-                for block in text_blocks(path, size):
+                for block in text_blocks(path, size, max_record):
                     spreader.write(block, index)
                 continue
             worker = min(range(workers), key=lambda i: (held[i], i))
@@ -236,9 +249,9 @@ class Spreader:
 class SpreadingOutput(Output):
     """The ``out`` of an initialize function: lines gathered into blocks for a Spreader."""
 
-    def __init__(self, name: str, spreader: Spreader) -> None:
+    def __init__(self, name: str, spreader: Spreader, max_record: int = MAX_RECORD) -> None:
         super().__init__(name)
-        self.spreader, self.pending = spreader, 0
+        self.spreader, self.pending, self.max_record = spreader, 0, max_record
 
     def write_pair(self, key: str, value: str) -> None:
         super().write_pair(key, value)
@@ -255,6 +268,10 @@ class SpreadingOutput(Output):
 
     def flush(self) -> None:
         if self.written:
-            self.spreader.write("".join(self.written).encode("utf-8"))
+            block = "".join(self.written).encode("utf-8")
+            if len(block) - len(self.written) > self.max_record and first_too_long(
+                    self.written, self.max_record) is not None:
+                raise UserCodeError(f"{self.name} wrote {too_long(self.max_record)}")
+            self.spreader.write(block)
             self.written.clear()
             self.pending = 0

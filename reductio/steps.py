@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from reductio.errors import InputError, ReductioError, UserCodeError
-from reductio.output import BATCH, REMEMBERED
+from reductio.output import LINE_COST, REMEMBERED, REMEMBERED_KEY
 from reductio.records import check_pair, format_line, format_record
 from reductio.reducers import integer
 
@@ -55,6 +55,9 @@ def code_digest(path: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+HELD = 64 << 20  # characters of keys and values a combiner holds (LINE_COST more each), whatever its combine_limit
+
+
 def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_key: bool = False) -> None:
     """Call ``function(a, b)`` per item of ``calls`` and route each pair it yields into ``output``.
 
@@ -64,8 +67,8 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
     through format_record, which says what is wrong. ``on_key``: name the
     key in the error when the function raises (reducers).
     """
-    routes, appends, flush, crc32 = output.routes, output.appends, output.flush, zlib.crc32
-    pending = 0
+    routes, appends, flush, crc32, batch = output.routes, output.appends, output.flush, zlib.crc32, output.batch
+    pending, cost = 0, LINE_COST
     for key, value in calls:
         try:
             pairs = function(key, value)
@@ -81,15 +84,16 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
                                 format_record(pair, name)  # raises, saying what is wrong
                             # output.route, inlined: a method call per new key costs as much as the lookup
                             append = appends[crc32(out_key.encode("utf-8", "surrogatepass")) % len(appends)]
-                            if len(routes) < REMEMBERED:
+                            if len(routes) < REMEMBERED and len(out_key) <= REMEMBERED_KEY:
                                 routes[out_key] = append
-                        append(out_key + "\t" + out_value + "\n")
+                        line = out_key + "\t" + out_value + "\n"
+                        append(line)
+                        pending += cost + len(line)
                     else:
-                        _write_checked(output, pair, name)
+                        pending += cost + _write_checked(output, pair, name)
                 else:
-                    _write_checked(output, pair, name)
-                pending += 1
-                if pending >= BATCH:
+                    pending += cost + _write_checked(output, pair, name)
+                if pending >= batch:
                     flush()
                     pending = 0
         except ReductioError:
@@ -98,10 +102,11 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
             raise user_error(f"{name} raised on key {key!r}" if on_key else f"{name} raised", exc) from None
 
 
-def _write_checked(output, pair, name: str) -> None:
-    """call_into's slow path: format_record refuses a bad pair, saying why; a good one is routed."""
+def _write_checked(output, pair, name: str) -> int:
+    """call_into's slow path: format_record refuses a bad pair, saying why; a good one is routed. Its length."""
     line = format_record(pair, name)
     output.route(line[: line.index("\t")])(line)
+    return len(line)
 
 
 def map_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], output) -> None:
@@ -121,14 +126,15 @@ def combine_into(
 ) -> None:
     """Map, pre-aggregating the pairs with ``reducer`` in bounded memory (a combiner), into ``output``.
 
-    Values are gathered per key until ``limit`` values are held, then
+    Values are gathered per key until ``limit`` values (or HELD characters,
+    each value counted as LINE_COST more) are held, then
     ``reducer(key, values)`` runs once per held key and its pairs are
     written. Correct when the reducer can take its own output as input
     (counts, sums, minima, sets), as Hadoop's and mrjob's combiners.
     The loop is call_into's, holding values instead of writing lines.
     """
     held: dict[str, list] = {}
-    count = 0
+    count = size = 0
     for key, value in records:
         try:
             pairs = mapper(key, value)
@@ -145,6 +151,7 @@ def combine_into(
                             if "\t" in out_key or "\n" in out_key:
                                 check_pair(pair, name)  # raises, saying what is wrong
                             held[out_key] = [out_value]
+                            size += len(out_key)
                     else:
                         out_key, out_value = check_pair(pair, name)
                         held.setdefault(out_key, []).append(out_value)
@@ -152,9 +159,10 @@ def combine_into(
                     out_key, out_value = check_pair(pair, name)
                     held.setdefault(out_key, []).append(out_value)
                 count += 1
-                if count >= limit:
+                size += LINE_COST + len(out_value)
+                if count >= limit or size >= HELD:
                     _flush_held(reducer, reducer_name, held, output)
-                    count = 0
+                    count = size = 0
         except ReductioError:
             raise
         except Exception as exc:
@@ -173,10 +181,12 @@ def sum_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], li
     collections' C loop counts each distinct (key, value) pair the mapper
     yields; a pair is checked only when it is new since the last flush (the
     newest entries of the dict), so errors still name the line. At
-    ``limit`` distinct pairs, or at the end, each key's values are summed,
-    each distinct value converted once, and one line per key is written.
+    ``limit`` distinct pairs (or HELD characters of them), or at the end,
+    each key's values are summed, each distinct value converted once, and
+    one line per key is written.
     """
     held: dict[tuple, int] = {}
+    size = 0
     for key, value in records:
         before = len(held)
         try:
@@ -192,9 +202,11 @@ def sum_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], li
             raise user_error(f"{name} raised", exc) from None
         if len(held) > before:
             for pair in itertools.islice(reversed(held), len(held) - before):
-                check_pair(pair, name)  # refuses a bad pair, saying why
-            if len(held) >= limit:
+                out_key, out_value = check_pair(pair, name)  # refuses a bad pair, saying why
+                size += LINE_COST + len(out_key) + len(out_value)
+            if len(held) >= limit or size >= HELD:
                 _flush_sums(held, output)
+                size = 0
     _flush_sums(held, output)
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from reductio import archives
 from reductio.counters import increment
 from reductio.errors import UserCodeError
+from reductio.records import MAX_RECORD, too_long
 from reductio.sorting import sort_argv, sort_env
 from reductio.store import FILES
 
@@ -91,6 +92,7 @@ class Command:
                          for name, digest in (params.get("archives") or {}).items()}
         self.folder = folder / f".work-{params['origin']}-{role}"
         self.sort_buffer = params.get("sort_buffer")
+        self.max_record = int(params.get("max_record") or MAX_RECORD)
 
     def map(self, ranges, position, output, combine: Command | None = None) -> None:
         """Pipe the input ``ranges`` through the command (and a combiner command) into ``output``."""
@@ -193,11 +195,20 @@ class _Pipeline:
         return process
 
     def lines(self) -> Iterator[str]:
-        """The last process's output lines, each ending in LF."""
+        """The last process's output lines, each ending in LF, read no longer than max_record allows."""
+        limit, readline = self.command.max_record, self.stdout.readline
         try:
-            for line in self.stdout:
+            while True:
+                line = readline(limit + 1)  # characters: a line of limit bytes and its LF at most
+                if not line:
+                    return
                 self.lines_out += 1
-                yield line if line[-1:] == "\n" else line + "\n"
+                if line[-1:] != "\n":
+                    if len(line) > limit:
+                        raise UserCodeError(f"{self._last_name()} wrote {too_long(limit)}"
+                                            f" (its output line {self.lines_out})")
+                    line += "\n"
+                yield line
         except UnicodeDecodeError:
             raise UserCodeError(f"{self._last_name()} wrote output that is not UTF-8 (line {self.lines_out + 1})")
 

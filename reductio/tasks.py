@@ -26,6 +26,7 @@ from reductio.config import settings
 from reductio.errors import DatasetError, ReductioError, UserCodeError, printable
 from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish
+from reductio.records import MAX_RECORD
 from reductio.report import read_log, render
 from reductio.steps import code_digest, load_function, user_error
 from reductio.store import FILES, RECORDS, TEXT, check_name
@@ -183,7 +184,7 @@ def load_files(c, files: list, target: str, force: bool = False, label: str = No
              "partitions": None, "workers": len(cluster)}
     if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
         return
-    feed = spread.load_feed(files, len(cluster), whole)
+    feed = spread.load_feed(files, len(cluster), whole, settings(c.config).get("max_record") or MAX_RECORD)
     received = spread.spread(cluster, target, "load", feed, facts, [os.path.abspath(p) for p in files])
     seconds = time.time() - started
     report_step(c.config, f"load: {label} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
@@ -209,7 +210,7 @@ def initialize(c, function, target, force=False):
         return
 
     def feed(spreader):
-        out = spread.SpreadingOutput(function, spreader)
+        out = spread.SpreadingOutput(function, spreader, settings(c.config).get("max_record") or MAX_RECORD)
         try:
             generate(out)
         except ReductioError:
@@ -248,7 +249,8 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     processes = found.get("processes")
 
     def params_for(worker):
-        params = {"function": function, "combine": combine, "combine_limit": limit, "source": source,
+        params = {"function": function, "combine": combine, "combine_limit": limit,
+                  "max_record": found.get("max_record"), "source": source,
                   "partitions": len(cluster), "origin": f"w{worker.index:05d}",
                   "processes": worker.spec.processes or processes, "sharing": cluster.sharing(worker)}
         if commands:

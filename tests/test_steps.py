@@ -11,7 +11,7 @@ import pytest
 
 import reductio
 from reductio.errors import InputError, UserCodeError
-from reductio.output import BATCH, PartitionedOutput
+from reductio.output import BATCH, LINE_COST, PartitionedOutput
 from reductio.reducers import sum as sum_reducer
 from reductio.steps import (
     Output, check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, transform_lines,
@@ -87,17 +87,18 @@ def test_map_accepts_a_mapper_returning_a_list_and_pairs_as_lists(tmp_path):
 def test_map_writes_as_it_goes_holding_at_most_a_batch_of_lines(tmp_path):
     output = PartitionedOutput(tmp_path, 2, "test")
     sizes = []
+    per_batch = -(-BATCH // (LINE_COST + len("100000\t\n")))  # lines that make a batch
 
     def records():
-        for i in range(3 * BATCH):
-            if i % BATCH == 0:
+        for i in range(3 * per_batch):
+            if i % per_batch == 0:
                 sizes.append(sum(path.stat().st_size for path in output.paths))
-            yield str(i), ""
+            yield str(100_000 + i), ""
 
     map_into(lambda k, v: [(k, v)], "ident", records(), output)
     output.close()
     assert sizes[0] == 0 and sizes[1] > 0 and sizes[2] > sizes[1]
-    assert sum(output.lines) == 3 * BATCH
+    assert sum(output.lines) == 3 * per_batch
 
 
 @pytest.mark.parametrize(

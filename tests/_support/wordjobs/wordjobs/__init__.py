@@ -158,3 +158,14 @@ def one_key(key, value):
 def first_value_raising(key, values):
     """A reducer that fails: for combiner error tests."""
     raise RuntimeError(f"cannot combine {key}")
+
+
+def doubled(key, value):
+    """The value written twice: a line can grow past max_record."""
+    yield key, value + value
+
+
+def long_lines(out):
+    """An initialize function writing one line of 2,000 bytes after a short one."""
+    out.write_pair("short", "line")
+    out.write_pair("long", "v" * 2000)
