@@ -1,4 +1,4 @@
-"""The steps that read a dataset's files and write new ones: map, transform, reduce, sort, cat and read.
+"""The steps that read a dataset's files and write new ones: map, transform, reduce and sort.
 
 Each is ``step_NAME(params) -> result`` run by worker.py in its own
 process; map, transform and reduce may run over several share processes
@@ -12,7 +12,6 @@ import functools
 import heapq
 import itertools
 import subprocess
-import sys
 from pathlib import Path
 
 from reductio import heartbeat, reducers, shares, streaming
@@ -30,8 +29,6 @@ from reductio.steps import (
     unsorted,
 )
 from reductio.store import FILES, TEXT, Home, check_name, file_facts, total
-
-_CHUNK = 1 << 20
 
 
 class _Position:
@@ -366,20 +363,6 @@ def step_sort(params: dict) -> dict:
             "counters": _counters(marker, written, total(marker["files"].values(), "lines"), started)}
 
 
-def step_cat(params: dict) -> dict:
-    """Write a dataset to stdout in sorted order: merge's worker half."""
-    home = Home(params["home"])
-    marker, files = _source(home, params["source"])
-    folder = home.attempt_dir(params["attempt"])
-    already_sorted = all(entry["sorted"] for entry in marker["files"].values())
-    sys.stdout.flush()
-    try:
-        _run_sort(sort_argv(files, folder, merge_only=already_sorted), stdout=sys.stdout.buffer)
-    finally:
-        home.discard(params["attempt"])
-    return {"source": source_facts(marker), "bytes": total(marker["files"].values(), "bytes")}
-
-
 def _run_sort(argv: list[str], stdout=None) -> None:
     """Run sort; its stdin is not ours (the head's beats): with no files (a worker with an empty part) it reads
     nothing."""
@@ -387,17 +370,3 @@ def _run_sort(argv: list[str], stdout=None) -> None:
     if done.returncode != 0:
         message = done.stderr.decode("utf-8", "replace").strip().splitlines()
         raise ReductioError(f"sort failed (exit {done.returncode}): {message[-1] if message else 'no message'}")
-
-
-def step_read(params: dict) -> dict:
-    """Write one data file of a dataset to stdout: the head relays it to a worker we cannot reach."""
-    home = Home(params["home"])
-    marker, files = _source(home, params["source"])
-    (path,) = [p for p in files if p.name == params["name"]] or [None]
-    if path is None:
-        raise DatasetError(f"dataset {params['source']!r} has no file {params['name']!r}")
-    with open(path, "rb") as data:
-        for block in iter(lambda: data.read(_CHUNK), b""):
-            sys.stdout.buffer.write(block)
-    sys.stdout.buffer.flush()
-    return {"source": source_facts(marker)}

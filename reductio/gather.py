@@ -1,7 +1,8 @@
 """From the workers to the head: ``merge`` a dataset into one sorted local file.
 
 Each worker streams its part in sorted order into a temporary file beside
-the target; ``sort -m`` merges those into a temporary output that replaces
+the target, checked against the bytes and SHA-256 the worker vouches for
+(sending.py); ``sort -m`` merges those into a temporary output that replaces
 the target only when complete. Nothing is held in memory. The head then
 remembers what it wrote there (``~/.reductio/merged``), so merging the same
 version of a dataset into a file nobody touched since is skipped, as any
@@ -111,11 +112,12 @@ def _fetch_all(cluster, what: str, source: str, attempt: str, work: Path) -> dic
 
 def _fetch(worker, source: str, attempt: str, part: Path, on_progress) -> dict:
     stream = worker.open("cat", {"attempt": attempt, "source": source}, "r", on_progress)
-    received = 0
+    received, digest = 0, hashlib.sha256()
     try:
         with open(part, "xb") as out:
             for block in iter(lambda: stream.read(_CHUNK), b""):
                 out.write(block)
+                digest.update(block)
                 received += len(block)
     except BaseException:
         stream.kill()
@@ -123,6 +125,9 @@ def _fetch(worker, source: str, attempt: str, part: Path, on_progress) -> dict:
     result = stream.finish()
     if received != result["bytes"]:
         raise ReductioError(f"received {received:,} bytes of {source!r}, the worker's marker says {result['bytes']:,};"
+                            " nothing was written")
+    if digest.hexdigest() != result["sha256"]:
+        raise ReductioError(f"what was received of {source!r} does not match the SHA-256 the worker sent it with;"
                             " nothing was written")
     return result
 

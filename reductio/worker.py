@@ -30,7 +30,7 @@ from reductio.store import Home
 # Each step's module: the step itself is its function step_NAME.
 STEPS = {
     "map": "datasteps", "transform": "datasteps", "reduce": "datasteps", "sort": "datasteps",
-    "cat": "datasteps", "read": "datasteps",
+    "cat": "sending", "read": "sending",
     "receive": "receiving", "send": "delivery",
     "check": "control", "publish": "control", "discard": "control", "prepare": "control",
     "delete": "control", "status": "control", "session": "control",

@@ -256,15 +256,35 @@ def test_a_merged_file_is_private_unless_it_replaces_one_with_its_own_mode(tmp_p
     assert shared.stat().st_mode & 0o777 == 0o640 and shared.read_text() == "a\t1\n"
 
 
-def test_merge_writes_nothing_when_a_worker_sends_fewer_bytes_than_its_marker_holds(tmp_path):
+@pytest.mark.parametrize("damage, seen_by_the_head", [
+    (lambda data: data[:-5], "the worker's marker says"),
+    (lambda data: data[:10] + b"X" + data[11:], "does not match the SHA-256 the worker sent it with"),
+], ids=["truncated", "a byte changed"])
+@pytest.mark.parametrize("sort_first", [False, True], ids=["files merged", "one sorted file"])
+def test_merge_writes_nothing_when_a_workers_part_does_not_match_its_marker(tmp_path, damage, seen_by_the_head,
+                                                                            sort_first):
+    """A part that needs sort -m is checked file by file on the worker; one sorted file is checked by the head
+    against the marker's own SHA-256, which the worker sends with it."""
     c = make_context(2)
     tasks.setup(c)
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(100)])), "text")
-    data = next(path for path in (local_homes()[0] / "data" / "text").resolve().iterdir() if path.name[0] != "_")
-    data.write_bytes(data.read_bytes()[:-5])  # the disk lost the end of a file after it was published
+    (tmp_path / "in").mkdir()
+    for name in ["one", "two"]:
+        write_lines(tmp_path / "in" / f"{name}.txt", [f"k{i}\t{name}" for i in range(100)])
+    tasks.load(c, str(tmp_path / "in"), "text")  # a shard per input file
+    dataset = "text"
+    if sort_first:
+        tasks.sort(c, "text", "sorted")
+        dataset = "sorted"
+    data = next(path for path in (local_homes()[0] / "data" / dataset).resolve().iterdir() if path.name[0] != "_")
+    data.write_bytes(damage(data.read_bytes()))  # the disk damaged a file after it was published
     with pytest.raises(Exit) as failure:
-        tasks.merge(c, "text", str(tmp_path / "out.tsv"))
-    assert "local-0" in failure.value.message and "the worker's marker says" in failure.value.message
+        tasks.merge(c, dataset, str(tmp_path / "out.tsv"))
+    message = failure.value.message
+    assert "local-0" in message, message
+    if sort_first:
+        assert seen_by_the_head in message, message
+    else:
+        assert "does not match its marker's SHA-256; the dataset is damaged" in message
     assert not (tmp_path / "out.tsv").exists()
 
 

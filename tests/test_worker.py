@@ -359,7 +359,8 @@ def test_cat_writes_an_unsorted_dataset_sorted_to_stdout(home):
     reply = run_worker("cat", {"home": str(home.root), "source": "pairs", "attempt": "c1"})
     everything = [line for lines in files.values() for line in lines]
     assert reply.result == {"source": {"attempt": "src-pairs", "format": "records", "partitions": 2},
-                            "bytes": len(reply.stdout)}  # what merge checks it received
+                            "bytes": len(reply.stdout),  # what merge checks it received
+                            "sha256": hashlib.sha256(reply.stdout).hexdigest()}
     assert reply.stdout.decode("utf-8") == "".join(line + "\n" for line in sorted(everything))
     assert not (home.tmp / "c1").exists()
 
