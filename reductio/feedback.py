@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import threading
 import time
@@ -191,11 +192,12 @@ def skew(step: str, results: Dict[str, dict]) -> Optional[str]:
 
 
 def log_step(config, record: dict) -> None:
-    """Append one JSON line about a step to the job log (``reductio: log: PATH``), if configured."""
+    """Append one JSON line about a step to the job log (``reductio: log: PATH``), if configured; a new log is
+    readable by its owner only, as the merged files are, whatever the umask."""
     path = settings(config).get("log")
     if path:
         try:
-            with open(path, "a", encoding="utf-8") as log:
+            with open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as log:
                 log.write(json.dumps(record, sort_keys=True) + "\n")
         except OSError as err:
             raise ConfigError(f"cannot write the job log {path}: {err.strerror}; the {record.get('step')} step"

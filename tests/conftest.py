@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -63,6 +64,17 @@ class Background(threading.Thread):
         except BaseException as err:  # noqa: BLE001 - the test inspects it
             self.error = err
         self.ended = time.monotonic()
+
+
+def still_running(command: str, within: float) -> str:
+    """Processes whose command line holds ``command`` after ``within`` seconds: a killed process group takes a
+    moment to go."""
+    deadline = time.monotonic() + within
+    while True:
+        left = subprocess.run(["pgrep", "-f", command], capture_output=True, text=True).stdout
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def write_lines(path: Path, lines) -> Path:

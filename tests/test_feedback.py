@@ -210,6 +210,22 @@ def test_a_misspelled_setting_stops_the_task_before_it_runs_with_one_message(tmp
     assert not (isolated_home / ".reductio").exists()
 
 
+def test_a_new_job_log_is_readable_by_its_owner_only_and_an_existing_one_keeps_its_mode(tmp_path):
+    new, shared = tmp_path / "new.jsonl", tmp_path / "shared.jsonl"
+    shared.write_text("")
+    shared.chmod(0o644)
+    old_umask = os.umask(0o022)
+    try:
+        for log in (new, shared):
+            c = make_context(1, log=str(log))
+            tasks.setup(c)
+            tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a"])), "text", force=True)
+    finally:
+        os.umask(old_umask)
+    assert new.stat().st_mode & 0o777 == 0o600 and shared.stat().st_mode & 0o777 == 0o644
+    assert all(json.loads(line)["step"] == "load" for line in new.read_text().splitlines())
+
+
 def test_a_job_log_that_cannot_be_written_says_so_and_keeps_the_finished_step(tmp_path, capsys):
     folder = tmp_path / "a-folder"
     folder.mkdir()
