@@ -84,10 +84,9 @@ class PartitionedOutput:
                 if self.sorted[p]:
                     self._track(p, batch)
                 data = _encode("".join(batch))
-                if len(data) - len(batch) > self.max_record:  # some line may be over it
-                    index = first_too_long(batch, self.max_record)
-                    if index is not None:
-                        raise self.too_long(batch[index])
+                index = first_too_long(batch, self.max_record, len(data))
+                if index is not None:
+                    raise self.too_long(batch[index])
                 try:
                     self.files[p].write(data)
                 except OSError as err:  # a ReductioError, so the hot loop never takes it for the user's

@@ -269,8 +269,7 @@ class SpreadingOutput(Output):
     def flush(self) -> None:
         if self.written:
             block = "".join(self.written).encode("utf-8")
-            if len(block) - len(self.written) > self.max_record and first_too_long(
-                    self.written, self.max_record) is not None:
+            if first_too_long(self.written, self.max_record, len(block)) is not None:
                 raise UserCodeError(f"{self.name} wrote {too_long(self.max_record)}")
             self.spreader.write(block)
             self.written.clear()
