@@ -237,7 +237,7 @@ class _Pipeline:
         """Kill every stage and what its shell started: a pipeline's processes outlive the shell, and hold the
         stderr pipe whose end we wait for."""
         running = [process.pid for _, process, _ in self.stages if process.poll() is None]
-        for pid in running + [child for pid in running for child in _descendants(pid)]:
+        for pid in running + _descendants(running):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -254,8 +254,8 @@ class _Pipeline:
         return self.stages[-1][0].name
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid``, found by their parents in /proc."""
+def _descendants(pids: list[int]) -> list[int]:
+    """The processes below ``pids``, found by their parents in /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -265,7 +265,7 @@ def _descendants(pid: int) -> list[int]:
             except (OSError, ValueError, IndexError):
                 continue  # gone already
             children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
+    found, todo = [], list(pids)
     while todo:
         below = children.get(todo.pop(), [])
         found += below
