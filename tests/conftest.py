@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 import threading
 import time
@@ -66,12 +66,26 @@ class Background(threading.Thread):
         self.ended = time.monotonic()
 
 
-def still_running(command: str, within: float) -> str:
-    """Processes whose command line holds ``command`` after ``within`` seconds: a killed process group takes a
+def processes_with(text: str) -> dict:
+    """pid -> command line of every other process whose command line holds ``text``, read from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:  # it ended meanwhile
+                continue
+            if text in command:
+                found[int(entry.name)] = command
+    return found
+
+
+def still_running(text: str, within: float) -> dict:
+    """The processes whose command line holds ``text`` after ``within`` seconds: a killed process group takes a
     moment to go."""
     deadline = time.monotonic() + within
     while True:
-        left = subprocess.run(["pgrep", "-f", command], capture_output=True, text=True).stdout
+        left = processes_with(text)
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, Background, make_context, write_lines
+from conftest import WORDJOBS, Background, make_context, processes_with, write_lines
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,16 +144,8 @@ def test_killing_a_scatter_sender_publishes_nothing_and_a_rerun_matches(cluster,
 
 
 def _pids_running(text: str) -> list:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            except OSError:
-                continue
-            if text in command and "bash -c" not in command and "/bin/sh" not in command:
-                pids.append(int(entry.name))
-    return pids
+    return [pid for pid, command in processes_with(text).items()
+            if "bash -c" not in command and "/bin/sh" not in command]
 
 
 def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_output(tmp_path, isolated_home):

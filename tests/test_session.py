@@ -7,9 +7,8 @@ import os
 import shutil
 import signal
 from collections import Counter
-from pathlib import Path
 
-from conftest import WORDJOBS, make_context, write_lines
+from conftest import WORDJOBS, make_context, processes_with, write_lines
 from reductio import tasks
 from reductio.cluster import SshWorker
 
@@ -30,15 +29,13 @@ def new_head() -> None:
 
 def kill_all(word: str) -> int:
     """SIGKILL every process whose command line holds ``word``; how many there were."""
-    killed = 0
-    for entry in Path("/proc").iterdir():
+    found = processes_with(word)
+    for pid in found:
         try:
-            if entry.name.isdigit() and word.encode() in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
+            os.kill(pid, signal.SIGKILL)
         except OSError:  # it ended meanwhile
             pass
-    return killed
+    return len(found)
 
 
 def word_count(c, words) -> None:
