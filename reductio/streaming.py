@@ -235,13 +235,17 @@ class _Pipeline:
 
     def _stop(self) -> None:
         """Kill every stage and what its shell started: a pipeline's processes outlive the shell, and hold the
-        stderr pipe whose end we wait for."""
-        running = [process.pid for _, process, _ in self.stages if process.poll() is None]
-        for pid in running + _descendants(running):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stderr pipe whose end we wait for. Each is stopped before its children are looked for, so none can
+        start another after the look; then all are killed."""
+        held: list[int] = []
+        found = [process.pid for _, process, _ in self.stages if process.poll() is None]
+        while found:
+            for pid in found:
+                _signal(pid, signal.SIGSTOP)
+            held += found
+            found = [pid for pid in _descendants(held) if pid not in held]
+        for pid in held:
+            _signal(pid, signal.SIGKILL)
 
     def _check(self) -> None:
         """Raise the failure of the stage that failed on its own: one killed by SIGPIPE only followed another."""
@@ -252,6 +256,13 @@ class _Pipeline:
 
     def _last_name(self) -> str:
         return self.stages[-1][0].name
+
+
+def _signal(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:  # gone already
+        pass
 
 
 def _descendants(pids: list[int]) -> list[int]:
