@@ -21,7 +21,7 @@ from reductio.counters import snapshot
 from reductio.errors import DatasetError, InputError, ReductioError, UserCodeError
 from reductio.machine import cores_each
 from reductio.output import PartitionedOutput
-from reductio.records import MAX_RECORD, decode_error, lines_before, open_slice, read_lines, split_record
+from reductio.records import decode_error, lines_before, open_slice, read_lines, record_limit, split_record
 from reductio.shares import Range
 from reductio.sorting import sort_argv, sort_env
 from reductio.steps import (
@@ -191,7 +191,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
     folder = home.attempt_dir(params["attempt"])
     function = _function(function_path, params, home, folder, "function", marker)
     output = PartitionedOutput(folder, int(params["partitions"]), params["origin"],
-                               int(params.get("max_record") or MAX_RECORD))
+                               record_limit(params.get("max_record")))
     position = _Position()
     text = marker.get("format") == TEXT
     started = Clock()

@@ -24,6 +24,11 @@ READ_BUFFER = 1 << 20
 MAX_RECORD = 64 << 20  # the max_record setting's default
 
 
+def record_limit(setting) -> int:
+    """The max_record setting as given (a step's params, the head's settings), else its default."""
+    return int(setting or MAX_RECORD)
+
+
 def too_long(limit: int) -> str:
     """How errors describe a line over ``max_record``."""
     return f"a line longer than max_record ({limit:,} bytes)"

@@ -37,7 +37,7 @@ from pathlib import Path
 from reductio import archives
 from reductio.counters import increment
 from reductio.errors import UserCodeError
-from reductio.records import MAX_RECORD, too_long
+from reductio.records import record_limit, too_long
 from reductio.sorting import sort_argv, sort_env
 from reductio.store import FILES
 
@@ -92,7 +92,7 @@ class Command:
                          for name, digest in (params.get("archives") or {}).items()}
         self.folder = folder / f".work-{params['origin']}-{role}"
         self.sort_buffer = params.get("sort_buffer")
-        self.max_record = int(params.get("max_record") or MAX_RECORD)
+        self.max_record = record_limit(params.get("max_record"))
 
     def map(self, ranges, position, output, combine: Command | None = None) -> None:
         """Pipe the input ``ranges`` through the command (and a combiner command) into ``output``."""

@@ -26,7 +26,7 @@ from reductio.config import settings
 from reductio.errors import DatasetError, ReductioError, UserCodeError, printable
 from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish
-from reductio.records import MAX_RECORD
+from reductio.records import record_limit
 from reductio.report import read_log, render
 from reductio.steps import code_digest, load_function, user_error
 from reductio.store import FILES, RECORDS, TEXT, check_name
@@ -184,7 +184,7 @@ def load_files(c, files: list, target: str, force: bool = False, label: str = No
              "partitions": None, "workers": len(cluster)}
     if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
         return
-    feed = spread.load_feed(files, len(cluster), whole, settings(c.config).get("max_record") or MAX_RECORD)
+    feed = spread.load_feed(files, len(cluster), whole, record_limit(settings(c.config).get("max_record")))
     received = spread.spread(cluster, target, "load", feed, facts, [os.path.abspath(p) for p in files])
     seconds = time.time() - started
     report_step(c.config, f"load: {label} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
@@ -210,7 +210,7 @@ def initialize(c, function, target, force=False):
         return
 
     def feed(spreader):
-        out = spread.SpreadingOutput(function, spreader, settings(c.config).get("max_record") or MAX_RECORD)
+        out = spread.SpreadingOutput(function, spreader, record_limit(settings(c.config).get("max_record")))
         try:
             generate(out)
         except ReductioError:
