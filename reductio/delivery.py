@@ -37,6 +37,10 @@ SCATTER_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-g
 # client 80 ms of CPU per connection here against 14 ms for curve25519, and a scatter opens N x (N - 1)
 # connections. mlkem768x25519 (OpenSSH 9.9 on) is as cheap as curve25519 and keeps its place first.
 _SLOW_KEX = ("sntrup761",)
+# Among the classical exchanges, NIST P-256 before curve25519: OpenSSL computes the first, OpenSSH's own
+# portable code the second, and P-256 cost both ends together 10 ms less CPU per connection here (25 ms
+# against 35 for a whole `ssh host true`), a quarter of what a scatter connection costs its two machines.
+_OPENSSL_KEX = "ecdh-sha2-nistp256"
 
 # What ssh says when a connection was refused or dropped before any work was done: worth another try.
 # A timeout is not: the destination already had dead_after seconds to answer.
@@ -217,7 +221,7 @@ def ssh_argv(home: Home, destination: dict) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _kex_options() -> tuple:
-    """ssh's own key exchange list with the slow post-quantum one moved last; nothing if ssh will not say."""
+    """ssh's own key exchange list in ``kex_order``; nothing if ssh will not say or the order stands."""
     try:
         config = subprocess.run(["ssh", "-G", "-F", "/dev/null", "reductio.invalid"], capture_output=True,
                                 text=True, timeout=10).stdout
@@ -225,10 +229,21 @@ def _kex_options() -> tuple:
         return ()
     names = next((line.split()[1].split(",") for line in config.splitlines()
                   if line.startswith("kexalgorithms ")), [])
+    ordered = kex_order(names)
+    return () if ordered == names else ("-o", "KexAlgorithms=" + ",".join(ordered))
+
+
+def kex_order(names: list[str]) -> list[str]:
+    """The same key exchanges, cheapest first: P-256 just before curve25519, the slow post-quantum one last."""
     slow = [name for name in names if name.startswith(_SLOW_KEX)]
-    if not slow or len(slow) == len(names):
-        return ()
-    return ("-o", "KexAlgorithms=" + ",".join([name for name in names if name not in slow] + slow))
+    if len(slow) == len(names):
+        return names
+    ordered = [name for name in names if name not in slow]
+    if _OPENSSL_KEX in ordered:
+        ordered.remove(_OPENSSL_KEX)
+        ordered.insert(next((i for i, name in enumerate(ordered) if name.startswith("curve25519")), len(ordered)),
+                       _OPENSSL_KEX)
+    return ordered + slow
 
 
 def liveness_options(destination: dict) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.delivery import _kex_options, _streams, send_order
+from reductio.delivery import _kex_options, _streams, kex_order, send_order
 from reductio.machine import cores_each
 
 
@@ -98,14 +98,26 @@ def test_a_sender_serves_fewer_destinations_at_once_when_other_workers_share_its
     assert _streams({"sharing": cores_each(1) * 8}) == 1  # 16 loopback workers on two cores, as in the bench
 
 
-def test_scatter_offers_every_key_exchange_of_its_ssh_with_the_slow_post_quantum_one_last():
+def test_scatter_offers_every_key_exchange_of_its_ssh_cheapest_first():
     defaults = subprocess.run(["ssh", "-G", "-F", "/dev/null", "x.invalid"], capture_output=True, text=True).stdout
     offered = next(line.split()[1] for line in defaults.splitlines() if line.startswith("kexalgorithms ")).split(",")
     options = _kex_options()
-    if not any(name.startswith("sntrup761") for name in offered):  # OpenSSH 9.9 on: its own order stands
+    if kex_order(offered) == offered:
         assert options == ()
         return
-    assert options[0] == "-o" and options[1].startswith("KexAlgorithms=")
-    ours = options[1].split("=", 1)[1].split(",")
-    assert sorted(ours) == sorted(offered)
-    assert [name.startswith("sntrup761") for name in ours] == sorted(name.startswith("sntrup761") for name in ours)
+    assert options[0] == "-o" and options[1] == "KexAlgorithms=" + ",".join(kex_order(offered))
+    assert sorted(kex_order(offered)) == sorted(offered)
+
+
+def test_key_exchanges_go_p256_before_curve25519_and_slow_post_quantum_last_keeping_the_rest_in_order():
+    openssh_9_2 = ["sntrup761x25519-sha512@openssh.com", "curve25519-sha256", "curve25519-sha256@libssh.org",
+                   "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "diffie-hellman-group14-sha256"]
+    assert kex_order(openssh_9_2) == ["ecdh-sha2-nistp256", "curve25519-sha256", "curve25519-sha256@libssh.org",
+                                      "ecdh-sha2-nistp384", "diffie-hellman-group14-sha256",
+                                      "sntrup761x25519-sha512@openssh.com"]
+    openssh_9_9 = ["mlkem768x25519-sha256", "sntrup761x25519-sha512", "curve25519-sha256", "ecdh-sha2-nistp256"]
+    assert kex_order(openssh_9_9) == ["mlkem768x25519-sha256", "ecdh-sha2-nistp256", "curve25519-sha256",
+                                      "sntrup761x25519-sha512"]  # the cheap post-quantum one stays first
+    assert kex_order(["curve25519-sha256", "diffie-hellman-group14-sha256"]) == [
+        "curve25519-sha256", "diffie-hellman-group14-sha256"]
+    assert kex_order(["sntrup761x25519-sha512"]) == ["sntrup761x25519-sha512"]  # never an empty offer
