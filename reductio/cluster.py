@@ -299,7 +299,7 @@ class SshWorker(Worker):
 
     def destination(self) -> dict:
         return {"kind": "ssh", "host": self.spec.host, "port": self.spec.port or 22,
-                "user": self.spec.username, "home": self.home, "python": f"{self.venv}/bin/python",
+                "user": self.spec.username, "home": self.home,
                 "compress": settings(self._config).get("compress", False), "dead_after": self.dead_after}
 
 

@@ -19,12 +19,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from reductio import framing
+from reductio import framing, gate
 from reductio.clock import Clock
 from reductio.errors import DatasetError, ReductioError
+from reductio.layout import CLUSTER_KEY, KNOWN_HOSTS
 from reductio.machine import cores_each
-from reductio.protocol import Reply, shell_path, worker_command
-from reductio.store import CLUSTER_KEY, KNOWN_HOSTS, Home, check_name, partition_of_file
+from reductio.protocol import Reply
+from reductio.store import Home, check_name, partition_of_file
 
 DEFAULT_STREAMS = 4
 
@@ -171,9 +172,7 @@ class _Sender:
             raise ReductioError(f"sending to {where} failed: {err}", err.details) from None
 
     def _connect_and_send(self, destination: dict, paths: list[Path], facts: dict[str, dict]):
-        head = {"beat": 1.0, "dead_after": destination.get("dead_after") or 30, "stdin": "data"}
-        remote = worker_command(shell_path(destination["python"]), "receive",
-                                {"home": destination["home"], "attempt": self.attempt, "head": head})
+        remote = gate.request(self.attempt, destination.get("dead_after") or 30, destination["home"])
         reply = Reply()
         process = subprocess.Popen(ssh_argv(self.home, destination) + [remote], stdin=subprocess.PIPE,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

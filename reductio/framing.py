@@ -1,61 +1,61 @@
 """Several files on one byte stream: how data reaches a worker's ``receive``.
 
-A stream is a sequence of frames, each a JSON header line and maybe bytes:
+A stream is a sequence of frames, each a header line of ASCII words and maybe bytes:
 
-    {"file": NAME, "bytes": K}\\n  then K bytes   more of NAME (created on first use)
-    {"file": NAME, "end": FACTS}\\n               NAME is whole: checked, then visible
-    {"ping": true}\\n                             nothing to send just now; still here
+    file NAME K\n  then K bytes          more of NAME (created on first use)
+    end NAME K SHA256 sorted|unsorted\n  NAME is whole: K bytes with that SHA-256, checked, then visible
+    ping\n                               nothing to send just now; still here
 
-``FACTS`` holds the ``bytes`` and ``sha256`` the sender expects (and whether
-the file is ``sorted``). A file is written under a temporary name and only
-renamed to NAME once it arrived whole and matching; a file sent again
-replaces the old one. The end of the stream with a file still open is a
-truncated stream, refused. One stream carries one shard of ``load``, or
-every file one scatter sender has for one destination. Standard library only.
+A file is written under a temporary name and only renamed to NAME once it
+arrived whole and matching; a file sent again replaces the old one. The end
+of the stream with a file still open is a truncated stream, refused. One
+stream carries one shard of ``load``, or every file one scatter sender has
+for one destination. Words, not JSON: every scatter connection starts a
+``receive`` (gate.py), and importing json would cost it more than its work.
+Names are dataset file names (letters, digits, '_', '.', '-'), so a header
+never needs quoting. Standard library only.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 from reductio.errors import DatasetError
 
 CHUNK = 1 << 20
-MAX_HEADER = 1 << 16  # bytes: a header names one file and its facts
+MAX_HEADER = 1 << 10  # bytes: a header is a name, two numbers and a digest
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def file_header(name: str, size: int) -> bytes:
-    return _line({"file": name, "bytes": size})
+    return f"file {_checked_name(name)} {int(size)}\n".encode("ascii")
 
 
-def end_header(name: str, facts: dict | None) -> bytes:
-    return _line({"file": name, "end": facts})
+def end_header(name: str, facts: dict) -> bytes:
+    """The frame ending ``name``: the size and SHA-256 it must have, and whether its lines are sorted."""
+    order = "sorted" if facts.get("sorted") else "unsorted"
+    return f"end {_checked_name(name)} {int(facts['bytes'])} {facts['sha256']} {order}\n".encode("ascii")
 
 
-def _line(header: dict) -> bytes:
-    return json.dumps(header, sort_keys=True).encode("utf-8") + b"\n"
+PING = b"ping\n"
 
 
-PING = _line({"ping": True})
-
-
-def frames(path: Path, facts: dict) -> Iterator[bytes]:
+def frames(path, facts: dict) -> Iterator[bytes]:
     """One whole file as frames: its bytes in one frame, then its end with ``facts``."""
+    name = os.path.basename(path)
     with open(path, "rb") as data:
         size = os.fstat(data.fileno()).st_size
-        yield file_header(path.name, size)
+        yield file_header(name, size)
         left = size
         while left:
             block = data.read(min(CHUNK, left))
             if not block:
-                raise DatasetError(f"{path.name} shrank while it was being sent")
+                raise DatasetError(f"{name} shrank while it was being sent")
             yield block
             left -= len(block)
-    yield end_header(path.name, facts)
+    yield end_header(name, facts)
 
 
 class Reader:
@@ -77,13 +77,7 @@ class Reader:
             if end >= 0:
                 line = bytes(self._buffer[:end])
                 del self._buffer[:end + 1]
-                try:
-                    header = json.loads(line)
-                except ValueError:
-                    header = None
-                if not isinstance(header, dict):
-                    raise DatasetError(f"the stream is garbled: a frame header reads {line[:80]!r}")
-                return header
+                return _parsed(line)
             if len(self._buffer) > MAX_HEADER:
                 raise DatasetError(f"the stream is garbled: no frame header within {MAX_HEADER:,} bytes")
             block = self._read(CHUNK)
@@ -107,11 +101,33 @@ class Reader:
             size -= len(block)
 
 
+def _parsed(line: bytes) -> dict:
+    """A header line as ``{"file": NAME, "bytes": K}``, ``{"file": NAME, "end": FACTS}`` or ``{"ping": True}``."""
+    words = line.decode("ascii", "replace").split(" ")
+    try:
+        if words == ["ping"]:
+            return {"ping": True}
+        if words[0] == "file" and len(words) == 3:
+            return {"file": _checked_name(words[1]), "bytes": _count(words[2])}
+        if words[0] == "end" and len(words) == 5 and words[4] in ("sorted", "unsorted"):
+            return {"file": _checked_name(words[1]),
+                    "end": {"bytes": _count(words[2]), "sha256": words[3], "sorted": words[4] == "sorted"}}
+    except ValueError:
+        pass
+    raise DatasetError(f"the stream is garbled: a frame header reads {line[:80]!r}")
+
+
+def _count(word: str) -> int:
+    if not word.isdigit() or not word.isascii():
+        raise ValueError(word)
+    return int(word)
+
+
 class _Incoming:
     """One file being received: its temporary file, digest, size and lines."""
 
-    def __init__(self, folder: Path, name: str) -> None:
-        self.partial = folder / f".{name}.part"
+    def __init__(self, folder, name: str) -> None:
+        self.partial = os.path.join(folder, f".{name}.part")
         self.out = open(self.partial, "wb")
         self.digest, self.size, self.lines = hashlib.sha256(), 0, 0
 
@@ -122,7 +138,7 @@ class _Incoming:
         self.lines += block.count(b"\n")
 
 
-def receive(reader: Reader, folder: Path) -> dict[str, dict]:
+def receive(reader: Reader, folder) -> dict[str, dict]:
     """Write every file of a framed stream into ``folder``; their facts (bytes, lines, sha256, sorted)."""
     open_files: dict[str, _Incoming] = {}
     received: dict[str, dict] = {}
@@ -133,41 +149,47 @@ def receive(reader: Reader, folder: Path) -> dict[str, dict]:
                 break
             if header.get("ping"):
                 continue
-            name = _checked_name(header.get("file"))
+            name = header["file"]
             if "end" in header:
                 incoming = open_files.pop(name, None) or _Incoming(folder, name)  # an empty file has no bytes
-                received[name] = _finish(incoming, folder / name, header["end"])
+                received[name] = _finish(incoming, os.path.join(folder, name), header["end"])
                 continue
-            size = header.get("bytes")
-            if not isinstance(size, int) or size < 0:
-                raise DatasetError(f"the stream is garbled: frame of {name} has no byte count")
             if name not in open_files:
                 open_files[name] = _Incoming(folder, name)
-            for block in reader.payload(size):
+            for block in reader.payload(header["bytes"]):
                 open_files[name].add(block)
         if open_files:
             raise DatasetError(f"the stream ended before {', '.join(sorted(open_files))} was whole")
     finally:
         for incoming in open_files.values():
             incoming.out.close()
-            incoming.partial.unlink(missing_ok=True)
+            _unlink(incoming.partial)
     return received
 
 
-def _finish(incoming: _Incoming, target: Path, expected: dict | None) -> dict:
+def _finish(incoming: _Incoming, target: str, expected: dict) -> dict:
     incoming.out.close()
     facts = {"bytes": incoming.size, "lines": incoming.lines, "sha256": incoming.digest.hexdigest(),
-             "sorted": bool(expected and expected.get("sorted"))}
-    if expected and (facts["bytes"], facts["sha256"]) != (expected.get("bytes"), expected.get("sha256")):
-        incoming.partial.unlink()
-        same = "matches" if facts["sha256"] == expected.get("sha256") else "differs"
-        raise DatasetError(f"{target.name} arrived damaged: {facts['bytes']} of {expected.get('bytes')} bytes,"
-                           f" checksum {same}")
+             "sorted": expected["sorted"]}
+    if (facts["bytes"], facts["sha256"]) != (expected["bytes"], expected["sha256"]):
+        _unlink(incoming.partial)
+        same = "matches" if facts["sha256"] == expected["sha256"] else "differs"
+        raise DatasetError(f"{os.path.basename(target)} arrived damaged: {facts['bytes']} of {expected['bytes']}"
+                           f" bytes, checksum {same}")
     os.replace(incoming.partial, target)
     return facts
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _checked_name(name) -> str:
-    if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or "\0" in name:
+    """A data file's name: letters, digits, '_', '.' and '-', not starting with '.', so it stays in its folder."""
+    if (not isinstance(name, str) or not 0 < len(name) <= 255 or name.startswith(".")
+            or not _NAME_CHARS.issuperset(name)):
         raise DatasetError(f"bad file name {name!r}")
     return name

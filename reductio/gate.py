@@ -1,88 +1,121 @@
 """The cluster key's forced command: a worker's key lets another worker deliver scatter files, nothing else.
 
 ``setup`` authorizes the cluster key on each SSH worker with ``restrict``
-(no pty, no forwarding, no agent) and a ``command`` running ``PYTHON -I -m
-reductio.gate HOME...``, HOME being every home of the cluster that this
+(no pty, no forwarding, no agent) and a ``command`` running this module's
+``main`` with ``PYTHON -I`` for HOME..., HOME being every home of the cluster that this
 user's authorized_keys file serves. sshd then runs this module for
 whatever the connecting worker asked; the request is in
 ``SSH_ORIGINAL_COMMAND``, parsed here, never given to a shell. The only
 request granted is the one scatter's sender makes (delivery.py):
 
-    PYTHON -m reductio.worker receive '{"attempt": ..., "head": {...}, "home": HOME}'
+    reductio-receive ATTEMPT DEAD_AFTER HOME
 
-with HOME one of the homes on the authorized line and every parameter well
-formed; it runs in this process, with this interpreter. Anything else gets
-one line on stderr, exit 1, and a line in the home's steps.log. Also the
-worker-side half of authorizing the key (``step_authorize``). Standard
-library only.
+with HOME one of the homes on the authorized line (the rest of the line,
+spaces and all), ATTEMPT an attempt id and DEAD_AFTER the seconds of
+silence after which the sender counts as gone. The stream on stdin is then
+received (receiving.py) in this process, with this interpreter, and its
+result written as ``python -m reductio.worker receive`` would. Anything
+else gets one line on stderr, exit 1, and a line in the home's steps.log.
+
+Every scatter connection starts this module, N x (N - 1) per scatter, so
+it and what it imports keep clear of json, re, shlex and pathlib: their
+imports would cost more than the receive. Also the worker-side half of
+authorizing the key (``step_authorize``). Standard library only.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import sys
+import time
 
-from reductio import steplog
-from reductio.errors import ReductioError
-from reductio.store import check_attempt
+from reductio import receiving, steplog
+from reductio.errors import ReductioError, environment_error
+from reductio.layout import check_attempt, finished
 
 MAX_REQUEST = 64 << 10  # bytes: what scatter sends is a few hundred
 COMMENT = "reductio-cluster"  # the cluster key's comment: how setup finds the lines it wrote earlier
-_HEAD = {"beat": (int, float), "dead_after": (int, float), "stdin": str}
+REQUEST = "reductio-receive"
+# What the forced command runs: ``-m reductio.gate`` would import runpy and importlib.util first.
+GATE = "import sys; from reductio.gate import main; sys.exit(main())"
 
 
 class Refused(ReductioError):
     """A request the cluster key may not make."""
 
 
+def request(attempt: str, dead_after: float, home: str) -> str:
+    """What scatter's sender asks of another worker's gate."""
+    return f"{REQUEST} {attempt} {float(dead_after):g} {home}"
+
+
 def main(argv: list = None) -> int:
     homes = [_normal(home) for home in (sys.argv[1:] if argv is None else argv)]
-    request = os.environ.get("SSH_ORIGINAL_COMMAND")
+    asked = os.environ.get("SSH_ORIGINAL_COMMAND")
     try:
-        params = _granted(request, homes)
+        params = _granted(asked, homes)
     except Refused as err:
         print(f"reductio gate: refused: {err}", file=sys.stderr, flush=True)
         for home in homes:  # the account's homes: whichever one is looked at shows it
             steplog.log({"home": home}, f"gate refused a request from {_client()}: {err}")
         return 1
-    from reductio import worker
-
-    return worker.main(["receive", json.dumps(params)])
+    return _receive(params)
 
 
-def _granted(request: str | None, homes: list) -> dict:
-    """The receive step's parameters, if ``request`` is the one scatter sends into one of ``homes``."""
+def _granted(asked: str | None, homes: list) -> dict:
+    """The receive's parameters, if ``asked`` is the request scatter sends into one of ``homes``."""
     if not homes:
         raise Refused("the authorized line names no home")
-    if request is None:
+    if asked is None:
         raise Refused("a login; the cluster key only delivers files")
-    if len(request.encode("utf-8", "replace")) > MAX_REQUEST:
+    if len(asked.encode("utf-8", "replace")) > MAX_REQUEST:
         raise Refused(f"a request longer than {MAX_REQUEST:,} bytes")
+    words = asked.split(" ", 3)
+    if len(words) != 4 or words[0] != REQUEST:
+        raise Refused(f"not a receive: {asked[:200]!r}")
+    _, attempt, dead_after, home = words
+    if _normal(home) not in homes:
+        raise Refused(f"a home this key does not serve: {home[:200]!r}")
     try:
-        words = shlex.split(request)
-    except ValueError as err:
-        raise Refused(f"a request that does not parse ({err})") from None
-    if len(words) != 5 or words[1:4] != ["-m", "reductio.worker", "receive"]:
-        raise Refused(f"not a receive: {request[:200]!r}")
-    try:
-        params = json.loads(words[4])
-    except ValueError:
-        raise Refused("parameters that are not JSON") from None
-    if not isinstance(params, dict) or set(params) != {"attempt", "head", "home"}:
-        raise Refused("parameters other than a receive's")
-    if not isinstance(params["home"], str) or _normal(params["home"]) not in homes:
-        raise Refused(f"a home this key does not serve: {str(params['home'])[:200]!r}")
-    try:
-        check_attempt(params["attempt"])
-    except ReductioError as err:
+        check_attempt(attempt)
+        seconds = float(dead_after)
+    except (ReductioError, ValueError) as err:
         raise Refused(str(err)) from None
-    head = params["head"]
-    if not isinstance(head, dict) or set(head) != set(_HEAD) or head["stdin"] != "data" or not all(
-            isinstance(head[key], kind) and not isinstance(head[key], bool) for key, kind in _HEAD.items()):
-        raise Refused("heartbeat settings other than a receive's")
-    return params
+    if not 0 < seconds < 1e9:  # also refuses nan and inf
+        raise Refused(f"a dead_after of {dead_after[:20]!r} seconds")
+    return {"home": home, "attempt": attempt, "dead_after": seconds}
+
+
+def _receive(params: dict) -> int:
+    """Run the granted receive and report it as a worker command does (worker.py), without importing json
+    unless there is an error to report."""
+    os.umask(0o077)  # everything in a reductio home is its owner's alone
+    started = time.time()
+    try:
+        try:
+            files = receiving.receive(params["home"], params["attempt"], params["dead_after"])["files"]
+        except OSError as err:
+            raise environment_error(err) from err
+    except ReductioError as err:
+        from reductio.protocol import ERROR, emit
+
+        emit(ERROR, err.to_dict())
+        steplog.log(params, f"receive failed after {time.time() - started:.1f} s: {err}")
+        return 1
+    finished(params["home"], params["attempt"])
+    sys.stderr.write(result_line(files))
+    sys.stderr.flush()
+    steplog.log(params, f"receive done in {time.time() - started:.1f} s")
+    return 0
+
+
+def result_line(files: dict) -> str:
+    """The receive's ``reductio-result`` line (protocol.py) as json.dumps writes it: file names are letters,
+    digits, '_', '.' and '-' (framing.py), digests hex, so nothing needs escaping."""
+    entries = ", ".join(
+        f'"{name}": {{"bytes": {facts["bytes"]}, "lines": {facts["lines"]}, "sha256": "{facts["sha256"]}",'
+        f' "sorted": {"true" if facts["sorted"] else "false"}}}' for name, facts in files.items())
+    return f'reductio-result: {{"files": {{{entries}}}}}\n'
 
 
 def _normal(home: str) -> str:
@@ -137,7 +170,7 @@ def authorized_line(public: str, pythons: list, homes: list) -> str:
     sshd runs it with the account's shell; a double quote in it is \\".
     """
     command = (f"for python in {' '.join(pythons)}; do test -x \"$python\" &&"
-               f" exec \"$python\" -I -m reductio.gate {' '.join(homes)}; done;"
+               f" exec \"$python\" -I -c '{GATE}' {' '.join(homes)}; done;"
                " echo 'reductio gate: no reductio environment on this machine' >&2; exit 1")
     escaped = command.replace('"', '\\"')
     return f'restrict,command="{escaped}" {public}'

@@ -8,7 +8,7 @@ often (``stdin: "beats"``); a command that hears nothing for D seconds, or
 sees its stdin close, stops at once with every process it started. A head
 that drops off the network therefore leaves nothing running on the worker.
 A command whose stdin carries data (``stdin: "data"``, ``receive``) checks
-the silence where it reads instead. Lines other than beats are messages:
+the silence where it reads instead (receiving.py). Lines other than beats are messages:
 how the head tells a step that finished to publish its attempt in the
 same session. Standard library only.
 """
@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import select
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
-from reductio.errors import ReductioError
 from reductio.protocol import ALIVE, PROGRESS, emit
 
 #: What the step reports as its progress, when it has any: a callable giving {"done": n, "total": n}.
 progress: Callable[[], dict] | None = None
-#: Seconds of silence on a data stdin after which the sender counts as gone (None: wait forever).
-dead_after: float | None = None
 
 
 def start(head: dict) -> None:
@@ -40,16 +37,15 @@ def start(head: dict) -> None:
     ``stdin``: "beats" (the head's), "data" (checked where it is read), or
     "eof" (a share process, whose worker holds its stdin: only its closing counts).
     """
-    global dead_after
     if head["stdin"] != "eof":
         try:
             os.setpgid(0, 0)  # our own process group: stopping it stops sort, ssh and share processes too
         except PermissionError:  # a session leader (sshd's child) leads its group already
             pass
-        dead_after = float(head["dead_after"])
     threading.Thread(target=_beat, args=(float(head["beat"]),), daemon=True).start()
     if head["stdin"] in ("beats", "eof"):
-        threading.Thread(target=_watch, args=(dead_after,), daemon=True).start()
+        silence = float(head["dead_after"]) if head["stdin"] == "beats" else None
+        threading.Thread(target=_watch, args=(silence,), daemon=True).start()
 
 
 def _beat(every: float) -> None:
@@ -78,18 +74,22 @@ def _watch(silence: float | None) -> None:
         while end >= 0:  # a long message arrives in many reads: each byte is looked at once
             pending += data[start:end]
             if pending:
-                _messages.put(json.loads(pending))
+                _messages.append(json.loads(pending))
+                _arrived.release()
             pending.clear()
             start, end = end + 1, data.find(b"\n", end + 1)
         pending += data[start:]
 
 
-_messages: "queue.Queue[dict]" = queue.Queue()
+# The head's messages as they arrive, one release each (a queue.Queue would import heapq for every command).
+_messages: deque = deque()
+_arrived = threading.Semaphore(0)
 
 
 def message() -> dict:
     """The head's next message (a JSON line on stdin); the watcher stops us if the head goes silent first."""
-    return _messages.get()
+    _arrived.acquire()
+    return _messages.popleft()
 
 
 def _stop(why: str | None) -> None:
@@ -102,16 +102,3 @@ def _stop(why: str | None) -> None:
     if os.getpgid(0) == os.getpid():
         os.killpg(0, signal.SIGKILL)  # our children first, and us with them
     os._exit(3)
-
-
-class SilentSender(ReductioError):
-    """A data stdin fell silent for longer than dead_after."""
-
-
-def read(fd: int, size: int) -> bytes:
-    """Up to ``size`` bytes of a data stdin; a sender silent for dead_after seconds is an error."""
-    if dead_after is not None:
-        readable, _, _ = select.select([fd], [], [], dead_after)
-        if not readable:
-            raise SilentSender(f"the sender sent nothing for {dead_after:g} s (dead_after); it is gone")
-    return os.read(fd, size)

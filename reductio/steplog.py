@@ -2,7 +2,8 @@
 
 Written by hand rather than with logging's RotatingFileHandler: importing
 logging.handlers cost a worker command 19 ms (socket, pickle, queue), and
-every scatter connection starts one. Rotated at 1 MB, three old files kept.
+every scatter connection starts one; for the same reason paths are strings
+(layout.py), not pathlib. Rotated at 1 MB, three old files kept.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from reductio.store import Home
+from reductio.layout import DATA, LOGS
 
 MAX_BYTES = 1 << 20
 KEPT = 3
@@ -19,14 +20,17 @@ KEPT = 3
 def log(params: dict, text: str) -> None:
     """Append ``text`` about the step of ``params`` to its home's steps.log, if it has a home."""
     home = params.get("home")
-    if not home or not Home(home).data.is_dir():
+    if not home or not os.path.isdir(os.path.join(os.path.expanduser(home), DATA)):
         return
-    folder = Home(home).root / "logs"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / "steps.log"
+    folder = os.path.join(os.path.expanduser(home), LOGS)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    path = os.path.join(folder, "steps.log")
     line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {params.get('attempt', '-')} {text}\n".encode("utf-8", "replace")
     try:
-        if path.stat().st_size + len(line) > MAX_BYTES:
+        if os.stat(path).st_size + len(line) > MAX_BYTES:
             _rotate(path)
     except FileNotFoundError:
         pass
@@ -37,9 +41,8 @@ def log(params: dict, text: str) -> None:
         os.close(descriptor)
 
 
-def _rotate(path) -> None:
+def _rotate(path: str) -> None:
     for index in range(KEPT - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{index}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
-    os.replace(path, path.with_name(f"{path.name}.1"))
+        if os.path.exists(f"{path}.{index}"):
+            os.replace(f"{path}.{index}", f"{path}.{index + 1}")
+    os.replace(path, f"{path}.1")

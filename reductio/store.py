@@ -1,14 +1,4 @@
-"""A worker's home: where datasets live and how a step's output is published.
-
-Layout, the only place it is spelled out::
-
-    HOME/data/NAME     -> ../store/NAME.ATTEMPT   symlink: the published dataset
-    HOME/store/NAME.ATTEMPT/                      its files and its _SUCCESS marker
-    HOME/tmp/ATTEMPT/                             a step's output until it is published
-    HOME/cluster_key, HOME/known_hosts            how this worker reaches the others (scatter)
-    HOME/venv/, HOME/dist/                        an SSH worker's Python environment and sdists
-    HOME/shipped/SHA256                           a file shipped with a command step, named by its content
-    HOME/shipped/SHA256.d/                        that file unpacked, when it was shipped as an archive
+"""A worker's home: its datasets, and how a step's output is published (the layout itself is layout.py's).
 
 A step writes into ``tmp/ATTEMPT``; publishing checks every expected file is
 there whole, writes the marker, moves the folder into ``store`` and swaps the
@@ -23,23 +13,20 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from reductio.errors import DatasetError
+from reductio.layout import DATA, SHIPPED, STORE, TMP, attempt_folder, check_attempt, check_home, finished, hold_lock
 
 MARKER = "_SUCCESS"
 STALE_AFTER = 3600
-CLUSTER_KEY = "cluster_key"
-KNOWN_HOSTS = "known_hosts"
 # A marker's "format": TEXT lines come from files or out.write and may lack a
 # tab (the whole line is then the key); RECORDS lines were all written as pairs;
 # FILES are whole input files as they were (``load --whole``), read only by a map command.
 TEXT, RECORDS, FILES = "text", "records", "files"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-_ATTEMPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,99}")
 _PARTITION_FILE = re.compile(r"p(\d{5})\.")
 _SHARD_FILE = "s{:05d}.{}"  # a worker's piece of load's input file number N, or initialize's lines (N = 0)
 
@@ -52,13 +39,6 @@ def check_name(name: str) -> str:
             " not starting with '.' or '-', and no '..'"
         )
     return name
-
-
-def check_attempt(attempt: str) -> str:
-    """Refuse an attempt id that is not one of ours."""
-    if not isinstance(attempt, str) or not _ATTEMPT.fullmatch(attempt):
-        raise DatasetError(f"bad attempt id {attempt!r}")
-    return attempt
 
 
 def partition_file(partition: int, origin: str) -> str:
@@ -92,10 +72,10 @@ class Home:
 
     def __init__(self, root) -> None:
         self.root = Path(root).expanduser()
-        self.data = self.root / "data"
-        self.store = self.root / "store"
-        self.tmp = self.root / "tmp"
-        self.shipped = self.root / "shipped"
+        self.data = self.root / DATA
+        self.store = self.root / STORE
+        self.tmp = self.root / TMP
+        self.shipped = self.root / SHIPPED
 
     def prepare(self) -> None:
         """Create the home's folders, readable by the owner only."""
@@ -104,20 +84,11 @@ class Home:
             os.chmod(folder, 0o700)
 
     def check_ready(self) -> None:
-        if not self.data.is_dir():
-            raise DatasetError(f"no reductio home at {self.root}; run the setup task first")
+        check_home(self.root)
 
     def attempt_dir(self, attempt: str) -> Path:
-        """The private folder of one attempt at a step, created on first use.
-
-        This process holds a shared lock on it until it exits, so ``clean``
-        never removes the folder of a step that is still running.
-        """
-        self.check_ready()
-        folder = self.tmp / check_attempt(attempt)
-        folder.mkdir(mode=0o700, exist_ok=True)
-        _hold_lock(folder)
-        return folder
+        """The private folder of one attempt at a step (``layout.attempt_folder``), held by this process."""
+        return Path(attempt_folder(self.root, attempt))
 
     def marker(self, name: str) -> dict:
         """The completion marker of a published dataset; a missing one is a DatasetError."""
@@ -155,7 +126,7 @@ class Home:
         if not staged.exists() and self._version_of(name) == version.resolve():
             return self.marker(name)  # published already: this is a retry after a lost reply
         _check_staged(staged, files)
-        _hold_lock(staged)
+        hold_lock(staged)
         marker = dict(facts, dataset=name, attempt=attempt, files=files, published=time.time())
         with open(staged / MARKER, "w", encoding="utf-8") as out:
             json.dump(marker, out, indent=1, sort_keys=True)
@@ -165,7 +136,7 @@ class Home:
         previous = self._version_of(name)
         os.replace(link, self.data / name)
         if previous is not None and previous != version:
-            shutil.rmtree(previous, ignore_errors=True)
+            _remove_tree(previous)
         return marker
 
     def clean(self) -> list[str]:
@@ -183,17 +154,16 @@ class Home:
                 continue
             if folder.parent == self.tmp and now - folder.stat().st_mtime < STALE_AFTER:
                 continue
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove_tree(folder)
             removed.append(folder.name)
         return removed
 
     def finished(self, attempt: str) -> None:
-        """Mark an attempt's run as done just now: the age ``clean`` counts from."""
-        os.utime(self.tmp / check_attempt(attempt))
+        finished(self.root, attempt)
 
     def discard(self, attempt: str) -> None:
         """Forget an unpublished attempt."""
-        shutil.rmtree(self.tmp / check_attempt(attempt), ignore_errors=True)
+        _remove_tree(self.tmp / check_attempt(attempt))
 
     def delete(self, name: str) -> bool:
         """Remove a published dataset; True if there was one."""
@@ -203,7 +173,7 @@ class Home:
             return False
         link.unlink()
         if version is not None:
-            shutil.rmtree(version, ignore_errors=True)
+            _remove_tree(version)
         return True
 
     def _version_of(self, name: str):
@@ -217,14 +187,10 @@ class Home:
         return target
 
 
-_HELD = []
+def _remove_tree(folder: Path) -> None:
+    import shutil  # here, not above: it imports bz2 and lzma, and every scatter connection imports this module
 
-
-def _hold_lock(folder: Path) -> None:
-    """Take a shared lock on a folder for the rest of this process."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    fcntl.flock(descriptor, fcntl.LOCK_SH)
-    _HELD.append(descriptor)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _unused(folder: Path) -> bool:

@@ -19,9 +19,9 @@ from typing import Dict, List
 
 from reductio.errors import ReductioError
 from reductio.gate import authorized_line
+from reductio.layout import CLUSTER_KEY, KNOWN_HOSTS
 from reductio.packaging import push
 from reductio.protocol import shell_path
-from reductio.store import CLUSTER_KEY, KNOWN_HOSTS
 
 HEAD_KEY = "~/.reductio/cluster_key"
 DEFAULT_AUTHORIZED_KEYS = "~/.ssh/authorized_keys"

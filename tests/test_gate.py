@@ -12,40 +12,53 @@ import pytest
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.gate import COMMENT, Refused, _granted
+from reductio.gate import COMMENT, Refused, _granted, request, result_line
+from reductio.protocol import RESULT, Reply
 
-HOMES = ["/srv/reductio/a", "/srv/reductio/b"]
-RECEIVE = {"attempt": "20261202T040135-2f3c96b7", "head": {"beat": 1.0, "dead_after": 30, "stdin": "data"},
-           "home": "/srv/reductio/b"}
-
-
-def request(params: dict, words=("/srv/reductio/a/venv/bin/python", "-m", "reductio.worker", "receive")) -> str:
-    return " ".join(list(words) + [f"'{json.dumps(params)}'"])
+HOMES = ["/srv/reductio/a", "/srv/reductio/b", "/srv/reductio/with space"]
+ATTEMPT = "20261202T040135-2f3c96b7"
+RECEIVE = {"attempt": ATTEMPT, "dead_after": 30.0, "home": "/srv/reductio/b"}
 
 
 def test_the_gate_grants_exactly_scatters_receive_into_a_home_of_its_line():
-    assert _granted(request(RECEIVE), HOMES) == RECEIVE
-    assert _granted(request(dict(RECEIVE, home="/srv/reductio/b/")), HOMES)["home"] == "/srv/reductio/b/"
+    assert _granted(request(ATTEMPT, 30, "/srv/reductio/b"), HOMES) == RECEIVE
+    assert _granted(f"reductio-receive {ATTEMPT} 30 /srv/reductio/b", HOMES) == RECEIVE
+    assert _granted(request(ATTEMPT, 2.5, "/srv/reductio/b/"), HOMES) == dict(RECEIVE, home="/srv/reductio/b/",
+                                                                              dead_after=2.5)
+    assert _granted(request(ATTEMPT, 30, "/srv/reductio/with space"), HOMES)["home"] == "/srv/reductio/with space"
 
 
 @pytest.mark.parametrize("asked, why", [
     (None, "a login"),
     ("id", "not a receive"),
     ("sh -c id", "not a receive"),
-    (request(RECEIVE, ("python", "-m", "reductio.worker", "send")), "not a receive"),
-    (request(RECEIVE) + " ; id", "not a receive"),
-    (request(dict(RECEIVE, home="/srv/other")), "a home this key does not serve"),
-    (request(dict(RECEIVE, home="/srv/reductio/a/../b/../../x")), "a home this key does not serve"),
-    (request(dict(RECEIVE, attempt="../../etc")), "attempt"),
-    (request(dict(RECEIVE, source="x")), "parameters other than a receive's"),
-    (request(dict(RECEIVE, head={"beat": 1, "dead_after": 30, "stdin": "beats"})), "heartbeat settings"),
-    ("python -m reductio.worker receive '{not json'", "not JSON"),
-    ("python -m reductio.worker receive 'unbalanced", "does not parse"),
+    (f"reductio-send {ATTEMPT} 30 /srv/reductio/b", "not a receive"),
+    (f"reductio-receive {ATTEMPT} 30", "not a receive"),
+    (request(ATTEMPT, 30, "/srv/reductio/b") + " ; id", "a home this key does not serve"),
+    (request(ATTEMPT, 30, "/srv/other"), "a home this key does not serve"),
+    (request(ATTEMPT, 30, "/srv/reductio/a/../b/../../x"), "a home this key does not serve"),
+    (request("../../etc", 30, "/srv/reductio/b"), "attempt"),
+    (request("-x", 30, "/srv/reductio/b"), "attempt"),
+    (f"reductio-receive {ATTEMPT} nan /srv/reductio/b", "dead_after"),
+    (f"reductio-receive {ATTEMPT} -1 /srv/reductio/b", "dead_after"),
+    (f"reductio-receive {ATTEMPT} 1e400 /srv/reductio/b", "dead_after"),
+    (f"reductio-receive {ATTEMPT} soon /srv/reductio/b", "could not convert"),
+    ("python -m reductio.worker receive '{\"attempt\": \"a\"}'", "not a receive"),  # the request before 2026-12
     ("x" * 70_000, "longer than"),
 ])
 def test_the_gate_refuses_anything_else_saying_what(asked, why):
     with pytest.raises(Refused, match=why):
         _granted(asked, HOMES)
+
+
+def test_the_gates_result_line_is_what_json_writes_and_what_a_sender_reads():
+    files = {"p00001.w00002-1": {"bytes": 12, "lines": 3, "sha256": "ab" * 32, "sorted": True},
+             "empty": {"bytes": 0, "lines": 0, "sha256": "cd" * 32, "sorted": False}}
+    assert result_line(files) == RESULT + json.dumps({"files": files}) + "\n"
+    reply = Reply()
+    reply.feed(result_line(files).encode())
+    reply.close()
+    assert reply.outcome(0) == {"files": files}
 
 
 def ssh(key: Path, port: int, *args: str) -> subprocess.CompletedProcess:
@@ -79,7 +92,7 @@ def test_with_the_cluster_key_no_command_shell_pty_forward_or_other_home_is_gran
     c, key = gated
     port = sshd_cluster.daemons[1].port
     user = f"{sshd_cluster.user}@127.0.0.1"
-    for asked in (["id"], ["sh", "-c", "id"], [request(dict(RECEIVE, home=str(tmp_path)))], ["x" * 70_000]):
+    for asked in (["id"], ["sh", "-c", "id"], [request(ATTEMPT, 30, str(tmp_path))], ["x" * 70_000]):
         done = ssh(key, port, user, *asked)
         assert done.returncode != 0 and "reductio gate: refused" in done.stderr, (asked, done.stderr)
         assert "uid=" not in done.stdout
@@ -95,15 +108,15 @@ def test_with_the_cluster_key_no_command_shell_pty_forward_or_other_home_is_gran
 
 def test_a_receive_naming_a_file_outside_its_attempt_is_refused_by_the_gated_receive(gated, sshd_cluster):
     c, key = gated
-    params = dict(RECEIVE, home=str(sshd_cluster.homes / "ssh-1"))
-    frame = json.dumps({"file": "../escaped", "bytes": 1}).encode() + b"\nx"
-    argv = ["-p", str(sshd_cluster.daemons[1].port), f"{sshd_cluster.user}@127.0.0.1", request(params)]
+    frame = b"file ../escaped 1\nx"
+    argv = ["-p", str(sshd_cluster.daemons[1].port), f"{sshd_cluster.user}@127.0.0.1",
+            request(ATTEMPT, 30, str(sshd_cluster.homes / "ssh-1"))]
     known = Path(os.environ["HOME"]) / ".ssh" / "known_hosts"
     done = subprocess.run(["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                            "-o", f"UserKnownHostsFile={known}", *argv], input=frame, capture_output=True, timeout=30)
     assert done.returncode != 0 and b"escaped" in done.stderr, done.stderr
     assert not list(sshd_cluster.homes.glob("ssh-1/**/escaped"))
-    shutil.rmtree(sshd_cluster.homes / "ssh-1" / "tmp" / RECEIVE["attempt"])  # as the head's discard would
+    shutil.rmtree(sshd_cluster.homes / "ssh-1" / "tmp" / ATTEMPT)  # as the head's discard would
 
 
 def test_a_scatter_through_the_gate_delivers_and_setup_again_keeps_one_line(gated, sshd_cluster, tmp_path):
@@ -117,7 +130,7 @@ def test_a_scatter_through_the_gate_delivers_and_setup_again_keeps_one_line(gate
     tasks.merge(c, "counts", str(tmp_path / "counts.tsv"))
     assert (tmp_path / "counts.tsv").read_text() == "".join(f"k{i}\t60\n" for i in sorted(range(50), key=str))
     (line,) = cluster_lines(sshd_cluster, head_key())
-    assert line.startswith('restrict,command="') and "-m reductio.gate" in line
+    assert line.startswith('restrict,command="') and "from reductio.gate import main" in line
     tasks.setup(c)
     assert cluster_lines(sshd_cluster, head_key()) == [line]
 

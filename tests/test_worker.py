@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from reductio import framing
+from reductio.errors import DatasetError
 from reductio.partition import partition_of
 from reductio.store import MARKER, Home, file_facts
 
@@ -423,12 +424,33 @@ def test_receive_refuses_a_file_that_arrives_different_from_what_was_expected(ho
     assert os.listdir(home.tmp / "l1") == []
 
 
-def test_receive_refuses_a_file_name_that_could_leave_the_attempt_folder(home):
-    error = run_worker("receive", {"home": str(home.root), "attempt": "l1"},
-                       stdin=framed({"../escape": b"x\n"})).error
+@pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b", "a b", "caf\u00e9"])
+def test_receive_refuses_a_file_name_that_could_leave_the_attempt_folder_or_need_quoting(home, name):
+    with pytest.raises(DatasetError, match="bad file name"):
+        framing.file_header(name, 2)  # no sender writes one
+    header = f"file {name} 2\n".encode("utf-8")
+    error = run_worker("receive", {"home": str(home.root), "attempt": "l1"}, stdin=header + b"x\n").error
     assert error["kind"] == "DatasetError"
-    assert "'../escape'" in error["message"]
+    assert "bad file name" in error["message"] or "garbled" in error["message"], error
+    assert os.listdir(home.tmp / "l1") == []
     assert not (home.tmp / "escape").exists()
+
+
+@pytest.mark.parametrize("header", [b"file p0 -1", b"file p0 1x", b"end p0 2 ab maybe", b"{\"ping\": true}", b"ping 1",
+                                    b"x" * 2000])
+def test_receive_refuses_a_garbled_frame_header(home, header):
+    error = run_worker("receive", {"home": str(home.root), "attempt": "l1"}, stdin=header + b"\n").error
+    assert error["kind"] == "DatasetError" and "garbled" in error["message"], error
+
+
+def test_frame_headers_are_words_and_a_ping_is_skipped(home):
+    data = b"k\t1\n"
+    assert framing.file_header("p00001.w00002-1", 4) == b"file p00001.w00002-1 4\n"
+    digest = hashlib.sha256(data).hexdigest()
+    assert framing.end_header("p1", {"bytes": 4, "sha256": digest, "sorted": True}) == f"end p1 4 {digest} sorted\n".encode()
+    stream = framing.PING + framed({"p1": data}) + framing.PING
+    reply = run_worker("receive", {"home": str(home.root), "attempt": "l1"}, stdin=stream)
+    assert reply.result == {"files": {"p1": {"bytes": 4, "lines": 1, "sha256": digest, "sorted": False}}}
 
 
 def test_receive_refuses_a_stream_cut_inside_a_file_and_keeps_nothing_of_it(home):
