@@ -2,7 +2,7 @@
 
 ``setup`` authorizes the cluster key on each SSH worker with ``restrict``
 (no pty, no forwarding, no agent) and a ``command`` running this module's
-``main`` with ``PYTHON -I`` for HOME..., HOME being every home of the cluster that this
+``main`` with ``PYTHON -I -S`` for HOME..., HOME being every home of the cluster that this
 user's authorized_keys file serves. sshd then runs this module for
 whatever the connecting worker asked; the request is in
 ``SSH_ORIGINAL_COMMAND``, parsed here, never given to a shell. The only
@@ -36,8 +36,11 @@ from reductio.layout import check_attempt, finished
 MAX_REQUEST = 64 << 10  # bytes: what scatter sends is a few hundred
 COMMENT = "reductio-cluster"  # the cluster key's comment: how setup finds the lines it wrote earlier
 REQUEST = "reductio-receive"
-# What the forced command runs: ``-m reductio.gate`` would import runpy and importlib.util first.
-GATE = "import sys; from reductio.gate import main; sys.exit(main())"
+# What the forced command runs, with ``python -I -S``: ``-m reductio.gate`` would import runpy and
+# importlib.util first, and site its .pth files. Without site, the environment's site-packages is put on
+# the path by hand: ENV/lib/pythonX.Y/site-packages, ENV being the venv whose bin/python this is.
+GATE = ("import os, sys; sys.path.append(os.path.join(os.path.dirname(os.path.dirname(sys.executable)), 'lib',"
+        " 'python%d.%d' % sys.version_info[:2], 'site-packages')); from reductio.gate import main; sys.exit(main())")
 
 
 class Refused(ReductioError):
@@ -170,7 +173,7 @@ def authorized_line(public: str, pythons: list, homes: list) -> str:
     sshd runs it with the account's shell; a double quote in it is \\".
     """
     command = (f"for python in {' '.join(pythons)}; do test -x \"$python\" &&"
-               f" exec \"$python\" -I -c '{GATE}' {' '.join(homes)}; done;"
+               f" exec \"$python\" -I -S -c \"{GATE}\" {' '.join(homes)}; done;"
                " echo 'reductio gate: no reductio environment on this machine' >&2; exit 1")
     escaped = command.replace('"', '\\"')
     return f'restrict,command="{escaped}" {public}'
