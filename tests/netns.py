@@ -78,8 +78,10 @@ class Host:
         for pref in ("10", "11"):
             ip("rule", "del", "pref", pref, namespace=self.namespace, check=False)
 
-    def processes(self, word: str = "reductio.worker") -> List[str]:
-        """Command lines of this host's processes that contain ``word``."""
+    def processes(self, *words: str) -> List[str]:
+        """Command lines of this host's processes that contain one of ``words``; by default, reductio's: its
+        worker commands and the scatter gate's receives."""
+        words = words or ("reductio.worker", "reductio.gate")
         inode = os.stat(f"/run/netns/{self.namespace}").st_ino
         found = []
         for entry in Path("/proc").iterdir():
@@ -91,7 +93,7 @@ class Host:
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
             except OSError:  # it ended meanwhile
                 continue
-            if word in command:
+            if any(word in command for word in words):
                 found.append(command)
         return found
 

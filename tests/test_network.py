@@ -128,7 +128,7 @@ def test_a_host_cut_off_mid_scatter_as_a_sender(network, job, capsys):
 
 
 def test_a_host_cut_off_mid_scatter_as_a_receiver(network, job, capsys):
-    out = cut_during(network, job, 1, "reductio.worker receive", "here", capsys,
+    out = cut_during(network, job, 1, "reductio.gate", "here", capsys,  # scatter's receive: the gate
                      before=lambda c, data: (tasks.load(c, str(data), "input"),
                                              tasks.map(c, "wordjobs.identity", "input", "pairs")))
     assert "map: pairs is up to date from input; skipped" in out
