@@ -8,9 +8,9 @@ often (``stdin: "beats"``); a command that hears nothing for D seconds, or
 sees its stdin close, stops at once with every process it started. A head
 that drops off the network therefore leaves nothing running on the worker.
 A command whose stdin carries data (``stdin: "data"``, ``receive``) checks
-the silence where it reads instead (receiving.py). Lines other than beats are messages:
-how the head tells a step that finished to publish its attempt in the
-same session. Standard library only.
+the silence where it reads instead (receiving.py). Lines other than beats
+are messages: how the head tells a step that finished to publish its
+attempt in the same session. Standard library only.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import time
 
-from reductio.layout import DATA, LOGS
+from reductio.errors import DatasetError
+from reductio.layout import LOGS, check_home
 
 MAX_BYTES = 1 << 20
 KEPT = 3
@@ -19,10 +20,11 @@ KEPT = 3
 
 def log(params: dict, text: str) -> None:
     """Append ``text`` about the step of ``params`` to its home's steps.log, if it has a home."""
-    home = params.get("home")
-    if not home or not os.path.isdir(os.path.join(os.path.expanduser(home), DATA)):
+    try:
+        root = check_home(params.get("home") or "")
+    except DatasetError:  # no home: nowhere to log
         return
-    folder = os.path.join(os.path.expanduser(home), LOGS)
+    folder = os.path.join(root, LOGS)
     try:
         os.mkdir(folder, 0o700)
     except FileExistsError:

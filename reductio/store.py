@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -188,8 +189,6 @@ class Home:
 
 
 def _remove_tree(folder: Path) -> None:
-    import shutil  # here, not above: it imports bz2 and lzma, and every scatter connection imports this module
-
     shutil.rmtree(folder, ignore_errors=True)
 
 
