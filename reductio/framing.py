@@ -2,9 +2,9 @@
 
 A stream is a sequence of frames, each a header line of ASCII words and maybe bytes:
 
-    file NAME K\n  then K bytes          more of NAME (created on first use)
-    end NAME K SHA256 sorted|unsorted\n  NAME is whole: K bytes with that SHA-256, checked, then visible
-    ping\n                               nothing to send just now; still here
+    file NAME K\\n  then K bytes          more of NAME (created on first use)
+    end NAME K SHA256 sorted|unsorted\\n  NAME is whole: K bytes with that SHA-256, checked, then visible
+    ping\\n                               nothing to send just now; still here
 
 A file is written under a temporary name and only renamed to NAME once it
 arrived whole and matching; a file sent again replaces the old one. The end

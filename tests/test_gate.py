@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,19 @@ def test_the_gates_result_line_is_what_json_writes_and_what_a_sender_reads():
     reply.feed(result_line(files).encode())
     reply.close()
     assert reply.outcome(0) == {"files": files}
+
+
+def test_the_gate_and_its_receive_import_nothing_that_costs_more_than_the_receive():
+    # Every scatter connection starts one: json (with re and enum), pathlib, shlex and the worker's own
+    # modules doubled its CPU. Run as the forced command runs it (-I -S), the package found by hand.
+    root = str(Path(__file__).resolve().parent.parent)
+    probe = (f"import sys; sys.path.append({root!r}); import reductio.gate;"
+             " print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in"
+             " ('json', 're', 'enum', 'pathlib', 'shlex', 'shutil', 'threading', 'queue', 'runpy')"
+             " or m in ('reductio.store', 'reductio.worker', 'reductio.protocol', 'reductio.heartbeat'))))")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
 
 
 def ssh(key: Path, port: int, *args: str) -> subprocess.CompletedProcess:
