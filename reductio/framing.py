@@ -23,20 +23,20 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 
 from reductio.errors import DatasetError
+from reductio.layout import check_file_name
 
 CHUNK = 1 << 20
 MAX_HEADER = 1 << 10  # bytes: a header is a name, two numbers and a digest
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def file_header(name: str, size: int) -> bytes:
-    return f"file {_checked_name(name)} {int(size)}\n".encode("ascii")
+    return f"file {check_file_name(name)} {int(size)}\n".encode("ascii")
 
 
 def end_header(name: str, facts: dict) -> bytes:
     """The frame ending ``name``: the size and SHA-256 it must have, and whether its lines are sorted."""
     order = "sorted" if facts.get("sorted") else "unsorted"
-    return f"end {_checked_name(name)} {int(facts['bytes'])} {facts['sha256']} {order}\n".encode("ascii")
+    return f"end {check_file_name(name)} {int(facts['bytes'])} {facts['sha256']} {order}\n".encode("ascii")
 
 
 PING = b"ping\n"
@@ -108,9 +108,9 @@ def _parsed(line: bytes) -> dict:
         if words == ["ping"]:
             return {"ping": True}
         if words[0] == "file" and len(words) == 3:
-            return {"file": _checked_name(words[1]), "bytes": _count(words[2])}
+            return {"file": check_file_name(words[1]), "bytes": _count(words[2])}
         if words[0] == "end" and len(words) == 5 and words[4] in ("sorted", "unsorted"):
-            return {"file": _checked_name(words[1]),
+            return {"file": check_file_name(words[1]),
                     "end": {"bytes": _count(words[2]), "sha256": words[3], "sorted": words[4] == "sorted"}}
     except ValueError:
         pass
@@ -185,11 +185,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _checked_name(name) -> str:
-    """A data file's name: letters, digits, '_', '.' and '-', not starting with '.', so it stays in its folder."""
-    if (not isinstance(name, str) or not 0 < len(name) <= 255 or name.startswith(".")
-            or not _NAME_CHARS.issuperset(name)):
-        raise DatasetError(f"bad file name {name!r}")
-    return name

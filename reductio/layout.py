@@ -30,6 +30,7 @@ KNOWN_HOSTS = "known_hosts"
 
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _ATTEMPT_CHARS = _ALNUM | {"-"}
+_FILE_CHARS = _ALNUM | {"_", ".", "-"}
 
 
 def check_attempt(attempt: str) -> str:
@@ -38,6 +39,15 @@ def check_attempt(attempt: str) -> str:
             or not _ATTEMPT_CHARS.issuperset(attempt)):
         raise DatasetError(f"bad attempt id {attempt!r}")
     return attempt
+
+
+def check_file_name(name: str) -> str:
+    """A data file's name: letters, digits, '_', '.' and '-', not starting with '.', so it stays in its folder
+    and a frame header (framing.py) never needs quoting."""
+    if (not isinstance(name, str) or not 0 < len(name) <= 255 or name.startswith(".")
+            or not _FILE_CHARS.issuperset(name)):
+        raise DatasetError(f"bad file name {name!r}")
+    return name
 
 
 def check_home(root: str) -> str:
