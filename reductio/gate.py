@@ -3,8 +3,8 @@
 ``setup`` authorizes the cluster key on each SSH worker with ``restrict``
 (no pty, no forwarding, no agent) and a ``command`` running this module's
 ``main`` with ``PYTHON -I -S`` for HOME..., HOME being every home of the
-cluster that this user's authorized_keys file serves. sshd then runs this module for
-whatever the connecting worker asked; the request is in
+cluster that this user's authorized_keys file serves. sshd then runs this
+module for whatever the connecting worker asked; the request is in
 ``SSH_ORIGINAL_COMMAND``, parsed here, never given to a shell. The only
 request granted is the one scatter's sender makes (delivery.py):
 
