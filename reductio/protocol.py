@@ -137,7 +137,7 @@ class Reply:
         last = tail[-1] if tail else "no output"
         if exit_code == 127:
             raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))
-        if exit_code < 0 or exit_code > 128:
+        if exit_code < 0 or 128 < exit_code < 128 + signal.NSIG:  # a shell says 128 + N of a signal N
             number = -exit_code if exit_code < 0 else exit_code - 128
             try:
                 name = signal.Signals(number).name

@@ -46,3 +46,12 @@ def test_a_reply_line_longer_than_the_cap_is_refused_without_keeping_it():
     with pytest.raises(ReductioError, match="longer than"):
         command.finish()
     assert len(command.reply._pending) == 0
+
+
+@pytest.mark.parametrize("program, said", [
+    ("err.write(b'gone\\n'); err.flush(); import sys; sys.exit(255)", "worker command failed (exit 255): gone"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", "killed by SIGTERM"),
+])
+def test_an_exit_code_is_a_signal_only_where_a_shell_would_say_one(program, said):
+    with pytest.raises(ReductioError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        fake_worker(program).finish()
