@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, TypeVar
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import reductio
 from reductio import liveness, session
@@ -45,7 +45,7 @@ class Worker:
         self.spec, self.index, self.name, self.home = spec, index, spec.name, spec.home
         self.dead_after, self.beat = liveness.dead_after(config), liveness.beat(config)
         self.lost: Optional[ReductioError] = None  # set once this task has given the worker up
-        self._commands: List[Command] = []
+        self._commands: List[Tuple[Command, Optional[liveness.Group]]] = []  # each with its fan-out, if any
         self._lock = threading.Lock()
 
     def python(self) -> str:
@@ -66,9 +66,9 @@ class Worker:
         if self.lost is not None:
             raise self.lost
         started = self._start(command, mode, on_progress)
-        with self._lock:
-            self._commands = [c for c in self._commands if not c.is_over()] + [started]
         group = liveness.current_group() if grouped else None
+        with self._lock:
+            self._commands = [(c, g) for c, g in self._commands if not c.is_over()] + [(started, group)]
         if group is not None:
             group.add(started)
         if watch:
@@ -76,15 +76,18 @@ class Worker:
         return started
 
     def lose(self, error: ReductioError) -> None:
-        """Give the worker up for this task: end its commands with ``error``, drop its connection."""
+        """Give the worker up for this task: end its commands with ``error``, drop its connection, and
+        stop the other workers' part of every fan-out it was in."""
         self.lost = self.lost or error
         with self._lock:
             commands = list(self._commands)
-        for command in commands:
+        for command, _ in commands:
             command.end(error, kill=False)  # first the reason, so whatever fails next reports it
         self.hang_up()
-        for command in commands:
+        for command, group in commands:
             command.end(error)
+            if group is not None:
+                group.lose(self, error)
 
     def hang_up(self) -> None:
         """Drop the worker's connection, if it has one."""
@@ -298,7 +301,7 @@ class SshWorker(Worker):
         return f"{host} {key.get_name()} {key.get_base64()}\n"
 
     def destination(self) -> dict:
-        return {"kind": "ssh", "host": self.spec.host, "port": self.spec.port or 22,
+        return {"kind": "ssh", "name": self.name, "host": self.spec.host, "port": self.spec.port or 22,
                 "user": self.spec.username, "home": self.home,
                 "compress": settings(self._config).get("compress", False), "dead_after": self.dead_after}
 
@@ -428,9 +431,12 @@ class Cluster:
             raise
         finally:
             pool.shutdown(wait=False)
+        lost = group.close()
         results, errors, stopped = {}, {}, 0
         for name, future in futures.items():
             error = future.exception()
+            if name in lost and (error is None or isinstance(error, liveness.Stopped)):
+                error = lost[name]  # lost after its own part returned: held for its verdict, or receiving
             if error is None:
                 results[name] = future.result()
             elif isinstance(error, liveness.Stopped):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from reductio.config import settings
 from reductio.errors import ReductioError, WorkerSilent
@@ -46,12 +46,20 @@ class Stopped(ReductioError):
 
 
 class Group:
-    """The commands of one fan-out over the workers, ended together when one worker is lost."""
+    """The commands of one fan-out over the workers, ended together when one worker is lost.
+
+    A worker lost while the fan-out runs is remembered (``lost``) even if its
+    own part had already returned -- a step held open for its verdict, a
+    scatter receiver -- so the step fails naming it, not only the workers
+    that were stopped or that failed talking to it.
+    """
 
     def __init__(self) -> None:
         self._commands: List = []
         self._lock = threading.Lock()
         self.ended: Optional[ReductioError] = None
+        self.lost: Dict[str, ReductioError] = {}
+        self._closed = False
 
     def add(self, command) -> None:
         with self._lock:
@@ -63,12 +71,26 @@ class Group:
     def end(self, why: ReductioError) -> None:
         """End every command of the group (and any added later) with ``why``."""
         with self._lock:
-            if self.ended is not None:
+            if self.ended is not None or self._closed:
                 return
             self.ended = why
             commands = list(self._commands)
         for command in commands:
             command.end(why)
+
+    def lose(self, worker, why: ReductioError) -> None:
+        """``worker`` is lost: remember why, and end the others' commands of this fan-out."""
+        with self._lock:
+            if self._closed:
+                return
+            self.lost.setdefault(worker.name, why)
+        self.end(Stopped(f"stopped: {worker.where()} was lost"))
+
+    def close(self) -> Dict[str, ReductioError]:
+        """The fan-out is over: later losses belong to whatever runs next. Who was lost while it ran."""
+        with self._lock:
+            self._closed = True
+            return dict(self.lost)
 
 
 _current = threading.local()

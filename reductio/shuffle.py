@@ -24,8 +24,10 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
     held = {}
     try:
         with display("scatter", cluster) as progress:
-            results = cluster.each("scatter", progress.reporting(lambda w, on_progress: w.step(
-                "send", dict(send_params(cluster, w, source), attempt=attempt), on_progress, held)))
+            # not progress.reporting: a worker done sending still receives, so its part ends with the step's,
+            # and until then its held command's beats say it is there (or, missing, that it is quiet)
+            results = cluster.each("scatter", lambda w: w.step(
+                "send", dict(send_params(cluster, w, source), attempt=attempt), progress.progress_of(w.name), held))
         if common_source(results, source)["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         arrived = {w.name: {} for w in cluster.workers}

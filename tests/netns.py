@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from sshd import Sshd, keygen
 
@@ -81,7 +81,17 @@ class Host:
     def processes(self, *words: str) -> List[str]:
         """Command lines of this host's processes that contain one of ``words``; by default, reductio's: its
         worker commands and the scatter gate's receives."""
-        words = words or ("reductio.worker", "reductio.gate")
+        return [command for _, command in self._matching(words or ("reductio.worker", "reductio.gate"))]
+
+    def signal(self, number: int, *words: str) -> None:
+        """Send signal ``number`` to this host's processes whose command line contains one of ``words``."""
+        for pid, _ in self._matching(words):
+            try:
+                os.kill(pid, number)
+            except ProcessLookupError:
+                pass
+
+    def _matching(self, words) -> List[Tuple[int, str]]:
         inode = os.stat(f"/run/netns/{self.namespace}").st_ino
         found = []
         for entry in Path("/proc").iterdir():
@@ -94,7 +104,7 @@ class Host:
             except OSError:  # it ended meanwhile
                 continue
             if any(word in command for word in words):
-                found.append(command)
+                found.append((int(entry.name), command))
         return found
 
     def remove(self) -> None:

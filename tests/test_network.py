@@ -10,6 +10,7 @@ and give the exact output when the job is run again.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -77,16 +78,50 @@ def steps_running(host) -> list:
     return [command for command in host.processes() if "reductio.worker session" not in command]
 
 
-def cut_during(network, job, host: int, process: str, target: str, capsys, before=None):
-    """Run the job, cut ``host`` once ``process`` runs there, and check everything the issue asks."""
+class Running:
+    """The moment to cut a host: ``word`` runs there."""
+
+    def __init__(self, word: str) -> None:
+        self.word, self.what = word, f"'{word}' to run"
+
+    def __call__(self, host) -> bool:
+        return bool(host.processes(self.word))
+
+    def cut(self, host) -> None:
+        host.cut()
+
+
+class OnlyReceiving:
+    """The moment to cut a host in scatter: its own sending is over (its ssh clients came and went), so its
+    send step has returned and waits for the verdict, while the others still send to it. To hold that
+    moment open, each gate receiving on the host is paused (SIGSTOP) until the cut, then let go."""
+
+    what = "its sending to end while a gate still receives"
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def __call__(self, host) -> bool:
+        host.signal(signal.SIGSTOP, "reductio.gate")
+        sending = bool(host.processes("ssh -F /dev/null"))
+        self.sent = self.sent or sending
+        return self.sent and not sending and bool(host.processes("reductio.gate"))
+
+    def cut(self, host) -> None:
+        host.cut()
+        host.signal(signal.SIGCONT, "reductio.gate")
+
+
+def cut_during(network, job, host: int, moment, target: str, capsys, before=None):
+    """Run the job, cut ``host`` at ``moment``, and check everything the issue asks."""
     c, data, expected = job
     output = Path("counts.tsv")
     if before:
         before(c, data)
     victim = network.hosts[host]
     run = Background(lambda: run_job(c, data, output))
-    wait_until(lambda: victim.processes(process), 120, f"'{process}' to run on host{host}", every=0.005)
-    victim.cut()
+    wait_until(lambda: moment(victim), 120, f"{moment.what} on host{host}", every=0.005)
+    moment.cut(victim)
     cut = time.monotonic()
     run.join(WITHIN + 30)
     assert not run.is_alive(), f"the head still runs {WITHIN + 30:g} s after host{host} was cut"
@@ -114,33 +149,41 @@ def cut_during(network, job, host: int, process: str, target: str, capsys, befor
 
 
 def test_a_host_cut_off_mid_load_fails_the_load_and_a_rerun_is_exact(network, job, capsys):
-    cut_during(network, job, 1, "reductio.worker receive", "input", capsys)
+    cut_during(network, job, 1, Running("reductio.worker receive"), "input", capsys)
 
 
 def test_a_host_cut_off_mid_map_fails_the_step_and_a_rerun_skips_what_was_done(network, job, capsys):
-    out = cut_during(network, job, 2, "reductio.worker map", "pairs", capsys)
+    out = cut_during(network, job, 2, Running("reductio.worker map"), "pairs", capsys)
     assert "load: input is up to date; skipped" in out
 
 
 def test_a_host_cut_off_mid_scatter_as_a_sender(network, job, capsys):
-    out = cut_during(network, job, 0, "reductio.worker send", "here", capsys)
+    out = cut_during(network, job, 0, Running("reductio.worker send"), "here", capsys)
     assert "map: pairs is up to date from input; skipped" in out
 
 
 def test_a_host_cut_off_mid_scatter_as_a_receiver(network, job, capsys):
-    out = cut_during(network, job, 1, "reductio.gate", "here", capsys,  # scatter's receive: the gate
+    out = cut_during(network, job, 1, Running("reductio.gate"), "here", capsys,  # scatter's receive: the gate
+                     before=lambda c, data: (tasks.load(c, str(data), "input"),
+                                             tasks.map(c, "wordjobs.identity", "input", "pairs")))
+    assert "map: pairs is up to date from input; skipped" in out
+
+
+def test_a_host_cut_off_in_scatter_after_its_own_sending_while_it_still_receives(network, job, capsys):
+    """Its send step has returned and waits for the verdict: the head hears it only by that step's beats."""
+    out = cut_during(network, job, 1, OnlyReceiving(), "here", capsys,
                      before=lambda c, data: (tasks.load(c, str(data), "input"),
                                              tasks.map(c, "wordjobs.identity", "input", "pairs")))
     assert "map: pairs is up to date from input; skipped" in out
 
 
 def test_a_host_cut_off_mid_sort(network, job, capsys):
-    out = cut_during(network, job, 2, "reductio.worker sort", "sorted", capsys)
+    out = cut_during(network, job, 2, Running("reductio.worker sort"), "sorted", capsys)
     assert "scatter: here is up to date from pairs; skipped" in out
 
 
 def test_a_host_cut_off_mid_merge_writes_no_output(network, job, capsys):
-    out = cut_during(network, job, 0, "reductio.worker cat", "no-such-dataset", capsys)
+    out = cut_during(network, job, 0, Running("reductio.worker cat"), "no-such-dataset", capsys)
     assert "reduce: counts is up to date from sorted; skipped" in out
 
 
