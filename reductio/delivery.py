@@ -47,6 +47,10 @@ _OPENSSL_KEX = "ecdh-sha2-nistp256"
 # A timeout is not: the destination already had dead_after seconds to answer.
 _RETRYABLE = ("Connection refused", "Connection closed by", "Connection reset", "kex_exchange_identification",
               "Broken pipe")
+# What ssh says when the destination fell silent: ServerAliveCountMax ran out, or ConnectTimeout did.
+_SILENT = ("not responding", "timed out")
+# ssh's own failure, as opposed to the exit status of the command it ran.
+_SSH_FAILED = 255
 
 
 def step_send(params: dict) -> dict:
@@ -157,15 +161,18 @@ class _Sender:
         Only the cluster key and the host keys pinned at setup are used: no
         user ssh config, no agent, no prompt, no unknown host accepted.
         """
-        where = f"{destination['host']}:{destination['port']}"
         for round_ in range(self.retries + 1):
             code, reply = self._connect_and_send(destination, paths, facts)
             if code == 0 or self._failed.is_set():
                 break
             tail = " ".join(reply.tail)
-            if code != 255 or round_ == self.retries or not any(word in tail for word in _RETRYABLE):
+            if code != _SSH_FAILED or round_ == self.retries or not any(word in tail for word in _RETRYABLE):
                 break
             time.sleep(self.delay * 2 ** round_)
+        where = f"{destination.get('name') or destination['host']} ({destination['host']}:{destination['port']})"
+        if code == _SSH_FAILED and reply.result is None and reply.error is None:
+            raise ReductioError(f"sending to {where} failed: {ssh_failure(destination, list(reply.tail))}",
+                                "\n".join(reply.tail))
         try:
             return reply.outcome(code)["files"]
         except ReductioError as err:
@@ -194,6 +201,19 @@ class _Sender:
         with self._lock:
             self._running.remove(process)
         return code, reply
+
+
+def ssh_failure(destination: dict, tail: list) -> str:
+    """Why ssh itself gave up, from its last lines: the destination was silent for dead_after, or ssh's own words.
+
+    Silence is all a sender can see: whether the destination dropped off
+    (the head then names it lost) or only this path between workers broke.
+    """
+    if any(word in line for line in tail for word in _SILENT):
+        name = destination.get("name") or destination["host"]
+        return f"{name} did not answer for {float(destination.get('dead_after') or 30):g} s (dead_after)"
+    last = tail[-1] if tail else "no message"
+    return last if last.startswith("ssh") else f"ssh: {last}"
 
 
 def _read_all(stream, reply: Reply) -> None:

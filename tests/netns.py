@@ -74,8 +74,14 @@ class Host:
         ip("rule", "add", "pref", "10", "iif", "eth0", "blackhole", namespace=self.namespace)
         ip("rule", "add", "pref", "11", "to", HOSTS_NET, "blackhole", namespace=self.namespace)
 
+    def part_from(self, other: "Host") -> None:
+        """Drop everything between this host and ``other``, silently (each drops what arrives from the other);
+        both still reach everyone else. ``heal`` both to undo it."""
+        for one, two in ((self, other), (other, self)):
+            ip("rule", "add", "pref", "12", "iif", "eth0", "from", two.address, "blackhole", namespace=one.namespace)
+
     def heal(self) -> None:
-        for pref in ("10", "11"):
+        for pref in ("10", "11", "12"):
             ip("rule", "del", "pref", pref, namespace=self.namespace, check=False)
 
     def processes(self, *words: str) -> List[str]:

@@ -177,6 +177,27 @@ def test_a_host_cut_off_in_scatter_after_its_own_sending_while_it_still_receives
     assert "map: pairs is up to date from input; skipped" in out
 
 
+def test_workers_that_cannot_reach_each_other_fail_scatter_saying_which_while_the_head_hears_both(
+        network, job, capsys):
+    c, data, expected = job
+    tasks.load(c, str(data), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    network.hosts[0].part_from(network.hosts[1])
+    started = time.monotonic()
+    with pytest.raises(Exit) as failure:
+        tasks.scatter(c, "pairs", "here")
+    assert time.monotonic() - started <= WITHIN
+    message = failure.value.message
+    assert "host0: sending to host1 (198.18.2.2:22) failed: host1 did not answer for 3 s (dead_after)" in message
+    assert "host1: sending to host0 (198.18.1.2:22) failed: host0 did not answer for 3 s (dead_after)" in message
+    assert "lost" not in message and "host2:" not in message, message  # the head hears all three
+    for each in network.hosts:
+        assert not (network.homes / f"host{each.index}" / "data" / "here").exists()
+    network.heal_all()
+    run_job(c, data, Path("counts.tsv"))
+    assert Path("counts.tsv").read_bytes() == expected
+
+
 def test_a_host_cut_off_mid_sort(network, job, capsys):
     out = cut_during(network, job, 2, Running("reductio.worker sort"), "sorted", capsys)
     assert "scatter: here is up to date from pairs; skipped" in out
