@@ -12,6 +12,7 @@ dropped before it finished is tried again with doubling delays.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import subprocess
 import threading
@@ -204,15 +205,14 @@ class _Sender:
 
 
 def ssh_failure(destination: dict, tail: list) -> str:
-    """Why ssh itself gave up, from its last lines: the destination was silent for dead_after, or ssh's own words.
+    """Why ssh itself gave up, in its own last words; a destination that fell silent is named.
 
     Silence is all a sender can see: whether the destination dropped off
     (the head then names it lost) or only this path between workers broke.
     """
-    if any(word in line for line in tail for word in _SILENT):
-        name = destination.get("name") or destination["host"]
-        return f"{name} did not answer for {float(destination.get('dead_after') or 30):g} s (dead_after)"
     last = tail[-1] if tail else "no message"
+    if any(word in last for word in _SILENT):
+        return f"{destination.get('name') or destination['host']} did not answer ({last})"
     return last if last.startswith("ssh") else f"ssh: {last}"
 
 
@@ -266,8 +266,11 @@ def kex_order(names: list[str]) -> list[str]:
 
 
 def liveness_options(destination: dict) -> list[str]:
-    """ssh options that give up on a silent destination as the head would: within dead_after seconds."""
+    """ssh options that give up on a silent destination a little after the head would (dead_after and two
+    keepalives), so a host that dropped off is named lost by the head, which hears it too; a sender's own
+    timeout then speaks only of a path between workers that broke."""
     dead_after = float(destination.get("dead_after") or 30)
-    beat = max(1, int(dead_after // 3))
-    return ["-o", f"ConnectTimeout={max(1, int(dead_after))}", "-o", f"ServerAliveInterval={beat}",
-            "-o", f"ServerAliveCountMax={max(1, int(dead_after // beat))}"]
+    interval = max(1, round(dead_after / 6))
+    count = math.ceil(dead_after / interval) + 2
+    return ["-o", f"ConnectTimeout={interval * count}", "-o", f"ServerAliveInterval={interval}",
+            "-o", f"ServerAliveCountMax={count}"]

@@ -188,8 +188,8 @@ def test_workers_that_cannot_reach_each_other_fail_scatter_saying_which_while_th
         tasks.scatter(c, "pairs", "here")
     assert time.monotonic() - started <= WITHIN
     message = failure.value.message
-    assert "host0: sending to host1 (198.18.2.2:22) failed: host1 did not answer for 3 s (dead_after)" in message
-    assert "host1: sending to host0 (198.18.1.2:22) failed: host0 did not answer for 3 s (dead_after)" in message
+    assert "host0: sending to host1 (198.18.2.2:22) failed: host1 did not answer (" in message, message
+    assert "host1: sending to host0 (198.18.1.2:22) failed: host0 did not answer (" in message, message
     assert "lost" not in message and "host2:" not in message, message  # the head hears all three
     for each in network.hosts:
         assert not (network.homes / f"host{each.index}" / "data" / "here").exists()

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.delivery import _kex_options, _streams, kex_order, send_order
+from reductio.delivery import _kex_options, _streams, kex_order, liveness_options, send_order
 from reductio.machine import cores_each
 
 
@@ -121,3 +121,11 @@ def test_key_exchanges_go_p256_before_curve25519_and_slow_post_quantum_last_keep
     assert kex_order(["curve25519-sha256", "diffie-hellman-group14-sha256"]) == [
         "curve25519-sha256", "diffie-hellman-group14-sha256"]
     assert kex_order(["sntrup761x25519-sha512"]) == ["sntrup761x25519-sha512"]  # never an empty offer
+
+@pytest.mark.parametrize("dead_after", [0.5, 1, 3, 7.5, 30, 300])
+def test_a_senders_ssh_gives_up_on_a_silent_destination_two_keepalives_after_the_head_would(dead_after):
+    options = dict(option.split("=") for option in liveness_options({"dead_after": dead_after})[1::2])
+    interval, count = int(options["ServerAliveInterval"]), int(options["ServerAliveCountMax"])
+    # ssh gives up between count and count + 1 intervals after it last heard the destination
+    assert dead_after + 2 * interval <= interval * count <= 1.2 * dead_after + 3 * interval
+    assert int(options["ConnectTimeout"]) == interval * count
