@@ -417,7 +417,7 @@ class Cluster:
 
         def end_others(worker, future):
             if isinstance(future.exception(), WorkerUnreachable):
-                group.end(liveness.Stopped(f"stopped: {worker.where()} was lost"))
+                group.lose(worker, future.exception())
 
         pool = ThreadPoolExecutor(max_workers=len(workers))
         futures = {worker.name: pool.submit(run, worker) for worker in workers}
