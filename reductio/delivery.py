@@ -170,9 +170,10 @@ class _Sender:
             if code != _SSH_FAILED or round_ == self.retries or not any(word in tail for word in _RETRYABLE):
                 break
             time.sleep(self.delay * 2 ** round_)
-        where = f"{destination.get('name') or destination['host']} ({destination['host']}:{destination['port']})"
+        name = destination.get("name") or destination["host"]
+        where = f"{name} ({destination['host']}:{destination['port']})"
         if code == _SSH_FAILED and reply.result is None and reply.error is None:
-            raise ReductioError(f"sending to {where} failed: {ssh_failure(destination, list(reply.tail))}",
+            raise ReductioError(f"sending to {where} failed: {ssh_failure(name, list(reply.tail))}",
                                 "\n".join(reply.tail))
         try:
             return reply.outcome(code)["files"]
@@ -204,15 +205,15 @@ class _Sender:
         return code, reply
 
 
-def ssh_failure(destination: dict, tail: list) -> str:
-    """Why ssh itself gave up, in its own last words; a destination that fell silent is named.
+def ssh_failure(name: str, tail: list) -> str:
+    """Why ssh itself gave up, in its own last words; a destination ``name`` that fell silent is named.
 
     Silence is all a sender can see: whether the destination dropped off
     (the head then names it lost) or only this path between workers broke.
     """
     last = tail[-1] if tail else "no message"
     if any(word in last for word in _SILENT):
-        return f"{destination.get('name') or destination['host']} did not answer ({last})"
+        return f"{name} did not answer ({last})"
     return last if last.startswith("ssh") else f"ssh: {last}"
 
 

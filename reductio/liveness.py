@@ -48,7 +48,7 @@ class Stopped(ReductioError):
 class Group:
     """The commands of one fan-out over the workers, ended together when one worker is lost.
 
-    A worker lost while the fan-out runs is remembered (``lost``) even if its
+    A worker lost while the fan-out runs is remembered (``close`` says who) even if its
     own part had already returned -- a step held open for its verdict, a
     scatter receiver -- so the step fails naming it, not only the workers
     that were stopped or that failed talking to it.
@@ -58,7 +58,7 @@ class Group:
         self._commands: List = []
         self._lock = threading.Lock()
         self.ended: Optional[ReductioError] = None
-        self.lost: Dict[str, ReductioError] = {}
+        self._lost: Dict[str, ReductioError] = {}
         self._closed = False
 
     def add(self, command) -> None:
@@ -83,14 +83,14 @@ class Group:
         with self._lock:
             if self._closed:
                 return
-            self.lost.setdefault(worker.name, why)
+            self._lost.setdefault(worker.name, why)
         self.end(Stopped(f"stopped: {worker.where()} was lost"))
 
     def close(self) -> Dict[str, ReductioError]:
         """The fan-out is over: later losses belong to whatever runs next. Who was lost while it ran."""
         with self._lock:
             self._closed = True
-            return dict(self.lost)
+            return dict(self._lost)
 
 
 _current = threading.local()
