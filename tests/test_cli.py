@@ -258,3 +258,23 @@ def test_report_refuses_a_symbolic_link_at_its_output_path_and_leaves_what_it_po
     assert done.returncode == 1
     assert done.stderr == "reductio: report output report.html is a symbolic link; give the path of the file itself\n"
     assert victim.read_text() == "not a report" and (tmp_path / "report.html").is_symlink()
+
+
+def test_the_readme_job_runs_as_written_on_ssh_workers_that_have_no_fabric(ssh_workers, tmp_path, isolated_home):
+    """README's module imports fabric and reductio.tasks at the top; the workers' environments have neither
+    Fabric nor invoke (nor an index to fetch them from), and the map and reduce import that module there."""
+    ssh_workers(2)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "setup.py").write_text('from setuptools import setup\n\nsetup(name="mymodule", version="1.0",'
+                                      ' py_modules=["mymodule"])\n')
+    text = _readme_fabfile(project).read_text()
+    words = write_lines(tmp_path / "words", ["Abba", "cab", "éclair", "abba"])
+    (project / "mymodule.py").write_text(text.replace("/usr/share/dict/words", str(words)))
+    done = subprocess.run([*REDUCTIO, "-f", str(project / "mymodule.py"), "setup", "do_stuff"], capture_output=True,
+                          text=True, env=dict(os.environ, HOME=str(isolated_home)), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "installed mymodule-1.0.tar.gz on ssh-0, ssh-1" in done.stdout
+    expected = Counter(a + b for word in ("abba", "cab", "éclair", "abba") for a, b in zip(word, word[1:]))
+    table = dict(line.split("\t") for line in Path("bigrams.tsv").read_text().splitlines())
+    assert table == {pair: str(count) for pair, count in expected.items()}
