@@ -9,6 +9,7 @@ unknown names and bad values before any step starts.
 from __future__ import annotations
 
 import configparser
+import functools
 import getpass
 import logging
 import math
@@ -208,12 +209,13 @@ def _login(spec: WorkerSpec, config) -> tuple:
     return found.get("hostname", spec.host), int(port), str(user)
 
 
-def _addresses(host: str, port: int) -> set:
-    """The addresses a host name stands for; none when it does not resolve."""
+@functools.lru_cache(maxsize=None)
+def _addresses(host: str, port: int) -> frozenset:
+    """The addresses a host name stands for (looked up once a run); none when it does not resolve."""
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        return frozenset(info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
     except (OSError, UnicodeError):  # unknown now: connecting will say so, naming the worker
-        return set()
+        return frozenset()
 
 
 def settings(config) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -147,14 +148,17 @@ def test_reductios_own_tasks_run_from_a_folder_with_no_fabfile(tmp_path, isolate
     assert (folder / "upper.txt").read_text().splitlines() == sorted(line.upper() for line in TEXT)
 
 
-def test_python_m_reductio_is_the_reductio_program():
-    from reductio import cli
-
-    main = (REPO / "reductio" / "__main__.py").read_text()
-    assert "from reductio.cli import program" in main and "program.run()" in main
-    setup_py = (REPO / "setup.py").read_text()
-    assert '"reductio = reductio.cli:program.run"' in setup_py
-    assert cli.program.binary == "reductio"
+def test_python_m_reductio_is_the_program_setup_py_installs_as_reductio(tmp_path, isolated_home):
+    entry = re.search(r'"reductio = ([\w.]+):([\w.]+)"', (REPO / "setup.py").read_text()).groups()
+    script = ("import sys, importlib; from functools import reduce\n"
+              f"target = reduce(getattr, {entry[1]!r}.split('.'), importlib.import_module({entry[0]!r}))\n"
+              "sys.argv[0] = 'reductio'; target()\n")  # what the console script does
+    for argv in (["--version"], ["--list"], ["--help", "report"]):
+        as_module = reductio(*argv, cwd=tmp_path, home=isolated_home, timeout=60)
+        as_script = subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, capture_output=True,
+                                   text=True, env=dict(os.environ, HOME=str(isolated_home)), timeout=60)
+        assert as_module.returncode == as_script.returncode == 0, as_module.stderr + as_script.stderr
+        assert as_module.stdout == as_script.stdout and as_module.stdout
 
 
 FABFILE = """\

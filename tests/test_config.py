@@ -173,6 +173,22 @@ def test_two_names_for_one_account_on_one_machine_are_refused_naming_both(hosts,
     assert "port 22" in str(caught.value) and "would share the home ~/.reductio" in str(caught.value)
 
 
+def test_a_name_from_ssh_config_is_the_machine_its_hostname_port_and_user_say(isolated_home):
+    (isolated_home / ".ssh").mkdir()
+    (isolated_home / ".ssh" / "config").write_text("Host box\n  HostName 127.0.0.1\n\nHost far\n  HostName 127.0.0.1\n"
+                                                   "  Port 2222\n\nHost other\n  HostName 127.0.0.1\n  User other\n")
+    program = make_program()
+    program.run(["reductio", "-H", "box,far,other,127.0.0.1", "--list"], exit=False)
+    program.update_config()
+    with pytest.raises(ConfigError) as caught:
+        load_workers(program.config)
+    assert str(caught.value).startswith("workers box and 127.0.0.1 are one machine (127.0.0.1 port 22, user ")
+    program = make_program()
+    program.run(["reductio", "-H", "far,other,127.0.0.1", "--list"], exit=False)
+    program.update_config()
+    assert [spec.name for spec in load_workers(program.config)] == ["far", "other", "127.0.0.1"]
+
+
 def test_one_machine_under_two_accounts_ports_or_homes_is_not_refused():
     for workers in ([{"host": "localhost", "username": "me"}, {"host": "127.0.0.1", "username": "you"}],
                     [{"host": "localhost", "port": 2201}, {"host": "127.0.0.1", "port": 2202}],
