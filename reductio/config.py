@@ -9,12 +9,17 @@ unknown names and bad values before any step starts.
 from __future__ import annotations
 
 import configparser
+import functools
+import getpass
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
+
+from fabric.connection import derive_shorthand
 
 from reductio.errors import ConfigError
 from reductio.sorting import SIZE
@@ -61,11 +66,11 @@ def load_workers(config) -> List[WorkerSpec]:
         check_no_secrets(config)
     if found.get("workers"):
         log.debug("workers from the reductio config key")
-        return _checked([_from_mapping(entry, f"worker {i}") for i, entry in enumerate(found["workers"])])
+        return _checked([_from_mapping(entry, f"worker {i}") for i, entry in enumerate(found["workers"])], config)
     for path in (Path(WORKERS_CFG), Path(os.path.expanduser(DEFAULT_HOME)) / WORKERS_CFG):
         if path.is_file():
             log.debug("workers from %s", path)
-            return _checked(read_workers_cfg(path))
+            return _checked(read_workers_cfg(path), config)
     count = found.get("local_workers") or os.cpu_count() or 1
     root = os.path.expanduser(os.path.join(DEFAULT_HOME, "local"))
     log.debug("%d local workers under %s", count, root)
@@ -73,18 +78,28 @@ def load_workers(config) -> List[WorkerSpec]:
 
 
 def workers_from_hosts(hosts: str) -> List[dict]:
-    """``-H user@host:port,...`` as worker settings, named by host (and port when needed)."""
+    """``-H user@host:port,...`` as worker settings, named by host (and port when needed).
+
+    Each name is read by fabric's own ``derive_shorthand``, as ``fab -H`` reads it: an IPv6
+    address is written bare (``fe80::1``, ``me@::1``) and takes no port there.
+    """
     entries = []
     for item in filter(None, (part.strip() for part in hosts.split(","))):
-        user, _, hostport = item.rpartition("@")
-        host, _, port = hostport.partition(":")
-        if not host:
+        if "[" in item or "]" in item:
+            raise ConfigError(f"-H: cannot read host {item!r}: Fabric's host strings take no brackets; write an IPv6"
+                              " address bare (me@fe80::1), and give a worker its port in workers.cfg (port =)")
+        try:
+            found = derive_shorthand(item)
+        except ValueError:
+            found = {}
+        if not found.get("host"):
             raise ConfigError(f"-H: cannot read host {item!r}; use host, user@host or user@host:port")
-        entries.append({"host": host, "port": port or None, "username": user or None})
+        entries.append({"host": found["host"], "port": found["port"], "username": found["user"]})
     hosts_seen = [entry["host"] for entry in entries]
     for entry in entries:
         repeated = hosts_seen.count(entry["host"]) > 1
-        entry["name"] = f"{entry['host']}:{entry['port'] or 22}" if repeated else entry["host"]
+        host = f"[{entry['host']}]" if ":" in entry["host"] else entry["host"]
+        entry["name"] = f"{host}:{entry['port'] or 22}" if repeated else entry["host"]
         if repeated:
             entry["home"] = f"{DEFAULT_HOME}/{entry['port'] or 22}"
     return entries
@@ -153,7 +168,7 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
     )
 
 
-def _checked(specs: List[WorkerSpec]) -> List[WorkerSpec]:
+def _checked(specs: List[WorkerSpec], config=None) -> List[WorkerSpec]:
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -161,7 +176,46 @@ def _checked(specs: List[WorkerSpec]) -> List[WorkerSpec]:
     homes = [(spec.host, spec.port, spec.home) for spec in specs]
     if len(set(homes)) != len(homes):
         raise ConfigError("two workers share one host and home; give each its own home")
+    _check_one_name_per_account(specs, config)
     return specs
+
+
+def _check_one_name_per_account(specs: List[WorkerSpec], config) -> None:
+    """Refuse two names for one account on one machine (localhost and 127.0.0.1, a name and its address)
+    sharing a home: each would take the other's files for its own."""
+    logins = {}
+    for spec in specs:
+        if not spec.is_local:
+            hostname, port, user = _login(spec, config)
+            logins.setdefault((port, user, spec.home), []).append((spec, hostname))
+    for (port, user, home), group in logins.items():
+        seen = {}
+        for spec, hostname in group if len(group) > 1 else ():
+            for address in _addresses(hostname, port):
+                other = seen.setdefault(address, spec)
+                if other is not spec:
+                    raise ConfigError(
+                        f"workers {other.name} and {spec.name} are one machine ({address} port {port}, user {user})"
+                        f" and would share the home {home}; name the machine once, or give each worker its own"
+                        " home in workers.cfg (home =)")
+
+
+def _login(spec: WorkerSpec, config) -> tuple:
+    """(host name, port, user) an SSH worker logs in with, as Fabric resolves them (~/.ssh/config included)."""
+    ssh_config = getattr(config, "base_ssh_config", None)
+    found = ssh_config.lookup(spec.host) if ssh_config is not None else {}
+    port = spec.port or found.get("port") or getattr(config, "port", None) or 22
+    user = spec.username or found.get("user") or getattr(config, "user", None) or getpass.getuser()
+    return found.get("hostname", spec.host), int(port), str(user)
+
+
+@functools.lru_cache(maxsize=None)
+def _addresses(host: str, port: int) -> frozenset:
+    """The addresses a host name stands for (looked up once a run); none when it does not resolve."""
+    try:
+        return frozenset(info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    except (OSError, UnicodeError):  # unknown now: connecting will say so, naming the worker
+        return frozenset()
 
 
 def settings(config) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -27,6 +29,30 @@ def read_log(path: str) -> List[dict]:
         return [json.loads(line) for line in lines if line.strip()]
     except json.JSONDecodeError as err:
         raise ReductioError(f"{path} line {err.lineno}: not a job log line") from None
+
+
+def write_report(path: str, page: str) -> None:
+    """Write the page to ``path`` as a new file readable by its owner only (0600, as the job log), replacing
+    what was there; a symbolic link at ``path`` is refused, never followed."""
+    target = Path(os.path.expanduser(path))
+    if target.is_symlink():
+        raise ReductioError(f"report output {target} is a symbolic link; give the path of the file itself")
+    if target.is_dir():
+        raise ReductioError(f"report output {target} is a folder; give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, scratch = tempfile.mkstemp(prefix=".reductio-report-", dir=target.parent)  # made 0600
+    except OSError as err:
+        raise ReductioError(f"cannot write the report into {target.parent}: {err.strerror or err}") from None
+    try:
+        with open(handle, "w", encoding="utf-8") as out:
+            out.write(page)
+        os.replace(scratch, target)  # replaces whatever name is there; follows no link
+    except OSError as err:
+        raise ReductioError(f"cannot write the report {target}: {err.strerror or err}") from None
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
 
 
 def render(records: List[dict]) -> str:

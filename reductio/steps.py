@@ -23,6 +23,7 @@ from collections import _count_elements  # the C loop of Counter.update
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from reductio import standins
 from reductio.errors import InputError, ReductioError, UserCodeError
 from reductio.output import LINE_COST, REMEMBERED, REMEMBERED_KEY
 from reductio.records import check_pair, format_line, format_record
@@ -36,6 +37,7 @@ def load_function(path: str) -> Callable:
     module_name, _, attribute = path.rpartition(".")
     if not module_name:
         raise UserCodeError(f"function {path!r} is not a dotted path like 'package.module.function'")
+    standins.install()  # a module that also holds the job's tasks imports on a worker without Fabric
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:

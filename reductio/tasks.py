@@ -27,7 +27,7 @@ from reductio.errors import DatasetError, ReductioError, UserCodeError, printabl
 from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish
 from reductio.records import record_limit
-from reductio.report import read_log, render
+from reductio.report import read_log, render, write_report
 from reductio.steps import code_digest, load_function, user_error
 from reductio.store import FILES, RECORDS, TEXT, check_name
 from reductio.trust import install_trust
@@ -436,13 +436,13 @@ def mrjob(c, job, output, cat_output=False):
 
 
 @task(help={"log": "the job log to read (what reductio: log: names)",
-            "output": "the HTML file to write (default reductio-report.html)"})
+            "output": "the HTML file to write (default reductio-report.html), readable by you only"})
 @_reported
 def report(c, log="", output="reductio-report.html"):
     """Write an HTML report of a job log: a bar chart of seconds per step and worker, and the counters."""
     path = log or settings(c.config).get("log") or "reductio-log.jsonl"
     records = read_log(path)
-    Path(output).write_text(render(records), encoding="utf-8")
+    write_report(output, render(records))
     _say(f"report: {len(records)} step(s) from {path} -> {output}")
 
 

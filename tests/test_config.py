@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,11 +129,79 @@ def test_duplicate_names_and_shared_homes_are_refused():
 def test_hosts_flag_values_become_workers_named_by_host():
     assert workers_from_hosts("a, me@b:2222") == [
         {"host": "a", "port": None, "username": None, "name": "a"},
-        {"host": "b", "port": "2222", "username": "me", "name": "b"},
+        {"host": "b", "port": 2222, "username": "me", "name": "b"},
     ]
     twins = workers_from_hosts("h:2201,h:2202")
     assert [w["name"] for w in twins] == ["h:2201", "h:2202"]
     assert twins[0]["home"] != twins[1]["home"]
+
+
+def test_hosts_flag_reads_ipv6_addresses_as_fabric_does():
+    assert workers_from_hosts("fe80::1,me@::1,you@2001:db8::7") == [
+        {"host": "fe80::1", "port": None, "username": None, "name": "fe80::1"},
+        {"host": "::1", "port": None, "username": "me", "name": "::1"},
+        {"host": "2001:db8::7", "port": None, "username": "you", "name": "2001:db8::7"},
+    ]
+    program = make_program()
+    program.run(["reductio", "-H", "fe80::1%eth0,me@::1", "--list"], exit=False)
+    program.update_config()
+    assert [(s.name, s.host, s.port, s.username) for s in load_workers(program.config)] == [
+        ("fe80::1%eth0", "fe80::1%eth0", None, None), ("::1", "::1", None, "me")]
+
+
+@pytest.mark.parametrize("hosts, message", [
+    ("me@[::1]:2222", "-H: cannot read host 'me@[::1]:2222': Fabric's host strings take no brackets"),
+    ("a:twenty", "-H: cannot read host 'a:twenty'; use host, user@host or user@host:port"),
+    ("me@:22", "-H: cannot read host 'me@:22'"),
+])
+def test_hosts_flag_values_fabric_cannot_read_are_refused_saying_how_to_write_them(hosts, message):
+    with pytest.raises(ConfigError) as caught:
+        workers_from_hosts(hosts)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("hosts, first, second", [("localhost,127.0.0.1", "localhost", "127.0.0.1"),
+                                                   ("127.0.0.1:22,localhost", "127.0.0.1", "localhost"),
+                                                   ("::1,0:0:0:0:0:0:0:1", "::1", "0:0:0:0:0:0:0:1")])
+def test_two_names_for_one_account_on_one_machine_are_refused_naming_both(hosts, first, second):
+    program = make_program()
+    program.run(["reductio", "-H", hosts, "--list"], exit=False)
+    program.update_config()
+    with pytest.raises(ConfigError) as caught:
+        load_workers(program.config)
+    assert f"workers {first} and {second} are one machine (" in str(caught.value)
+    assert "port 22" in str(caught.value) and "would share the home ~/.reductio" in str(caught.value)
+
+
+def test_a_name_from_ssh_config_is_the_machine_its_hostname_port_and_user_say(isolated_home):
+    (isolated_home / ".ssh").mkdir()
+    (isolated_home / ".ssh" / "config").write_text("Host box\n  HostName 127.0.0.1\n\nHost far\n  HostName 127.0.0.1\n"
+                                                   "  Port 2222\n\nHost other\n  HostName 127.0.0.1\n  User other\n")
+    program = make_program()
+    program.run(["reductio", "-H", "box,far,other,127.0.0.1", "--list"], exit=False)
+    program.update_config()
+    with pytest.raises(ConfigError) as caught:
+        load_workers(program.config)
+    assert str(caught.value).startswith("workers box and 127.0.0.1 are one machine (127.0.0.1 port 22, user ")
+    program = make_program()
+    program.run(["reductio", "-H", "far,other,127.0.0.1", "--list"], exit=False)
+    program.update_config()
+    assert [spec.name for spec in load_workers(program.config)] == ["far", "other", "127.0.0.1"]
+
+
+def test_one_machine_under_two_accounts_ports_or_homes_is_not_refused():
+    for workers in ([{"host": "localhost", "username": "me"}, {"host": "127.0.0.1", "username": "you"}],
+                    [{"host": "localhost", "port": 2201}, {"host": "127.0.0.1", "port": 2202}],
+                    [{"name": "a", "host": "localhost", "home": "~/a"}, {"name": "b", "host": "127.0.0.1"}]):
+        assert len(load_workers(Config(overrides={"reductio": {"workers": workers}}))) == 2
+
+
+def test_two_names_for_one_machine_are_refused_before_setup_does_anything(isolated_home):
+    done = subprocess.run([sys.executable, "-m", "reductio", "-H", "localhost,127.0.0.1", "setup"], capture_output=True,
+                          text=True, env=dict(os.environ, HOME=str(isolated_home)), timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("reductio: workers localhost and 127.0.0.1 are one machine (")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
 
 
 def test_the_reductio_program_turns_hosts_into_the_cluster_instead_of_running_per_host():
@@ -148,8 +217,8 @@ def test_reductio_config_key_is_read_from_a_runtime_config_file(tmp_path, isolat
     workers = _yaml(tmp_path / "cluster.yaml",
                     "reductio:\n  workers:\n    - {name: w0, local: yes, home: %s}\n" % (tmp_path / "w0"))
     env = dict(os.environ, HOME=str(isolated_home))
-    done = subprocess.run(["reductio", "-f", str(REPO / "fabfile.py"), "--config", str(workers), "setup", "status"],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "reductio", "-f", str(REPO / "fabfile.py"), "--config", str(workers),
+                           "setup", "status"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "1 worker(s) ready: w0" in done.stdout
     assert (tmp_path / "w0" / "data").is_dir()
@@ -157,7 +226,8 @@ def test_reductio_config_key_is_read_from_a_runtime_config_file(tmp_path, isolat
 
 def test_fab_with_hosts_is_told_to_use_reductio_hosts_instead(isolated_home):
     env = dict(os.environ, HOME=str(isolated_home))
-    done = subprocess.run(["fab", "-r", str(REPO), "-H", "127.0.0.1:1", "status"], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "fabric", "-r", str(REPO), "-H", "127.0.0.1:1", "status"],
+                          capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1
     assert "use reductio -H" in done.stderr
     assert "Traceback" not in done.stderr
