@@ -13,7 +13,9 @@ from invoke import Config, Context
 
 SUPPORT = Path(__file__).parent / "_support"
 WORDJOBS = SUPPORT / "wordjobs"
-sys.path.insert(0, str(Path(__file__).parent))  # tests/sshd.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/sshd.py, tests/ownership.py
+
+from ownership import processes_named, processes_with, still_running  # noqa: E402,F401 - tests import them here
 
 
 @pytest.fixture(autouse=True)
@@ -64,31 +66,6 @@ class Background(threading.Thread):
         except BaseException as err:  # noqa: BLE001 - the test inspects it
             self.error = err
         self.ended = time.monotonic()
-
-
-def processes_with(text: str) -> dict:
-    """pid -> command line of every other process whose command line holds ``text``, read from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            except OSError:  # it ended meanwhile
-                continue
-            if text in command:
-                found[int(entry.name)] = command
-    return found
-
-
-def still_running(text: str, within: float) -> dict:
-    """The processes whose command line holds ``text`` after ``within`` seconds: a killed process group takes a
-    moment to go."""
-    deadline = time.monotonic() + within
-    while True:
-        left = processes_with(text)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
 
 
 def write_lines(path: Path, lines) -> Path:
