@@ -68,6 +68,17 @@ class Background(threading.Thread):
         self.ended = time.monotonic()
 
 
+REDUCTIO_PARENT = Path(__import__("reductio").__file__).resolve().parent.parent
+
+
+def reductio_program(*args: str) -> list:
+    """The argv of reductio's command line run by the interpreter running the suite, importing the reductio the
+    suite imports: not whatever ``reductio`` is first on PATH."""
+    start = (f"import sys; sys.path.insert(0, {str(REDUCTIO_PARENT)!r}); sys.argv[0] = 'reductio';"
+             " from reductio.cli import program; program.run()")
+    return [sys.executable, "-c", start, *args]
+
+
 def write_lines(path: Path, lines) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

@@ -28,7 +28,7 @@ def find_sshd() -> str:
 
 
 def keygen(path: Path, kind: str = "ed25519") -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True, timeout=60)
 
 
 def free_port() -> int:

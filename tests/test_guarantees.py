@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, Background, make_context, processes_with, write_lines
+from conftest import WORDJOBS, Background, make_context, processes_with, reductio_program, write_lines
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,9 +152,9 @@ def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_outp
     pause = tmp_path / "pause"
     data = pause_input(tmp_path, pause)
     env = dict(os.environ, HOME=str(isolated_home))
-    job = ["reductio", "-f", str(WORDJOBS / "fabfile.py"), "setup", "pausejob",
-           "--path", str(data)]
-    clean = subprocess.run(job + ["--output", str(tmp_path / "clean.tsv")], env=env, capture_output=True, text=True)
+    job = reductio_program("-f", str(WORDJOBS / "fabfile.py"), "setup", "pausejob", "--path", str(data))
+    clean = subprocess.run(job + ["--output", str(tmp_path / "clean.tsv")], env=env, capture_output=True, text=True,
+                           timeout=300)
     assert clean.returncode == 0, clean.stderr
 
     pause.touch()
@@ -168,7 +168,7 @@ def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_outp
 
     pause.unlink()
     again = subprocess.run(job + ["--output", str(tmp_path / "out.tsv"), "--prefix", "b"], env=env,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "load: b-input is up to date; skipped" in again.stdout
     assert (tmp_path / "out.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
@@ -377,7 +377,8 @@ def test_a_user_error_is_never_retried(ssh_workers, sshd_cluster, tmp_path, caps
 def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                             timeout=60)
     assert mounted.returncode == 0, f"this test mounts a small tmpfs and needs root: {mounted.stderr!r}"
     try:
         workers = [{"name": "small", "local": "yes", "home": str(mount / "home")}]
@@ -394,7 +395,7 @@ def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path)
         tasks.merge(c, "input", str(tmp_path / "input.tsv"))
         assert len((tmp_path / "input.tsv").read_text().splitlines()) == 10
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+        subprocess.run(["umount", "-l", str(mount)], check=True, timeout=60)
 
 
 def test_homes_and_data_files_are_private_to_their_owner(tmp_path):
