@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, Background, make_context, processes_with, reductio_program, write_lines
+from conftest import (WORDJOBS, Background, make_context, processes_named, processes_with, reductio_program,
+                      write_lines)
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,6 +175,37 @@ def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_outp
     assert (tmp_path / "out.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
     for home in local_homes():
         assert list((home / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("program", ["sort", "ssh"])
+def test_a_head_killed_mid_job_leaves_no_worker_command_nor_its_sort_or_ssh_running(
+        program, ssh_workers, tmp_path, isolated_home):
+    """Guarantee 3: worker commands stop when the head goes away, with every process they started (``sort``,
+    the scatter sender's ``ssh``). The head is killed while one of those runs on an SSH worker."""
+    ssh_workers(2)
+    data = write_lines(tmp_path / "in.txt", [f"w{i % 5000} x{i % 77} y{i}" for i in range(200_000)])
+    head = subprocess.Popen(reductio_program("-f", str(WORDJOBS / "fabfile.py"), "setup", "wordcount", "--path",
+                                             str(data), "--output", str(tmp_path / "out.tsv")),
+                            env=dict(os.environ, HOME=str(isolated_home)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline, seen = time.monotonic() + 240, {}
+        while not seen and head.poll() is None and time.monotonic() < deadline:
+            seen = processes_named(program)
+            time.sleep(0.005)
+        head.kill()
+        assert seen, f"never saw a worker's {program} running; the head's exit code: {head.poll()}"
+    finally:
+        head.kill()
+        head.communicate(timeout=60)
+    deadline = time.monotonic() + 40  # EOF on their stdin at once; dead_after (30 s) at the latest
+    left = True
+    while left and time.monotonic() < deadline:
+        left = {**processes_named("sort", "ssh"), **processes_with("reductio.worker"),
+                **processes_with("reductio.gate")}
+        time.sleep(0.1)
+    assert not left, f"still running 40 s after the head died: {left}"
+    assert not (tmp_path / "out.tsv").exists()
 
 
 def test_a_rerun_skips_steps_whose_targets_are_up_to_date_and_force_redoes_them(tmp_path, capsys):
