@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import (WORDJOBS, Background, make_context, processes_named, processes_with, reductio_program,
-                      write_lines)
+from conftest import WORDJOBS, Background, make_context, processes_named, processes_with, reductio_program, write_lines
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
