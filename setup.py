@@ -24,8 +24,8 @@ setup(
         # reductio.mrjob_task stands in for both where they are missing, as on the workers
         "mrjob": ["mrjob==0.7.4", "standard-pipes; python_version >= '3.13'"],
         # warcio: mrjob's mr_phone_to_url example reads WET files with it
-        "test": ["pytest>=7", "hypothesis>=6", "build>=1", "mrjob==0.7.4", "standard-pipes; python_version >= '3.13'",
-                 "warcio>=1.7"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "build>=1", "mrjob==0.7.4",
+                 "standard-pipes; python_version >= '3.13'", "warcio>=1.7"],
     },
     entry_points={"console_scripts": ["reductio = reductio.cli:program.run"]},
     classifiers=[

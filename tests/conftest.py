@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -13,7 +12,9 @@ from invoke import Config, Context
 
 SUPPORT = Path(__file__).parent / "_support"
 WORDJOBS = SUPPORT / "wordjobs"
-sys.path.insert(0, str(Path(__file__).parent))  # tests/sshd.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/sshd.py, tests/ownership.py
+
+from ownership import processes_named, processes_with, still_running  # noqa: E402,F401 - tests import them here
 
 
 @pytest.fixture(autouse=True)
@@ -66,29 +67,15 @@ class Background(threading.Thread):
         self.ended = time.monotonic()
 
 
-def processes_with(text: str) -> dict:
-    """pid -> command line of every other process whose command line holds ``text``, read from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            except OSError:  # it ended meanwhile
-                continue
-            if text in command:
-                found[int(entry.name)] = command
-    return found
+REDUCTIO_PARENT = Path(__import__("reductio").__file__).resolve().parent.parent
 
 
-def still_running(text: str, within: float) -> dict:
-    """The processes whose command line holds ``text`` after ``within`` seconds: a killed process group takes a
-    moment to go."""
-    deadline = time.monotonic() + within
-    while True:
-        left = processes_with(text)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
+def reductio_program(*args: str) -> list:
+    """The argv of reductio's command line run by the interpreter running the suite, importing the reductio the
+    suite imports: not whatever ``reductio`` is first on PATH."""
+    start = (f"import sys; sys.path.insert(0, {str(REDUCTIO_PARENT)!r}); sys.argv[0] = 'reductio';"
+             " from reductio.cli import program; program.run()")
+    return [sys.executable, "-c", start, *args]
 
 
 def write_lines(path: Path, lines) -> Path:
@@ -98,14 +85,15 @@ def write_lines(path: Path, lines) -> Path:
 
 @pytest.fixture(scope="session")
 def sshd_cluster(tmp_path_factory):
-    """Three real sshd daemons on 127.0.0.1 for the whole run, stopped by pid at the end."""
+    """Three real sshd daemons on 127.0.0.1 for the whole run, stopped by pid at the end (tests/sshd.py)."""
     from sshd import SshCluster
 
     cluster = SshCluster(tmp_path_factory.mktemp("sshd"), 3)
-    cluster.homes = tmp_path_factory.mktemp("homes")
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import List, Tuple
 
+from ownership import TAG
 from sshd import Sshd, keygen
 
 RANGE = "198.18.0.0/15"
@@ -131,8 +132,7 @@ class Network:
         keygen(self.user_key)
         self.authorized_keys = root / "authorized_keys"
         shutil.copy(self.user_key.with_suffix(".pub"), self.authorized_keys)
-        tag = f"{os.getpid() % 10000:04d}"
-        self.hosts = [Host(root, tag, i, self.authorized_keys) for i in range(size)]
+        self.hosts = [Host(root, TAG, i, self.authorized_keys) for i in range(size)]
         self._added_range = False
 
     def create(self) -> None:
@@ -170,15 +170,19 @@ class Network:
 
 
 def _remove_leftovers() -> None:
-    """Namespaces and links of an earlier run that was killed before its teardown: their addresses are ours."""
+    """This run's namespaces and links that an earlier test left (their addresses are ours), and only those:
+    another run's are not ours to remove, so a link of theirs holding our addresses stops us, naming it."""
     for line in ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if re.fullmatch(r"rdx\d{4}-\d+", name):
+        if re.fullmatch(rf"rdx{TAG}-\d+", name):
             ip("netns", "del", name, check=False)
-    for line in ip("-br", "link").stdout.splitlines():
+    for line in ip("-br", "addr").stdout.splitlines():
         name = line.split()[0].split("@")[0] if line.split() else ""
-        if re.fullmatch(r"rdx\d{4}v\d+", name):
+        if re.fullmatch(rf"rdx{TAG}v\d+", name):
             ip("link", "del", name, check=False)
+        elif " 198.18." in line:
+            raise RuntimeError(f"link {name} holds an address of the test hosts' range {RANGE}: another run's"
+                               f" (ip -br addr show {name}); remove it once that run is over")
 
 
 def wait_until(condition, timeout: float, what: str, every: float = 0.02):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, Background, make_context, processes_with, write_lines
+from conftest import WORDJOBS, Background, make_context, processes_named, processes_with, reductio_program, write_lines
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,22 +57,25 @@ def kill_when_paused(pause: Path) -> int:
 
 @pytest.fixture(params=["local", "ssh"])
 def cluster(request, tmp_path):
-    """A set-up context and its worker homes: two local workers, or two SSH workers."""
+    """A set-up context, its worker homes, and where a pause file goes that its workers can see and mark: two
+    local workers, or two SSH workers (another account as root: not in the test's own private tmp_path)."""
     if request.param == "local":
         c = make_context(2)
         tasks.setup(c)
-        return c, local_homes
+        return c, local_homes, tmp_path / "pause"
     configure = request.getfixturevalue("ssh_workers")
     sshd = request.getfixturevalue("sshd_cluster")
     configure(2)
     c = make_context(project=WORDJOBS, retries=0)
     tasks.setup(c)
-    return c, lambda: [sshd.homes / "ssh-0", sshd.homes / "ssh-1"]
+    shared = sshd.homes / f"shared-{tmp_path.name}"
+    shared.mkdir()
+    shutil.chown(shared, sshd.user, sshd.user)
+    return c, lambda: [sshd.homes / "ssh-0", sshd.homes / "ssh-1"], shared / "pause"
 
 
 def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean_run(cluster, tmp_path):
-    c, homes = cluster
-    pause = tmp_path / "pause"
+    c, homes, pause = cluster
     tasks.load(c, str(pause_input(tmp_path, pause)), "input")
     tasks.map(c, "wordjobs.pausing", "input", "clean")
     tasks.merge(c, "clean", str(tmp_path / "clean.tsv"))
@@ -92,8 +96,7 @@ def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean
 
 
 def test_killing_a_reducer_mid_step_keeps_the_old_target_and_a_rerun_matches(cluster, tmp_path):
-    c, homes = cluster
-    pause = tmp_path / "pause"
+    c, homes, pause = cluster
     tasks.load(c, str(pause_input(tmp_path, pause)), "input")
     tasks.map(c, "wordjobs.identity", "input", "pairs")
     tasks.scatter(c, "pairs", "here")
@@ -116,7 +119,7 @@ def test_killing_a_reducer_mid_step_keeps_the_old_target_and_a_rerun_matches(clu
 
 
 def test_killing_a_scatter_sender_publishes_nothing_and_a_rerun_matches(cluster, tmp_path):
-    c, homes = cluster
+    c, homes, _ = cluster
     lines = [f"key{i:07d}\t{'v' * 200}" for i in range(60000)]
     tasks.load(c, str(write_lines(tmp_path / "big.txt", lines)), "input")
     tasks.map(c, "wordjobs.identity", "input", "pairs")
@@ -152,9 +155,9 @@ def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_outp
     pause = tmp_path / "pause"
     data = pause_input(tmp_path, pause)
     env = dict(os.environ, HOME=str(isolated_home))
-    job = ["reductio", "-f", str(WORDJOBS / "fabfile.py"), "setup", "pausejob",
-           "--path", str(data)]
-    clean = subprocess.run(job + ["--output", str(tmp_path / "clean.tsv")], env=env, capture_output=True, text=True)
+    job = reductio_program("-f", str(WORDJOBS / "fabfile.py"), "setup", "pausejob", "--path", str(data))
+    clean = subprocess.run(job + ["--output", str(tmp_path / "clean.tsv")], env=env, capture_output=True, text=True,
+                           timeout=300)
     assert clean.returncode == 0, clean.stderr
 
     pause.touch()
@@ -168,12 +171,43 @@ def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_outp
 
     pause.unlink()
     again = subprocess.run(job + ["--output", str(tmp_path / "out.tsv"), "--prefix", "b"], env=env,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "load: b-input is up to date; skipped" in again.stdout
     assert (tmp_path / "out.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
     for home in local_homes():
         assert list((home / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("program", ["sort", "ssh"])
+def test_a_head_killed_mid_job_leaves_no_worker_command_nor_its_sort_or_ssh_running(
+        program, ssh_workers, tmp_path, isolated_home):
+    """Guarantee 3: worker commands stop when the head goes away, with every process they started (``sort``,
+    the scatter sender's ``ssh``). The head is killed while one of those runs on an SSH worker."""
+    ssh_workers(2)
+    data = write_lines(tmp_path / "in.txt", [f"w{i % 5000} x{i % 77} y{i}" for i in range(200_000)])
+    head = subprocess.Popen(reductio_program("-f", str(WORDJOBS / "fabfile.py"), "setup", "wordcount", "--path",
+                                             str(data), "--output", str(tmp_path / "out.tsv")),
+                            env=dict(os.environ, HOME=str(isolated_home)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline, seen = time.monotonic() + 240, {}
+        while not seen and head.poll() is None and time.monotonic() < deadline:
+            seen = processes_named(program)
+            time.sleep(0.005)
+        head.kill()
+        assert seen, f"never saw a worker's {program} running; the head's exit code: {head.poll()}"
+    finally:
+        head.kill()
+        head.communicate(timeout=60)
+    deadline = time.monotonic() + 40  # EOF on their stdin at once; dead_after (30 s) at the latest
+    left = True
+    while left and time.monotonic() < deadline:
+        left = {**processes_named("sort", "ssh"), **processes_with("reductio.worker"),
+                **processes_with("reductio.gate")}
+        time.sleep(0.1)
+    assert not left, f"still running 40 s after the head died: {left}"
+    assert not (tmp_path / "out.tsv").exists()
 
 
 def test_a_rerun_skips_steps_whose_targets_are_up_to_date_and_force_redoes_them(tmp_path, capsys):
@@ -377,7 +411,8 @@ def test_a_user_error_is_never_retried(ssh_workers, sshd_cluster, tmp_path, caps
 def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                             timeout=60)
     assert mounted.returncode == 0, f"this test mounts a small tmpfs and needs root: {mounted.stderr!r}"
     try:
         workers = [{"name": "small", "local": "yes", "home": str(mount / "home")}]
@@ -394,7 +429,7 @@ def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path)
         tasks.merge(c, "input", str(tmp_path / "input.tsv"))
         assert len((tmp_path / "input.tsv").read_text().splitlines()) == 10
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+        subprocess.run(["umount", "-l", str(mount)], check=True, timeout=60)
 
 
 def test_homes_and_data_files_are_private_to_their_owner(tmp_path):

@@ -28,7 +28,7 @@ def new_head() -> None:
 
 
 def kill_all(word: str) -> int:
-    """SIGKILL every process whose command line holds ``word``; how many there were."""
+    """SIGKILL every process of this run whose command line holds ``word``; how many there were."""
     found = processes_with(word)
     for pid in found:
         try:

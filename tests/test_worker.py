@@ -19,7 +19,7 @@ import pytest
 from reductio import framing
 from reductio.errors import DatasetError
 from reductio.partition import partition_of
-from reductio.store import MARKER, Home, file_facts
+from reductio.store import MARKER, STALE_AFTER, Home, file_facts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,12 +136,18 @@ def test_map_into_an_attempt_then_publish_makes_a_records_dataset(home):
         assert facts["lines"] == len(lines_of(path))
         assert facts["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
+    abandoned, recent, unlinked = home.tmp / "abandoned", home.tmp / "another-jobs", home.store / "unlinked"
+    for folder in (abandoned, recent, unlinked):
+        folder.mkdir()
+    long_ago = time.time() - STALE_AFTER - 60
+    os.utime(abandoned, (long_ago, long_ago))
     published = run_worker("publish", {
         "home": str(home.root), "attempt": "m1", "target": "ones",
         "files": result["files"], "facts": {"step": "map", "format": "records", "partitions": 3},
     }).result
     assert published["published"] == "ones"
-    assert isinstance(published["cleaned"], list)
+    assert sorted(published["cleaned"]) == ["abandoned", "unlinked"]  # what crashed steps left; not a running one's
+    assert recent.is_dir() and not abandoned.exists() and not unlinked.exists()
     marker = home.marker("ones")
     assert marker["files"] == result["files"]
     assert (marker["format"], marker["attempt"]) == ("records", "m1")
@@ -239,10 +245,18 @@ SORT_LINES = [
 def test_sort_orders_all_lines_of_a_dataset_by_code_point_like_lc_all_c(home):
     files = {"part-0": SORT_LINES[::2], "part-1": SORT_LINES[1::2]}
     publish_source(home, "mixed", files, "text")
-    # A UTF-8 locale in the caller's environment must not change the order.
+    # A UTF-8 locale in the caller's environment must not change the order: one made here, so the test does
+    # not depend on the locales this machine has (a missing locale is C, and the test would prove nothing).
+    compiled = subprocess.run(["localedef", "-i", "en_US", "-f", "UTF-8", str(home.root.parent / "en_US.UTF-8")],
+                              capture_output=True, text=True, timeout=120)
+    assert compiled.returncode in (0, 1), f"cannot make en_US.UTF-8 (apt-get install locales): {compiled.stderr}"
+    locale = {"LC_ALL": "en_US.UTF-8", "LANG": "en_US.UTF-8", "LOCPATH": str(home.root.parent)}
+    by_locale = subprocess.run(["sort"], input="".join(line + "\n" for line in SORT_LINES).encode(), timeout=60,
+                               capture_output=True, env=dict(os.environ, **locale)).stdout.decode().split("\n")[:-1]
+    assert sorted(by_locale) == sorted(SORT_LINES) and by_locale != sorted(SORT_LINES), "the locale is not in effect"
     reply = run_worker("sort", {
         "home": str(home.root), "source": "mixed", "attempt": "s1", "origin": "w0",
-    }, LC_ALL="en_US.UTF-8", LANG="en_US.UTF-8")
+    }, **locale)
     result = reply.result
     path = home.tmp / "s1" / "sorted.w0"
     assert lines_of(path) == sorted(SORT_LINES)
