@@ -39,9 +39,11 @@ COMMENT = "reductio-cluster"  # the cluster key's comment: how setup finds the l
 REQUEST = "reductio-receive"
 # What the forced command runs, with ``python -I -S``: ``-m reductio.gate`` would import runpy and
 # importlib.util first, and site its .pth files. Without site, the environment's site-packages is put on
-# the path by hand: ENV/lib/pythonX.Y/site-packages, ENV being the venv whose bin/python this is.
-GATE = ("import os, sys; sys.path.append(os.path.join(os.path.dirname(os.path.dirname(sys.executable)), 'lib',"
-        " 'python%d.%d' % sys.version_info[:2], 'site-packages')); from reductio.gate import main; sys.exit(main())")
+# the path by hand: ENV/lib/*/site-packages, ENV being the venv whose bin/python this is; the folder is
+# pythonX.Y for CPython, pypyX.Y for PyPy, so it is listed, not spelt. No double quote: the line quotes it.
+GATE = ("import os, sys; lib = os.path.join(os.path.dirname(os.path.dirname(sys.executable)), 'lib');"
+        " sys.path.extend(os.path.join(lib, name, 'site-packages') for name in sorted(os.listdir(lib)));"
+        " from reductio.gate import main; sys.exit(main())")
 
 
 class Refused(ReductioError):
