@@ -2,20 +2,24 @@
 
 ``setup`` authorizes the cluster key on each SSH worker with ``restrict``
 (no pty, no forwarding, no agent) and a ``command`` running this module's
-``main`` with ``PYTHON -I -S`` for HOME..., HOME being every home of the
-cluster that this user's authorized_keys file serves. sshd then runs this
+``main`` with ``PYTHON -I -S`` for HOME..., HOME being every home that this
+user's authorized_keys file serves the key for. sshd then runs this
 module for whatever the connecting worker asked; the request is in
 ``SSH_ORIGINAL_COMMAND``, parsed here, never given to a shell. The only
 request granted is the one scatter's sender makes (delivery.py):
 
-    reductio-receive ATTEMPT DEAD_AFTER HOME
+    reductio-receive ATTEMPT DEAD_AFTER BYTES HOME
 
 with HOME one of the homes on the authorized line (the rest of the line,
-spaces and all), ATTEMPT an attempt id and DEAD_AFTER the seconds of
-silence after which the sender counts as gone. The stream on stdin is then
-received (receiving.py) in this process, with this interpreter, and its
-result written as ``python -m reductio.worker receive`` would. Anything
-else gets one line on stderr, exit 1, and a line in the home's steps.log.
+spaces and all), ATTEMPT an attempt id, DEAD_AFTER the seconds of silence
+after which the sender counts as gone and BYTES what it will send. The
+stream on stdin is then received (receiving.py) in this process, with this
+interpreter, and its result written as ``python -m reductio.worker
+receive`` would: only into an attempt this worker's running scatter step
+opened, only files of its partition, at most BYTES, with at most
+MAX_SESSIONS gates at once per home. Anything else gets one line on
+stderr, exit 1, and a line in the home's logs/gate.log, which stops
+growing when full rather than rotating earlier lines away (steplog.py).
 
 Every scatter connection starts this module, N x (N - 1) per scatter, so
 it and what it imports keep clear of json, re, shlex and pathlib: their
@@ -25,16 +29,19 @@ authorizing the key (``step_authorize``). Standard library only.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sys
 import time
 
 from reductio import receiving, steplog
-from reductio.errors import ReductioError, environment_error
-from reductio.layout import check_attempt, finished
+from reductio.errors import ReductioError
+from reductio.layout import LOGS, check_attempt, check_home, finished
 
 MAX_REQUEST = 64 << 10  # bytes: what scatter sends is a few hundred
+MAX_DEAD_AFTER = 86400.0  # seconds: a day of silence is no scatter's
+MAX_SESSIONS = 128  # gates at once per home: a receiver serves each other worker once at a time
 COMMENT = "reductio-cluster"  # the cluster key's comment: how setup finds the lines it wrote earlier
 REQUEST = "reductio-receive"
 # What the forced command runs, with ``python -I -S``: ``-m reductio.gate`` would import runpy and
@@ -50,9 +57,9 @@ class Refused(ReductioError):
     """A request the cluster key may not make."""
 
 
-def request(attempt: str, dead_after: float, home: str) -> str:
-    """What scatter's sender asks of another worker's gate."""
-    return f"{REQUEST} {attempt} {float(dead_after):g} {home}"
+def request(attempt: str, dead_after: float, home: str, size: int = 0) -> str:
+    """What scatter's sender asks of another worker's gate: to deliver ``size`` bytes into ``attempt``."""
+    return f"{REQUEST} {attempt} {float(dead_after):g} {int(size)} {home}"
 
 
 def main(argv: list = None) -> int:
@@ -60,10 +67,11 @@ def main(argv: list = None) -> int:
     asked = os.environ.get("SSH_ORIGINAL_COMMAND")
     try:
         params = _granted(asked, homes)
+        _take_session(params["home"])
     except Refused as err:
         print(f"reductio gate: refused: {err}", file=sys.stderr, flush=True)
         for home in homes:  # the account's homes: whichever one is looked at shows it
-            steplog.log({"home": home}, f"gate refused a request from {_client()}: {err}")
+            steplog.refused({"home": home}, f"gate refused a request from {_client()}: {err}")
         return 1
     return _receive(params)
 
@@ -76,37 +84,69 @@ def _granted(asked: str | None, homes: list) -> dict:
         raise Refused("a login; the cluster key only delivers files")
     if len(asked.encode("utf-8", "replace")) > MAX_REQUEST:
         raise Refused(f"a request longer than {MAX_REQUEST:,} bytes")
-    words = asked.split(" ", 3)
-    if len(words) != 4 or words[0] != REQUEST:
+    words = asked.split(" ", 4)
+    if len(words) != 5 or words[0] != REQUEST:
         raise Refused(f"not a receive: {asked[:200]!r}")
-    _, attempt, dead_after, home = words
+    _, attempt, dead_after, size, home = words
     if _normal(home) not in homes:
         raise Refused(f"a home this key does not serve: {home[:200]!r}")
     try:
         check_attempt(attempt)
         seconds = float(dead_after)
     except (ReductioError, ValueError) as err:
-        raise Refused(str(err)) from None
-    if not 0 < seconds < 1e9:  # also refuses nan and inf
-        raise Refused(f"a dead_after of {dead_after[:20]!r} seconds")
-    return {"home": home, "attempt": attempt, "dead_after": seconds}
+        raise Refused(str(err)[:200]) from None
+    if not 0 < seconds <= MAX_DEAD_AFTER:  # also refuses nan and inf
+        raise Refused(f"a dead_after of {dead_after[:20]!r} seconds (at most {MAX_DEAD_AFTER:g})")
+    if not (size.isdigit() and size.isascii() and len(size) <= 18):
+        raise Refused(f"a size of {size[:20]!r} bytes")
+    return {"home": home, "attempt": attempt, "dead_after": seconds, "bytes": int(size)}
+
+
+_SESSION = []
+
+
+def _take_session(home: str) -> None:
+    """Hold one of the home's MAX_SESSIONS gate places for the rest of this process, or refuse."""
+    try:
+        folder = os.path.join(check_home(home), LOGS, "gate-sessions")
+        try:
+            os.makedirs(folder, 0o700)
+        except FileExistsError:
+            pass
+        first = os.getpid() % MAX_SESSIONS  # gates started together try different places first
+        for place in range(MAX_SESSIONS):
+            path = os.path.join(folder, str((first + place) % MAX_SESSIONS))
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                continue
+            _SESSION.append(descriptor)
+            return
+    except (ReductioError, OSError) as err:
+        raise Refused(f"no reductio home here: {getattr(err, 'strerror', None) or err}") from None
+    raise Refused(f"{MAX_SESSIONS} gates already receive into this home")
 
 
 def _receive(params: dict) -> int:
     """Run the granted receive and report it as a worker command does (worker.py), without importing json
-    unless there is an error to report."""
+    unless there is an error to report. A refusal or failure is logged in gate.log, never steps.log."""
     os.umask(0o077)  # everything in a reductio home is its owner's alone
     started = time.time()
     try:
         try:
-            files = receiving.receive(params["home"], params["attempt"], params["dead_after"])["files"]
-        except OSError as err:
-            raise environment_error(err) from err
+            files = receiving.receive_expected(params["home"], params["attempt"], params["dead_after"],
+                                               params["bytes"])["files"]
+        except OSError as err:  # one line to the key holder, without the home's path
+            reason = "no space left on the device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror
+            raise ReductioError(f"cannot receive: {reason}", f"{err}") from err
     except ReductioError as err:
         from reductio.protocol import ERROR, emit
 
-        emit(ERROR, err.to_dict())
-        steplog.log(params, f"receive failed after {time.time() - started:.1f} s: {err}")
+        emit(ERROR, dict(err.to_dict(), details=""))  # the details (paths) stay in this home's log
+        steplog.refused(params, f"gate receive from {_client()} failed after {time.time() - started:.1f} s:"
+                                f" {err} {err.details or ''}".rstrip())
         return 1
     finished(params["home"], params["attempt"])
     sys.stderr.write(result_line(files))
