@@ -48,7 +48,7 @@ def receive_expected(home: str, attempt: str, dead_after: float, announced: int)
     only files of the partition it expects, and at most the ``announced`` bytes."""
     folder, prefix = _opened(home, attempt, dead_after)
     _widen_pipe(0)
-    reader = _Expected(lambda size: _read(0, size, dead_after), prefix, announced)
+    reader = _Expected(lambda size: _read(0, size, dead_after), folder, prefix, announced)
     return {"files": framing.receive(reader, folder)}
 
 
@@ -122,11 +122,12 @@ def _expected_prefix(opening: str) -> str | None:
 
 
 class _Expected(framing.Reader):
-    """Frames whose files are of the expected partition, ``announced`` bytes at most in all."""
+    """Frames whose files are of the expected partition, ``announced`` bytes at most in all; a file that
+    arrived whole already is replaced only by the same bytes (a sender's retry), never by others."""
 
-    def __init__(self, read, prefix: str, announced: int) -> None:
+    def __init__(self, read, folder: str, prefix: str, announced: int) -> None:
         super().__init__(read)
-        self.prefix, self.left, self.announced = prefix, announced, announced
+        self.folder, self.prefix, self.left, self.announced = folder, prefix, announced, announced
 
     def header(self) -> dict | None:
         header = super().header()
@@ -140,7 +141,24 @@ class _Expected(framing.Reader):
         self.left -= header.get("bytes", 0)
         if self.left < 0:
             raise DatasetError(f"more bytes than the {self.announced:,} the sender announced")
+        if "end" in header and _digest(os.path.join(self.folder, name)) not in (None, header["end"]["sha256"]):
+            raise DatasetError(f"{name} arrived whole already, with other bytes; not replaced")
         return header
+
+
+def _digest(path: str) -> str | None:
+    """The SHA-256 of a file already received, None if there is none."""
+    import hashlib
+
+    try:
+        data = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    digest = hashlib.sha256()
+    with data:
+        for block in iter(lambda: data.read(framing.CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class SilentSender(ReductioError):

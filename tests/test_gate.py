@@ -257,6 +257,13 @@ def test_an_open_attempt_takes_only_its_partitions_files_only_as_many_bytes_as_a
         done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), ok)
         assert done.returncode == 0 and b'"p00001.w00000": {"bytes": 4' in done.stderr, done.stderr
         assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == b"a\t1\n"
+        planted = frame("p00001.w00000", b"b\t9\n")  # same name, same size: as a key holder would plant it
+        done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), planted)
+        assert done.returncode == 1 and b"arrived whole already, with other bytes" in done.stderr, done.stderr
+        done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), ok)  # a sender's retry
+        assert done.returncode == 0, done.stderr
+        assert [p.name for p in (home / "tmp" / PLANTED).iterdir()] == ["p00001.w00000"]
+        assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == b"a\t1\n"
     shutil.rmtree(home / "tmp" / PLANTED)
 
 
