@@ -7,7 +7,9 @@ SSH workers' host keys exactly as the head verified them. A worker's ssh
 then trusts nothing else: an unknown or changed host key stops the scatter.
 The key is authorized restricted and forced to the gate (gate.py): with it,
 a worker can deliver scatter files into the homes of that account and do
-nothing else.
+nothing else. Its line serves every home any setup authorized it for; a
+new key takes its homes from the lines of earlier ones, and ``revoke``
+takes the cluster's homes from every key (gate.step_authorize).
 """
 
 from __future__ import annotations

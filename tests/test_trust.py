@@ -119,8 +119,14 @@ def test_a_rotated_key_is_refused_by_the_gate_and_revoke_refuses_the_current_one
     let_in = ssh_gate(current, port, user, homes[0])
     assert let_in.returncode != 255 and "Permission denied" not in let_in.stderr, let_in.stderr
     shutil.rmtree(homes[0] / "tmp" / ATTEMPT, ignore_errors=True)
+    tasks.revoke(c)  # this cluster's home only: the old key's line keeps the dropped worker's home
+    done = ssh_gate(current, port, user, homes[0])
+    assert done.returncode == 255 and "Permission denied" in done.stderr, done.stderr
+    left = [line for line in sshd_cluster.authorized_keys.read_text().splitlines() if line.endswith(COMMENT)]
+    still = [home for line in left for _, home in _served(line)]  # earlier tests' keys may serve other homes
+    assert str(homes[1]) in still and str(homes[0]) not in still, still
     tasks.revoke(c, everywhere=True)
     for key in (old_key, current):
-        done = ssh_gate(key, port, user, homes[0])
+        done = ssh_gate(key, port, user, homes[1])
         assert done.returncode == 255 and "Permission denied" in done.stderr, done.stderr
     assert not [line for line in sshd_cluster.authorized_keys.read_text().splitlines() if line.endswith(COMMENT)]
