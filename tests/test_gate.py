@@ -10,11 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import WORDJOBS, make_context, write_lines
+from conftest import WORDJOBS, Background, make_context, write_lines
 from reductio import steplog, tasks
 from reductio.gate import COMMENT, MAX_SESSIONS, Refused, _granted, request, result_line
 from reductio.protocol import RESULT, Reply
@@ -298,3 +299,28 @@ def test_refusals_go_to_a_gate_log_that_stops_growing_and_never_rotate_the_steps
     assert gate_log.stat().st_size <= steplog.MAX_BYTES
     assert "from 10.0.0.0:" in gate_log.read_text().splitlines()[0]
     assert (home / "logs" / "gate.log.more").stat().st_size > 0
+
+
+def test_a_same_size_file_planted_into_a_running_scatter_is_refused_and_never_published(gated, sshd_cluster,
+                                                                                         tmp_path):
+    c, key = gated
+    lines = [f"k{i:06d}\t{'v' * 40}" for i in range(60_000)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    home = sshd_cluster.homes / "ssh-1"
+    before = {path.name for path in (home / "tmp").iterdir()}
+    running = Background(lambda: tasks.scatter(c, "pairs", "here", force=True))
+    target, deadline = None, time.monotonic() + 60
+    while target is None and running.ended is None and time.monotonic() < deadline:
+        # the file ssh-0 sends ssh-1, as soon as it arrived whole: planting after it is what could stick
+        target = next((path / "p00001.w00000" for path in (home / "tmp").iterdir()
+                       if path.name not in before and (path / "p00001.w00000").is_file()), None)
+    assert target is not None, running.error
+    planted = frame("p00001.w00000", b"Z" * (target.stat().st_size - 1) + b"\n")
+    done = deliver(key, sshd_cluster, 1, request(target.parent.name, 1, str(home), 10 ** 9), planted)
+    running.join(120)
+    assert done.returncode == 1 and (b"arrived whole already, with other bytes" in done.stderr
+                                     or b"not open to senders" in done.stderr), done.stderr
+    assert running.error is None, running.error
+    tasks.merge(c, "here", str(tmp_path / "here.tsv"))
+    assert sorted((tmp_path / "here.tsv").read_text().splitlines()) == sorted(lines)
