@@ -180,7 +180,7 @@ class LocalWorker(Worker):
 
     def python(self) -> str:
         # exec: the command's process is the worker itself, which a kill then reaches
-        return f"PYTHONPATH={shlex.quote(self._pythonpath)} exec {shlex.quote(sys.executable)}"
+        return f"PYTHONPATH={shlex.quote(self._pythonpath)} exec {shlex.quote(self.spec.python or sys.executable)}"
 
     def _start(self, command: str, mode: str, on_progress=None) -> Command:
         return LocalCommand(command, mode, self.beat, on_progress)

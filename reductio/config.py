@@ -153,7 +153,8 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
     name = str(entry.get("name") or host)
     home = str(entry.get("home") or (os.path.join(DEFAULT_HOME, "local", name) if local else DEFAULT_HOME))
     if local:
-        return WorkerSpec(name=name, home=os.path.abspath(os.path.expanduser(home)), processes=processes)
+        return WorkerSpec(name=name, home=os.path.abspath(os.path.expanduser(home)), processes=processes,
+                          python=entry.get("python") or None)  # default: the head's own interpreter
     try:
         port = int(entry["port"]) if entry.get("port") not in (None, "") else None
     except ValueError:

@@ -26,6 +26,7 @@ from reductio.errors import DatasetError, ReductioError
 from reductio.layout import CLUSTER_KEY, KNOWN_HOSTS
 from reductio.machine import cores_each
 from reductio.protocol import Reply
+from reductio.receiving import open_to_senders
 from reductio.store import Home, check_name, partition_of_file
 
 DEFAULT_STREAMS = 4
@@ -62,6 +63,7 @@ def step_send(params: dict) -> dict:
     and the sender's seconds and CPU seconds (``clock``).
     """
     clock = Clock()
+    open_to_senders(params["home"], params["attempt"], int(params["self"]))  # first: the others' gates wait for it
     home = Home(params["home"])
     source = check_name(params["source"])
     marker = home.marker(source)
@@ -181,7 +183,8 @@ class _Sender:
             raise ReductioError(f"sending to {where} failed: {err}", err.details) from None
 
     def _connect_and_send(self, destination: dict, paths: list[Path], facts: dict[str, dict]):
-        remote = gate.request(self.attempt, destination.get("dead_after") or 30, destination["home"])
+        remote = gate.request(self.attempt, destination.get("dead_after") or 30, destination["home"],
+                              sum(facts[path.name]["bytes"] for path in paths))
         reply = Reply()
         process = subprocess.Popen(ssh_argv(self.home, destination) + [remote], stdin=subprocess.PIPE,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -30,11 +30,11 @@ from reductio.records import record_limit
 from reductio.report import read_log, render, write_report
 from reductio.steps import code_digest, load_function, user_error
 from reductio.store import FILES, RECORDS, TEXT, check_name
-from reductio.trust import install_trust
+from reductio.trust import install_trust, revoke_trust
 
 __all__ = [
     "setup", "distribute", "load", "initialize", "map", "transform", "scatter",
-    "sort", "sort_unique", "reduce", "merge", "delete", "status", "report", "mrjob",
+    "sort", "sort_unique", "reduce", "merge", "delete", "status", "report", "mrjob", "revoke",
 ]
 
 _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -119,6 +119,14 @@ def setup(c):
     install_trust(cluster)
     _say(f"setup: {len(cluster)} worker(s) ready: {', '.join(w.name for w in cluster.workers)}")
     distribute(c)
+
+
+@task(help={"everywhere": "remove every cluster key's line on the workers' accounts, whatever homes it serves"})
+@_reported
+def revoke(c, everywhere=False):
+    """Revoke the cluster key for this cluster's homes on its SSH workers: scatter stops until setup runs again."""
+    removed = revoke_trust(Cluster.from_context(c), everywhere)
+    _say(f"revoke: {sum(removed.values())} cluster key line(s) removed or cut on {len(removed)} worker(s)")
 
 
 @task

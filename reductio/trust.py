@@ -7,7 +7,9 @@ SSH workers' host keys exactly as the head verified them. A worker's ssh
 then trusts nothing else: an unknown or changed host key stops the scatter.
 The key is authorized restricted and forced to the gate (gate.py): with it,
 a worker can deliver scatter files into the homes of that account and do
-nothing else.
+nothing else. Its line serves every home any setup authorized it for; a
+new key takes its homes from the lines of earlier ones, and ``revoke``
+takes the cluster's homes from every key (gate.step_authorize).
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from pathlib import Path
 from typing import Dict, List
 
 from reductio.errors import ReductioError
-from reductio.gate import authorized_line
 from reductio.layout import CLUSTER_KEY, KNOWN_HOSTS
 from reductio.packaging import push
-from reductio.protocol import shell_path
 
 HEAD_KEY = "~/.reductio/cluster_key"
 DEFAULT_AUTHORIZED_KEYS = "~/.ssh/authorized_keys"
@@ -79,13 +79,32 @@ def _account(worker) -> tuple:
 def _authorize(worker, public: str, workers: list) -> None:
     """Authorize the cluster key on ``worker`` for the homes of ``workers`` (its account), forced to the gate.
 
-    Every worker writes the same line, replacing its earlier one: on a
-    shared file the last write stands, on separate files each gets it.
+    Every worker of the account asks for the same homes: on a shared file
+    the requests merge into one line, on separate files each gets it.
     """
     path = worker.spec.authorized_keys or DEFAULT_AUTHORIZED_KEYS
-    pythons = [shell_path(f"{w.venv}/bin/python") for w in workers]
-    line = authorized_line(public, pythons, [shell_path(w.home) for w in workers])
+    params = {"path": path, "public": public, "homes": [w.home for w in workers],
+              "pythons": [f"{w.venv}/bin/python" for w in workers]}
     try:
-        worker.step("authorize", {"path": path, "line": line})
+        worker.step("authorize", params)
     except ReductioError as err:
         raise ReductioError(f"cannot authorize the cluster key in {path}: {err}") from None
+
+
+def revoke_trust(cluster, everywhere: bool = False) -> Dict[str, int]:
+    """Take the cluster's homes from every cluster key's line on its SSH workers' accounts (``everywhere``:
+    remove every cluster key's line there, whatever homes it serves); per worker, the lines removed or cut."""
+    remote = [w for w in cluster.workers if not w.is_local]
+    accounts: Dict[tuple, List] = {}
+    for worker in remote:
+        accounts.setdefault(_account(worker), []).append(worker)
+
+    def revoke(worker):
+        path = worker.spec.authorized_keys or DEFAULT_AUTHORIZED_KEYS
+        homes = None if everywhere else [w.home for w in accounts[_account(worker)]]
+        try:
+            return worker.step("authorize", {"path": path, "public": None, "homes": homes})["removed"]
+        except ReductioError as err:
+            raise ReductioError(f"cannot revoke the cluster key in {path}: {err}") from None
+
+    return cluster.each("revoke", revoke, remote)

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import WORDJOBS, make_context, write_lines
-from reductio import tasks
-from reductio.gate import COMMENT, Refused, _granted, request, result_line
+from conftest import WORDJOBS, Background, make_context, write_lines
+from reductio import steplog, tasks
+from reductio.gate import COMMENT, MAX_SESSIONS, Refused, _granted, request, result_line
 from reductio.protocol import RESULT, Reply
 
 HOMES = ["/srv/reductio/a", "/srv/reductio/b", "/srv/reductio/with space"]
 ATTEMPT = "20261202T040135-2f3c96b7"
-RECEIVE = {"attempt": ATTEMPT, "dead_after": 30.0, "home": "/srv/reductio/b"}
+RECEIVE = {"attempt": ATTEMPT, "dead_after": 30.0, "home": "/srv/reductio/b", "bytes": 0}
 
 
 def test_the_gate_grants_exactly_scatters_receive_into_a_home_of_its_line():
     assert _granted(request(ATTEMPT, 30, "/srv/reductio/b"), HOMES) == RECEIVE
-    assert _granted(f"reductio-receive {ATTEMPT} 30 /srv/reductio/b", HOMES) == RECEIVE
+    assert _granted(f"reductio-receive {ATTEMPT} 30 0 /srv/reductio/b", HOMES) == RECEIVE
+    assert _granted(request(ATTEMPT, 30, "/srv/reductio/b", 1234), HOMES) == dict(RECEIVE, bytes=1234)
     assert _granted(request(ATTEMPT, 2.5, "/srv/reductio/b/"), HOMES) == dict(RECEIVE, home="/srv/reductio/b/",
                                                                               dead_after=2.5)
     assert _granted(request(ATTEMPT, 30, "/srv/reductio/with space"), HOMES)["home"] == "/srv/reductio/with space"
@@ -33,17 +38,22 @@ def test_the_gate_grants_exactly_scatters_receive_into_a_home_of_its_line():
     (None, "a login"),
     ("id", "not a receive"),
     ("sh -c id", "not a receive"),
-    (f"reductio-send {ATTEMPT} 30 /srv/reductio/b", "not a receive"),
-    (f"reductio-receive {ATTEMPT} 30", "not a receive"),
+    (f"reductio-send {ATTEMPT} 30 0 /srv/reductio/b", "not a receive"),
+    (f"reductio-receive {ATTEMPT} 30 0", "not a receive"),
+    (f"reductio-receive {ATTEMPT} 30 /srv/reductio/b", "not a receive"),  # the request before the size
+    (f"reductio-receive {ATTEMPT} 30 -1 /srv/reductio/b", "a size"),
+    (f"reductio-receive {ATTEMPT} 30 1e9 /srv/reductio/b", "a size"),
+    (f"reductio-receive {ATTEMPT} 30 {10 ** 20} /srv/reductio/b", "a size"),
+    (f"reductio-receive {ATTEMPT} 86401 0 /srv/reductio/b", "dead_after"),
     (request(ATTEMPT, 30, "/srv/reductio/b") + " ; id", "a home this key does not serve"),
     (request(ATTEMPT, 30, "/srv/other"), "a home this key does not serve"),
     (request(ATTEMPT, 30, "/srv/reductio/a/../b/../../x"), "a home this key does not serve"),
     (request("../../etc", 30, "/srv/reductio/b"), "attempt"),
     (request("-x", 30, "/srv/reductio/b"), "attempt"),
-    (f"reductio-receive {ATTEMPT} nan /srv/reductio/b", "dead_after"),
-    (f"reductio-receive {ATTEMPT} -1 /srv/reductio/b", "dead_after"),
-    (f"reductio-receive {ATTEMPT} 1e400 /srv/reductio/b", "dead_after"),
-    (f"reductio-receive {ATTEMPT} soon /srv/reductio/b", "could not convert"),
+    (f"reductio-receive {ATTEMPT} nan 0 /srv/reductio/b", "dead_after"),
+    (f"reductio-receive {ATTEMPT} -1 0 /srv/reductio/b", "dead_after"),
+    (f"reductio-receive {ATTEMPT} 1e400 0 /srv/reductio/b", "dead_after"),
+    (f"reductio-receive {ATTEMPT} soon 0 /srv/reductio/b", "could not convert"),
     ("python -m reductio.worker receive '{\"attempt\": \"a\"}'", "not a receive"),  # the request before 2026-12
     ("x" * 70_000, "longer than"),
 ])
@@ -114,7 +124,7 @@ def test_with_the_cluster_key_no_command_shell_pty_forward_or_other_home_is_gran
     assert pty.returncode != 0 and "PTY allocation request failed" in pty.stderr and "uid=" not in pty.stdout
     forward = ssh(key, port, "-N", "-o", "ExitOnForwardFailure=yes", "-L", "127.0.0.1:0:127.0.0.1:22", user)
     assert forward.returncode != 0, forward.stderr  # restrict: no port forwarding, so ssh gives up at once
-    log = (sshd_cluster.homes / "ssh-1" / "logs" / "steps.log").read_text()
+    log = (sshd_cluster.homes / "ssh-1" / "logs" / "gate.log").read_text()
     assert "gate refused a request from 127.0.0.1: not a receive" in log
     mine = ssh(sshd_cluster.user_key, port, user, "id -u")  # the user's own login is as it was
     assert mine.returncode == 0 and mine.stdout.strip() == str(os.getuid())
@@ -122,12 +132,9 @@ def test_with_the_cluster_key_no_command_shell_pty_forward_or_other_home_is_gran
 
 def test_a_receive_naming_a_file_outside_its_attempt_is_refused_by_the_gated_receive(gated, sshd_cluster):
     c, key = gated
-    frame = b"file ../escaped 1\nx"
-    argv = ["-p", str(sshd_cluster.daemons[1].port), f"{sshd_cluster.user}@127.0.0.1",
-            request(ATTEMPT, 30, str(sshd_cluster.homes / "ssh-1"))]
-    known = Path(os.environ["HOME"]) / ".ssh" / "known_hosts"
-    done = subprocess.run(["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                           "-o", f"UserKnownHostsFile={known}", *argv], input=frame, capture_output=True, timeout=30)
+    with opened(sshd_cluster.homes / "ssh-1", ATTEMPT, 1):
+        done = deliver(key, sshd_cluster, 1, request(ATTEMPT, 30, str(sshd_cluster.homes / "ssh-1"), 1),
+                       b"file ../escaped 1\nx")
     assert done.returncode != 0 and b"escaped" in done.stderr, done.stderr
     assert not list(sshd_cluster.homes.glob("ssh-1/**/escaped"))
     shutil.rmtree(sshd_cluster.homes / "ssh-1" / "tmp" / ATTEMPT)  # as the head's discard would
@@ -169,3 +176,151 @@ def test_removing_the_head_key_and_running_setup_rotates_it_everywhere(gated, ss
     tasks.scatter(c, "pairs", "here")  # with the new key
     tasks.merge(c, "here", str(tmp_path / "here.tsv"))
     assert len((tmp_path / "here.tsv").read_text().splitlines()) == 500
+
+
+@contextlib.contextmanager
+def opened(home: Path, attempt: str, partition: int):
+    """A process holding ``attempt`` open to senders for ``partition``, as a running scatter step does."""
+    root = str(Path(__file__).resolve().parent.parent)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); from reductio.receiving import"
+                               f" open_to_senders; open_to_senders({str(home)!r}, {attempt!r}, {partition});"
+                               " print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        holder.stdout.close()
+
+
+def deliver(key: Path, sshd_cluster, worker: int, asked: str, frames: bytes) -> subprocess.CompletedProcess:
+    """What the gate of ``worker`` answers the cluster key's ``asked`` with ``frames`` on stdin."""
+    known = Path(os.environ["HOME"]) / ".ssh" / "known_hosts"
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={known}", "-p", str(sshd_cluster.daemons[worker].port),
+            f"{sshd_cluster.user}@127.0.0.1", asked]
+    return subprocess.run(argv, input=frames, capture_output=True, timeout=60)
+
+
+def frame(name: str, data: bytes) -> bytes:
+    return (f"file {name} {len(data)}\n".encode() + data
+            + f"end {name} {len(data)} {hashlib.sha256(data).hexdigest()} unsorted\n".encode())
+
+
+PLANTED = "20261202T040136-0badf00d"
+
+
+def test_the_cluster_key_delivers_nothing_into_an_attempt_no_running_scatter_opened(gated, sshd_cluster):
+    c, key = gated
+    home = sshd_cluster.homes / "ssh-1"
+    planted = frame("p00001.w00000", b"planted\tline\n")
+    done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), len(planted)), planted)
+    assert done.returncode == 1 and b"not open to senders" in done.stderr, done.stderr
+    assert b"Traceback" not in done.stderr and str(home).encode() not in done.stderr
+    assert not (home / "tmp" / PLANTED).exists()
+    (home / "tmp" / PLANTED).mkdir(mode=0o700)  # a map's attempt: its folder held by the running step
+    holder = os.open(home / "tmp" / PLANTED, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    try:
+        done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), len(planted)), planted)
+    finally:
+        os.close(holder)
+    assert done.returncode == 1 and b"not open to senders" in done.stderr, done.stderr
+    assert list((home / "tmp" / PLANTED).iterdir()) == []
+    with opened(home, PLANTED, 1):
+        pass  # the scatter step ended: its opening went with it
+    done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), len(planted)), planted)
+    assert done.returncode == 1 and b"not open to senders" in done.stderr, done.stderr
+    assert list((home / "tmp" / PLANTED).iterdir()) == []
+    shutil.rmtree(home / "tmp" / PLANTED)
+    log = (home / "logs" / "gate.log").read_text()
+    assert f"{PLANTED} gate receive from 127.0.0.1 failed" in log and "not open to senders" in log
+
+
+def test_an_open_attempt_takes_only_its_partitions_files_only_as_many_bytes_as_announced(gated, sshd_cluster):
+    c, key = gated
+    home = sshd_cluster.homes / "ssh-1"
+    ok = frame("p00001.w00000", b"a\t1\n")
+    with opened(home, PLANTED, 1):
+        for frames, size, why in [
+            (frame("p00000.w00000", b"a\t1\n"), 100, b"is not a file this worker expects"),
+            (frame("s00000.w00000", b"a\t1\n"), 100, b"is not a file this worker expects"),
+            (ok + frame("p00001.w00002", b"more\n"), 4, b"more bytes than the 4"),
+            (frame("p00001." + "x" * 248, b"a\t1\n"), 100, b"a file name of 255 characters"),
+        ]:
+            done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), size), frames)
+            assert done.returncode == 1 and why in done.stderr, done.stderr
+            assert b"Traceback" not in done.stderr and str(home).encode() not in done.stderr
+            assert [p.name for p in (home / "tmp" / PLANTED).iterdir()] in ([], ["p00001.w00000"])
+        done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), ok)
+        assert done.returncode == 0 and b'"p00001.w00000": {"bytes": 4' in done.stderr, done.stderr
+        assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == b"a\t1\n"
+        planted = frame("p00001.w00000", b"b\t9\n")  # same name, same size: as a key holder would plant it
+        done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), planted)
+        assert done.returncode == 1 and b"arrived whole already, with other bytes" in done.stderr, done.stderr
+        done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), ok)  # a sender's retry
+        assert done.returncode == 0, done.stderr
+        assert [p.name for p in (home / "tmp" / PLANTED).iterdir()] == ["p00001.w00000"]
+        assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == b"a\t1\n"
+    shutil.rmtree(home / "tmp" / PLANTED)
+
+
+def test_no_more_than_max_sessions_gates_receive_into_a_home_at_once(gated, sshd_cluster):
+    c, key = gated
+    home = sshd_cluster.homes / "ssh-1"
+    folder = home / "logs" / "gate-sessions"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    held = []
+    try:
+        for place in range(MAX_SESSIONS):
+            held.append(os.open(folder / str(place), os.O_RDWR | os.O_CREAT, 0o600))
+            fcntl.flock(held[-1], fcntl.LOCK_EX)
+        done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 0), b"")
+        assert done.returncode == 1 and f"{MAX_SESSIONS} gates already receive".encode() in done.stderr, done.stderr
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+    done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 0), b"")
+    assert b"not open to senders" in done.stderr, done.stderr  # a place again; then the attempt's turn
+
+
+def test_refusals_go_to_a_gate_log_that_stops_growing_and_never_rotate_the_steps_log(tmp_path):
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    steplog.log({"home": str(home), "attempt": "A1"}, "map done in 1.0 s")
+    for i in range(steplog.MAX_BYTES // 100 + 50):
+        steplog.refused({"home": str(home)}, f"gate refused a request from 10.0.0.{i % 250}: " + "x" * 40)
+    assert (home / "logs" / "steps.log").read_text().endswith("A1 map done in 1.0 s\n")
+    assert not list((home / "logs").glob("*.1"))
+    gate_log = home / "logs" / "gate.log"
+    assert gate_log.stat().st_size <= steplog.MAX_BYTES
+    assert "from 10.0.0.0:" in gate_log.read_text().splitlines()[0]
+    assert (home / "logs" / "gate.log.more").stat().st_size > 0
+
+
+def test_a_same_size_file_planted_into_a_running_scatter_is_refused_and_never_published(gated, sshd_cluster,
+                                                                                         tmp_path):
+    c, key = gated
+    lines = [f"k{i:06d}\t{'v' * 40}" for i in range(60_000)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    home = sshd_cluster.homes / "ssh-1"
+    before = {path.name for path in (home / "tmp").iterdir()}
+    running = Background(lambda: tasks.scatter(c, "pairs", "here", force=True))
+    target, deadline = None, time.monotonic() + 60
+    while target is None and running.ended is None and time.monotonic() < deadline:
+        # the file ssh-0 sends ssh-1, as soon as it arrived whole: planting after it is what could stick
+        target = next((path / "p00001.w00000" for path in (home / "tmp").iterdir()
+                       if path.name not in before and (path / "p00001.w00000").is_file()), None)
+    assert target is not None, running.error
+    planted = frame("p00001.w00000", b"Z" * (target.stat().st_size - 1) + b"\n")
+    done = deliver(key, sshd_cluster, 1, request(target.parent.name, 1, str(home), 10 ** 9), planted)
+    running.join(120)
+    assert done.returncode == 1 and (b"arrived whole already, with other bytes" in done.stderr
+                                     or b"not open to senders" in done.stderr), done.stderr
+    assert running.error is None, running.error
+    tasks.merge(c, "here", str(tmp_path / "here.tsv"))
+    assert sorted((tmp_path / "here.tsv").read_text().splitlines()) == sorted(lines)
