@@ -137,6 +137,7 @@ class Network:
 
     def create(self) -> None:
         _remove_leftovers()
+        _refuse_others()
         try:
             self._added_range = ip("route", "add", "blackhole", RANGE, check=False).returncode == 0
             for host in self.hosts:
@@ -171,18 +172,24 @@ class Network:
 
 def _remove_leftovers() -> None:
     """This run's namespaces and links that an earlier test left (their addresses are ours), and only those:
-    another run's are not ours to remove, so a link of theirs holding our addresses stops us, naming it."""
+    another run's are not ours to remove (``_refuse_others``)."""
     for line in ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if re.fullmatch(rf"rdx{TAG}-\d+", name):
             ip("netns", "del", name, check=False)
-    for line in ip("-br", "addr").stdout.splitlines():
+    for line in ip("-br", "link").stdout.splitlines():
         name = line.split()[0].split("@")[0] if line.split() else ""
         if re.fullmatch(rf"rdx{TAG}v\d+", name):
             ip("link", "del", name, check=False)
-        elif " 198.18." in line:
+
+
+def _refuse_others() -> None:
+    """Stop, naming it, at another run's link holding the test hosts' addresses: both runs would fail oddly."""
+    for line in ip("-br", "addr").stdout.splitlines():
+        name = line.split()[0].split("@")[0] if line.split() else ""
+        if " 198.18." in line and not re.fullmatch(rf"rdx{TAG}v\d+", name):
             raise RuntimeError(f"link {name} holds an address of the test hosts' range {RANGE}: another run's"
-                               f" (ip -br addr show {name}); remove it once that run is over")
+                               f" (ip -br addr show {name}); run the network tests once that run is over")
 
 
 def wait_until(condition, timeout: float, what: str, every: float = 0.02):

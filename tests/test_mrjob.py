@@ -83,6 +83,7 @@ def test_a_bundled_example_gives_what_mrjob_local_gives_on_local_workers(example
     assert reductio_run(c, example, args, inputs, tmp_path / "out") == expected
 
 
+@pytest.mark.timeout(1200)  # every example, each a job on SSH workers: 380 s seen on a loaded machine
 def test_every_example_runs_on_ssh_workers_that_have_no_mrjob_installed(ssh_workers, inputs, tmp_path):
     ssh_workers(2)
     c = make_context()
