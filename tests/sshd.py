@@ -1,12 +1,7 @@
 """A real SSH cluster on loopback for the tests: one sshd per worker, started and stopped by pid.
 
-Each daemon has its own host key and port; all accept one user key. Run as
-root, the cluster is what a user meets: each sshd runs with Debian's own
-/etc/ssh/sshd_config (StrictModes, PAM and MaxStartups as shipped) with only
-its Port, ListenAddress, HostKey and PidFile set here, and the workers are
-another account made for the run (its own ~/.ssh/authorized_keys), removed
-at the end. Otherwise the daemons run as the tester, with a config of
-their own.
+Each daemon has its own host key and port; all accept one user key. The
+configs have no Subsystem line: reductio needs nothing but exec channels.
 """
 
 from __future__ import annotations
@@ -20,10 +15,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from ownership import TAG
-
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-STOCK_CONFIG = Path("/etc/ssh/sshd_config")
 
 
 def find_sshd() -> str:
@@ -49,7 +41,7 @@ class Sshd:
     """One sshd with its own config, host key and port: on 127.0.0.1, or on a test host's address inside its
     network namespace (netns.py)."""
 
-    def __init__(self, root: Path, index: int, authorized_keys: Path = None, address: str = "127.0.0.1",
+    def __init__(self, root: Path, index: int, authorized_keys: Path, address: str = "127.0.0.1",
                  port: int = None, namespace: str = None) -> None:
         self.root = root / f"sshd-{index}"
         self.root.mkdir()
@@ -61,15 +53,10 @@ class Sshd:
         self.write_config(authorized_keys)
         self.process = None
 
-    def write_config(self, authorized_keys: Path = None) -> None:
-        """Without ``authorized_keys``: the machine's stock config, ours only where sshd takes the first value."""
-        ours = (f"ListenAddress {self.address}\nPort {self.port}\nHostKey {self.host_key}\n"
-                f"PidFile {self.root / 'sshd.pid'}\n")
-        if authorized_keys is None:
-            self.config.write_text(ours + STOCK_CONFIG.read_text())
-            return
+    def write_config(self, authorized_keys: Path) -> None:
         self.config.write_text(
-            ours + f"AuthorizedKeysFile {authorized_keys}\n"
+            f"ListenAddress {self.address}\nPort {self.port}\nHostKey {self.host_key}\n"
+            f"PidFile {self.root / 'sshd.pid'}\nAuthorizedKeysFile {authorized_keys}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
             "StrictModes no\nPermitRootLogin prohibit-password\nMaxStartups 100\nMaxSessions 100\n"
             "LogLevel ERROR\n"
@@ -105,54 +92,17 @@ class Sshd:
         return f"{host} {kind} {key}\n"
 
 
-class Account:
-    """A login made for the run (root only): its home, its ~/.ssh/authorized_keys; removed with its files."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.home = name, Path("/home") / name
-
-    def create(self, public_key: Path) -> None:
-        # "*": no password, not locked; sshd without PAM refuses a locked ("!") account even with a key
-        subprocess.run(["useradd", "-m", "-d", str(self.home), "-s", "/bin/bash", "-p", "*", self.name],
-                       check=True, capture_output=True, timeout=60)
-        ssh = self.folder(".ssh")
-        shutil.copy(public_key, ssh / "authorized_keys")
-        self.own(ssh / "authorized_keys", 0o600)
-
-    def folder(self, name: str) -> Path:
-        path = self.home / name
-        path.mkdir(mode=0o700, exist_ok=True)
-        self.own(path, 0o700)
-        return path
-
-    def own(self, path: Path, mode: int) -> None:
-        shutil.chown(path, self.name, self.name)
-        path.chmod(mode)
-
-    def remove(self) -> None:
-        subprocess.run(["userdel", "-f", "-r", self.name], capture_output=True, timeout=60)
-
-
 class SshCluster:
-    """Several sshds, a user key they accept, and what a test needs to reach them: ``user``, ``authorized_keys``
-    and ``homes`` (a folder the workers' homes go in, writable by ``user``)."""
+    """Several sshds, a user key they accept, and what a test needs to reach them."""
 
     def __init__(self, root: Path, size: int) -> None:
         self.root = root
         self.user_key = root / "user_key"
         keygen(self.user_key)
-        self.account = Account(f"rdx{TAG}") if os.geteuid() == 0 else None
-        if self.account:
-            self.account.create(self.user_key.with_suffix(".pub"))
-            self.user, self.authorized_keys = self.account.name, self.account.home / ".ssh" / "authorized_keys"
-            self.homes = self.account.folder("homes")
-            self.daemons: List[Sshd] = [Sshd(root, i) for i in range(size)]
-        else:
-            self.user, self.authorized_keys = getpass.getuser(), root / "authorized_keys"
-            shutil.copy(self.user_key.with_suffix(".pub"), self.authorized_keys)
-            self.homes = root / "homes"
-            self.homes.mkdir()
-            self.daemons = [Sshd(root, i, self.authorized_keys) for i in range(size)]
+        self.authorized_keys = root / "authorized_keys"
+        shutil.copy(self.user_key.with_suffix(".pub"), self.authorized_keys)
+        self.daemons: List[Sshd] = [Sshd(root, i, self.authorized_keys) for i in range(size)]
+        self.user = getpass.getuser()
 
     def start(self) -> None:
         for daemon in self.daemons:
@@ -161,8 +111,6 @@ class SshCluster:
     def stop(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
-        if self.account:
-            self.account.remove()
 
     def known_hosts(self) -> str:
         return "".join(daemon.known_hosts_line() for daemon in self.daemons)
@@ -176,8 +124,7 @@ class SshCluster:
             sections.append(
                 f"[ssh-{i}]\nhost = 127.0.0.1\nport = {daemon.port}\nusername = {self.user}\n"
                 f"key_filename = {self.user_key}\nhome = {home}\n"
-                + ("" if self.account else f"authorized_keys = {self.authorized_keys}\n")
-                + (f"python = {python}\n" if python else "")
+                f"authorized_keys = {self.authorized_keys}\n" + (f"python = {python}\n" if python else "")
             )
         for i in range(local):
             sections.append(f"[local-{i}]\nlocal = yes\nhome = {homes / f'local-{i}'}\n")
