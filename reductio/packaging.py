@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -138,14 +139,77 @@ def checked_name(path: Path) -> str:
     return path.name
 
 
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, read in large blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def push(worker, local: Path, remote: str, mode: str = "600") -> None:
-    """Copy a local file to a path on the worker, appearing there only when complete."""
+# The worker's end of push, run by the worker's own Python with -I: standard library only, since the reductio
+# sdist itself comes this way. It keeps the file only if it arrived whole: a head killed mid-push closes the
+# stream early, which ``cat`` took for the end of the file. argv: path, size, SHA-256, mode, marker ('' for none).
+_RECEIVE = """
+import hashlib, os, sys
+path, size, digest, mode, marker = sys.argv[1:6]
+folder, name = os.path.split(path)
+for entry in os.listdir(folder):  # what receivers killed before they could clean up left, and cat's X.part
+    if entry.startswith(name + ".") and entry.endswith(".part"):
+        writer = entry[len(name) + 1:-len(".part")]
+        try:
+            if writer:
+                os.kill(int(writer), 0)
+                continue  # its receiver still runs
+        except ProcessLookupError:
+            pass
+        except (ValueError, OSError):
+            continue
+        os.unlink(os.path.join(folder, entry))
+part = "%s.%d.part" % (path, os.getpid())
+seen, count = hashlib.sha256(), 0
+try:
+    with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        for block in iter(lambda: os.read(0, 1 << 20), b""):
+            seen.update(block)
+            count += len(block)
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    if count != int(size):
+        sys.exit("%s arrived with %d of %s bytes; not kept" % (name, count, size))
+    if seen.hexdigest() != digest:
+        sys.exit("%s arrived with SHA-256 %s, not %s; not kept" % (name, seen.hexdigest(), digest))
+    if marker and os.path.lexists(marker):
+        os.unlink(marker)
+    os.chmod(part, int(mode, 8))
+    os.replace(part, path)
+finally:
+    if os.path.lexists(part):
+        os.unlink(part)
+if marker:
+    written = "%s.%d.tmp" % (marker, os.getpid())
+    with open(written, "w") as out:
+        out.write(size)
+    os.replace(written, marker)
+"""
+
+
+def push(worker, local: Path, remote: str, mode: str = "600", digest: str = None, marker: str = None) -> None:
+    """Copy a local file to a path on the worker, appearing there only once it arrived whole.
+
+    The worker checks its size and SHA-256 (``digest``, else computed here)
+    before renaming it into place, and refuses a file cut short or changed on
+    the way. ``marker``: a path on the worker that gets the file's size once
+    it is in place, and loses it before it is replaced (layout.shipped_whole).
+    """
+    size = os.path.getsize(local)
+    digest = digest or file_digest(local)
     folder = shell_path(os.path.dirname(remote) or ".")
-    partial = shell_path(remote + ".part")
-    command = (f"umask 077 && mkdir -p {folder} && cat > {partial} && chmod {mode} {partial}"
-               f" && mv {partial} {shell_path(remote)}")
+    marked = shell_path(marker) if marker else "''"
+    command = (f"umask 077 && mkdir -p {folder} && {worker.python()} -I -c {shlex.quote(_RECEIVE)}"
+               f" {shell_path(remote)} {size} {digest} {mode} {marked}")
     stream = worker.open_command(command, "w")
     try:
         with open(local, "rb") as data:
