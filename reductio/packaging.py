@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -22,16 +21,6 @@ from typing import Optional
 import reductio
 from reductio.errors import ReductioError
 from reductio.protocol import shell_path
-
-_HOOK = """
-import importlib, sys
-name, hook, out = sys.argv[1:4]
-module, _, attribute = name.partition(":")
-backend = importlib.import_module(module)
-for part in filter(None, attribute.split(".")):
-    backend = getattr(backend, part)
-print("\\nbuilt: " + getattr(backend, hook)(out))
-"""
 
 _WORKER_SETUP = """from setuptools import setup
 setup(name="reductio", version={version!r}, packages=["reductio", "reductio.example"],
@@ -49,8 +38,8 @@ def find_project(start: str) -> Optional[Path]:
 
 
 def build_sdist(project: Path, out: Path) -> Path:
-    """Build the project's sdist into ``out`` with its own PEP 517 backend."""
-    return _run_hook(project, _backend_of(project), "build_sdist", out)
+    """Build the project's sdist into ``out`` with its own PEP 517 backend, in this Python (no isolation)."""
+    return _build(project, "sdist", out)
 
 
 def build_wheel(sdist: Path, out: Path) -> Path:
@@ -59,7 +48,7 @@ def build_wheel(sdist: Path, out: Path) -> Path:
         with tarfile.open(sdist) as archive:
             _safe_extract(archive, Path(scratch))
         (root,) = [p for p in Path(scratch).iterdir() if p.is_dir()]
-        return _run_hook(root, _backend_of(root), "build_wheel", out)
+        return _build(root, "wheel", out)
 
 
 def reductio_sdist(out: Path) -> Path:
@@ -101,26 +90,28 @@ def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _backend_of(project: Path) -> str:
-    pyproject = project / "pyproject.toml"
-    if pyproject.is_file():
-        match = re.search(r'^\s*build-backend\s*=\s*["\']([^"\']+)["\']', pyproject.read_text(), re.M)
-        if match:
-            return match.group(1)
-    return "setuptools.build_meta:__legacy__"
+def _build(project: Path, distribution: str, out: Path) -> Path:
+    """Build ``distribution`` ("sdist" or "wheel") of ``project`` with pypa's build, as ``python -m build
+    --no-isolation`` would: the backend that pyproject.toml names, or setuptools' legacy one."""
+    import build  # the head's only: a worker never builds
 
-
-def _run_hook(project: Path, backend: str, hook: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        [sys.executable, "-c", _HOOK, backend, hook, str(out)],
-        cwd=project, capture_output=True, text=True,
-    )
-    built = [line[len("built: "):] for line in done.stdout.splitlines() if line.startswith("built: ")]
-    if done.returncode != 0 or not built:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
-        raise ReductioError(f"{hook} of {project} failed with backend {backend}", "\n".join(tail))
-    return out / built[-1]
+    try:
+        return Path(build.ProjectBuilder(project, runner=_quiet).build(distribution, out))
+    except build.BuildBackendException as err:
+        failed = err.exception
+        output = (getattr(failed, "stderr", None) or getattr(failed, "output", None) or str(failed)).strip()
+        raise ReductioError(f"build_{distribution} of {project} failed", "\n".join(output.splitlines()[-15:]))
+    except build.BuildException as err:
+        raise ReductioError(f"cannot build {project}: {err}") from None
+
+
+def _quiet(command, cwd=None, extra_environ=None) -> None:
+    """Run a build hook keeping its output, shown only when it fails (pyproject_hooks' runner interface)."""
+    done = subprocess.run(command, cwd=cwd, env={**os.environ, **(extra_environ or {})}, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
 
 
 def _safe_extract(archive: tarfile.TarFile, folder: Path) -> None:
@@ -129,7 +120,10 @@ def _safe_extract(archive: tarfile.TarFile, folder: Path) -> None:
         target = (folder / member.name).resolve()
         if root not in target.parents and target != root or member.issym() or member.islnk():
             raise ReductioError(f"refusing sdist member {member.name!r}: it points outside the archive")
-    archive.extractall(folder)
+    if hasattr(tarfile, "data_filter"):  # and newer Pythons warn without a filter
+        archive.extractall(folder, filter="data")
+    else:
+        archive.extractall(folder)
 
 
 def checked_name(path: Path) -> str:

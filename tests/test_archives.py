@@ -185,8 +185,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _pythons() -> list:
+    """The suite's Python, /usr/bin/python3, and the oldest and newest supported on PATH or under pyenv."""
+    versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
     found = {}
-    for python in [sys.executable, "/usr/bin/python3", shutil.which("python3.9"), shutil.which("python3.13")]:
+    for python in [sys.executable, "/usr/bin/python3", shutil.which("python3.9"), shutil.which("python3.13"),
+                   *sorted(map(str, versions.glob("3.9*/bin/python3"))),
+                   *sorted(map(str, versions.glob("3.13*/bin/python3")))]:
         if python and os.path.exists(python):
             version = subprocess.run([python, "-c", "import sys, tarfile; print(sys.version.split()[0],"
                                       " hasattr(tarfile, 'data_filter'))"], capture_output=True, text=True,
@@ -196,7 +200,7 @@ def _pythons() -> list:
     return list(found.values())
 
 
-PYTHONS = _pythons()
+PYTHONS = _pythons()  # each test below runs on every one of them
 
 
 def unpack_with(python: str, path: Path, max_unpacked: int = 0, max_members: int = 0) -> str:
