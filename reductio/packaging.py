@@ -16,10 +16,10 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import reductio
-from reductio.errors import ReductioError
+from reductio.errors import ConfigError, ReductioError
 from reductio.protocol import shell_path
 
 _WORKER_SETUP = """from setuptools import setup
@@ -238,20 +238,25 @@ def installed_digest(worker, name: str) -> str:
     return result.stdout.strip()
 
 
-def install(worker, name: str, sdist: Path, wheel: Path, digest: str, wheelhouse: Optional[Path] = None) -> None:
+def install(worker, name: str, sdist: Path, wheel: Path, digest: str,
+            wheels: Optional[Dict[Path, str]] = None) -> None:
     """Push an sdist and its wheel to the worker and pip install the wheel into its venv.
 
-    With a wheelhouse (a folder of wheels), its wheels are pushed too and
-    the project's dependencies are installed from them; otherwise none are.
+    With a wheelhouse (``wheels``: each wheel's SHA-256), its wheels replace
+    those the worker had and the project's dependencies are installed from
+    them; otherwise none are.
     """
     dist = worker.home.rstrip("/") + "/dist"
     push(worker, sdist, f"{dist}/{checked_name(sdist)}")
     push(worker, wheel, f"{dist}/{checked_name(wheel)}")
     pip = f"{shell_path(worker.venv + '/bin/python')} -m pip install --no-index --force-reinstall"
     pip += " --disable-pip-version-check -q"
-    if wheelhouse:
-        for extra in sorted(wheelhouse.glob("*.whl")):
-            push(worker, extra, f"{dist}/wheels/{checked_name(extra)}")
+    if wheels is not None:
+        cleared = worker.run(f"rm -rf {shell_path(dist + '/wheels')}")  # a wheel gone from the wheelhouse goes
+        if cleared.exited != 0:
+            raise ReductioError(f"cannot clear {dist}/wheels: {cleared.stderr.strip()[-300:]}")
+        for extra, extra_digest in sorted(wheels.items()):
+            push(worker, extra, f"{dist}/wheels/{checked_name(extra)}", digest=extra_digest)
         pip += f" --find-links {shell_path(dist + '/wheels')}"
     else:
         pip += " --no-deps"
@@ -261,16 +266,38 @@ def install(worker, name: str, sdist: Path, wheel: Path, digest: str, wheelhouse
         raise ReductioError(f"pip install of {wheel.name} failed", (result.stderr or result.stdout).strip()[-2000:])
 
 
-def deploy(cluster, name: str, sdist: Path, wheelhouse: Optional[Path] = None) -> list:
-    """Install ``sdist`` on every SSH worker whose ``name`` record lacks this content; return their names."""
+def wheelhouse_digests(wheelhouse: Optional[Path]) -> Optional[Dict[Path, str]]:
+    """Each wheel of the wheelhouse folder with its SHA-256; None without one; a wheelhouse that is no folder
+    is a ConfigError."""
+    if wheelhouse is None:
+        return None
+    if not wheelhouse.is_dir():
+        raise ConfigError(f"the wheelhouse {wheelhouse} is not a folder (reductio: wheelhouse)")
+    return {path: file_digest(path) for path in sorted(wheelhouse.glob("*.whl"))}
+
+
+def deploy_digest(sdist: Path, wheels: Optional[Dict[Path, str]]) -> str:
+    """What a worker records of an install: the sdist's content digest, and with a wheelhouse each wheel's name
+    and SHA-256, so that a wheelhouse added, changed or removed is installed again."""
     digest = content_digest(sdist)
+    if wheels is None:
+        return digest
+    listing = "".join(f"{path.name} {wheel}\n" for path, wheel in sorted(wheels.items()))
+    return hashlib.sha256(f"{digest}\nwheelhouse\n{listing}".encode()).hexdigest()
+
+
+def deploy(cluster, name: str, sdist: Path, wheelhouse: Optional[Path] = None) -> list:
+    """Install ``sdist`` (and the ``wheelhouse``) on every SSH worker whose ``name`` record lacks this content;
+    return their names."""
+    wheels = wheelhouse_digests(wheelhouse)
+    digest = deploy_digest(sdist, wheels)
     remote = [w for w in cluster.workers if not w.is_local]
     current = cluster.each(f"distribute {name}", lambda w: installed_digest(w, name), remote)
     stale = [w for w in remote if current[w.name] != digest]
     if stale:
         with tempfile.TemporaryDirectory(prefix="reductio-wheel-") as scratch:
             wheel = build_wheel(sdist, Path(scratch))
-            cluster.each(f"distribute {name}", lambda w: install(w, name, sdist, wheel, digest, wheelhouse), stale)
+            cluster.each(f"distribute {name}", lambda w: install(w, name, sdist, wheel, digest, wheels), stale)
         for worker in stale:
             worker.end_session()  # it imported the code just replaced
     return [w.name for w in stale]

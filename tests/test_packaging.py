@@ -99,3 +99,33 @@ def test_the_backend_is_the_one_of_the_build_system_table_not_any_line_that_look
     sdist = packaging.build_sdist(project, tmp_path / "sdist")
     assert sdist.name == "wordjobs-0.1.tar.gz"
     assert packaging.build_wheel(sdist, tmp_path / "wheel").name.startswith("wordjobs-0.1-")
+
+
+def test_a_wheelhouse_added_after_distribute_is_installed_by_the_next_distribute(ssh_workers, tmp_path, capsys):
+    from invoke import Exit
+
+    from conftest import SUPPORT, make_context, write_lines
+    from reductio import tasks
+
+    ssh_workers(2)
+    c = make_context(project=SUPPORT / "depjob")
+    tasks.setup(c)  # no wheelhouse: depjob without its dependency
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["quiet\t1", "calm\t2"])), "text")
+    with pytest.raises(Exit, match="No module named 'tinydep'"):
+        tasks.map(c, "depjob.shouted", "text", "loud")
+    wheelhouse = tmp_path / "wheels"
+    packaging.build_wheel(packaging.build_sdist(SUPPORT / "tinydep", tmp_path / "sdist"), wheelhouse)
+    c = make_context(project=SUPPORT / "depjob", wheelhouse=str(wheelhouse))
+    capsys.readouterr()
+    tasks.distribute(c)
+    assert "distribute: installed depjob-0.1.tar.gz on ssh-0, ssh-1" in capsys.readouterr().out
+    tasks.map(c, "depjob.shouted", "text", "loud")
+    tasks.merge(c, "loud", str(tmp_path / "loud.tsv"))
+    assert (tmp_path / "loud.tsv").read_text() == "CALM\t2\nQUIET\t1\n"
+    tasks.distribute(c)
+    assert "depjob-0.1.tar.gz unchanged on every SSH worker" in capsys.readouterr().out
+    (wheelhouse / "extra-1.0-py3-none-any.whl").write_bytes((next(wheelhouse.glob("tinydep-*.whl"))).read_bytes())
+    tasks.distribute(c)  # a wheel more in the wheelhouse: installed again
+    assert "distribute: installed depjob-0.1.tar.gz on ssh-0, ssh-1" in capsys.readouterr().out
+    with pytest.raises(Exit, match=f"the wheelhouse {tmp_path / 'none'} is not a folder"):
+        tasks.distribute(make_context(project=SUPPORT / "depjob", wheelhouse=str(tmp_path / "none")))
