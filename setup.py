@@ -18,7 +18,10 @@ setup(
     packages=find_packages(include=["reductio", "reductio.*"]),
     package_data={"reductio.example": ["sample-words.txt"]},
     python_requires=">=3.9",
-    install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4", "setuptools>=70.1", "tqdm>=4.60"],
+    # paramiko: liveness.py and cluster.py reach into Transport.sock and .packetizer (try a new major first);
+    # cryptography makes the cluster key (trust.py); build: the sdists and wheels for SSH workers (packaging.py)
+    install_requires=["fabric>=3.2,<4", "invoke>=2.2,<3", "paramiko>=3.4,<6", "cryptography>=3.3", "build>=1",
+                      "setuptools>=70.1", "tqdm>=4.60"],
     extras_require={
         # mrjob 0.7.4 imports pipes, gone from Python 3.13's standard library (distutils comes with setuptools);
         # reductio.mrjob_task stands in for both where they are missing, as on the workers

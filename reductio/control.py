@@ -16,6 +16,7 @@ import time
 
 from reductio import heartbeat, steplog
 from reductio.errors import DatasetError, ReductioError, environment_error
+from reductio.layout import shipped_whole
 from reductio.protocol import ANSWER, emit
 from reductio.store import Home, check_name, total
 
@@ -36,7 +37,7 @@ def step_check(params: dict) -> dict:
     if functions:
         from reductio.steps import code_digest  # imports the user's code: only checks that name functions pay
         code = "-".join(code_digest(path) for path in functions)
-    missing = [digest for digest in params.get("shipped") or [] if not (home.shipped / digest).is_file()]
+    missing = [digest for digest in params.get("shipped") or [] if not shipped_whole(home.root, digest)]
     return {"target": target, "source": source, "code": code, "missing": missing}
 
 

@@ -9,7 +9,8 @@ Layout, the only place it is spelled out::
     HOME/cluster_key, HOME/known_hosts            how this worker reaches the others (scatter)
     HOME/venv/, HOME/dist/                        an SSH worker's Python environment and sdists
     HOME/shipped/SHA256                           a file shipped with a command step, named by its content
-    HOME/shipped/SHA256.d/                        that file unpacked, when it was shipped as an archive
+    HOME/shipped/SHA256.size                      its size, written once it arrived whole (packaging.push)
+    HOME/shipped/SHA256.unpacked/                 that file unpacked, when it was shipped as an archive
 
 What publishing does with them is store.py's. This module imports nothing
 but ``os`` and ``fcntl``: scatter's gate (gate.py) uses it on every
@@ -25,6 +26,7 @@ import os
 from reductio.errors import DatasetError
 
 DATA, STORE, TMP, SHIPPED, LOGS = "data", "store", "tmp", "shipped", "logs"
+WHOLE = ".size"  # beside a shipped file: its size, written only once it arrived whole
 CLUSTER_KEY = "cluster_key"
 KNOWN_HOSTS = "known_hosts"
 
@@ -86,3 +88,14 @@ def hold_lock(folder) -> None:
     descriptor = os.open(folder, os.O_RDONLY)
     fcntl.flock(descriptor, fcntl.LOCK_SH)
     _HELD.append(descriptor)
+
+
+def shipped_whole(root: str, digest: str) -> bool:
+    """True if ``HOME/shipped/DIGEST`` arrived whole: its WHOLE marker names its size. Without one (a push cut
+    short, or made by a reductio that kept whatever arrived), the file counts as missing and is sent again."""
+    path = os.path.join(os.path.expanduser(os.fspath(root)), SHIPPED, digest)
+    try:
+        with open(path + WHOLE, encoding="ascii") as marker:
+            return int(marker.read()) == os.stat(path).st_size
+    except (OSError, ValueError):
+        return False

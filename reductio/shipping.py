@@ -1,22 +1,24 @@
 """Files a command step needs, shipped to every worker once, named by their content.
 
 ``map(c, "| python3 tokens.py", ..., files=["tokens.py"])``: each file goes
-to the worker's ``HOME/shipped/SHA256`` (store.py) unless the step's check
-found it there already, and the command finds it by its own name in its
-working folder. A changed file is a new digest, so the step is redone.
+to the worker's ``HOME/shipped/SHA256`` (layout.py) unless the step's check
+found it there whole already, and the command finds it by its own name in
+its working folder. The worker keeps a file only once its size and SHA-256
+are right (packaging.push), and then marks it whole; one cut short is sent
+again. A changed file is a new digest, so the step is redone.
 Archives (``archives=["model.tar.gz#model"]``) travel the same way and are
 unpacked on the worker (archives.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Dict, Tuple
 
 from reductio import archives
 from reductio.errors import UserCodeError
-from reductio.packaging import push
+from reductio.layout import SHIPPED, WHOLE
+from reductio.packaging import file_digest, push
 from reductio.streaming import check_file_name
 
 
@@ -34,11 +36,7 @@ def digests(paths, taken: Dict[str, Tuple[Path, str]] = None, unpack: bool = Fal
             raise UserCodeError(f"two files to ship are called {name!r}: {found[name][0]} and {path}")
         if unpack:
             archives.check(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as data:
-            for block in iter(lambda: data.read(1 << 20), b""):
-                digest.update(block)
-        found[name] = (path, digest.hexdigest())
+        found[name] = (path, file_digest(path))
     return {name: found[name] for name in found if name not in (taken or {})}
 
 
@@ -48,7 +46,8 @@ def ship(cluster, survey, files: Dict[str, Tuple[Path, str]]) -> None:
 
     def one(worker):
         for digest in survey.checks[worker.name].get("missing") or []:
-            push(worker, by_digest[digest], f"{worker.home.rstrip('/')}/shipped/{digest}", mode="400")
+            remote = f"{worker.home.rstrip('/')}/{SHIPPED}/{digest}"
+            push(worker, by_digest[digest], remote, mode="400", digest=digest, marker=remote + WHOLE)
 
     lacking = [w for w in cluster.workers if survey.checks[w.name].get("missing")]
     if lacking:

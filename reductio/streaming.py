@@ -92,6 +92,7 @@ class Command:
                          for name, digest in (params.get("archives") or {}).items()}
         self.folder = folder / f".work-{params['origin']}-{role}"
         self.sort_buffer = params.get("sort_buffer")
+        self.unpack_limits = params.get("max_unpacked"), params.get("max_members")  # archives.unpacked
         self.max_record = record_limit(params.get("max_record"))
 
     def map(self, ranges, position, output, combine: Command | None = None) -> None:
@@ -154,7 +155,8 @@ class Command:
         for name, path in [*self.files.items(), *self.archives.items()]:
             if not path.is_file():
                 raise UserCodeError(f"shipped file {name!r} is missing on this worker; run the step again")
-            os.symlink(archives.unpacked(path, name) if name in self.archives else path, self.folder / name)
+            os.symlink(archives.unpacked(path, name, *self.unpack_limits) if name in self.archives else path,
+                       self.folder / name)
         return self.folder
 
 

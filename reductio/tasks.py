@@ -264,7 +264,8 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
         if commands:
             params.update(files={name: digest for name, (_, digest) in shipped.items()},
                           archives={name: digest for name, (_, digest) in unpacked.items()}, env=variables,
-                          sort_buffer=found.get("sort_buffer"))
+                          sort_buffer=found.get("sort_buffer"), max_unpacked=found.get("max_unpacked"),
+                          max_members=found.get("max_members"))
         return params
 
     if _dry(c, cluster, step, params_for):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
+import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -130,8 +133,8 @@ def test_processes_unpacking_one_archive_at_once_all_see_it_whole(tmp_path):
     with multiprocessing.get_context("fork").Pool(8) as pool:
         results = pool.map(_unpack_in_a_process, [(str(path), "model")] * 8)
     expected = sorted([*members, *{name.split("/")[0] for name in members}])
-    assert all(folder == path.with_name("digest.d") and seen == expected for folder, seen in results)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["digest", "digest.d"]
+    assert all(folder == path.with_name("digest.unpacked") and seen == expected for folder, seen in results)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["digest", "digest.unpacked"]
 
 
 def test_the_command_line_takes_archives(tmp_path):
@@ -161,3 +164,184 @@ def test_archives_reach_ssh_workers_next_to_a_local_one(ssh_workers, tmp_path):
     model = tar_gz(tmp_path / "model.tgz", {"v.txt": "one\n", "deep/er/w.txt": "two\n"})
     seen = looked_up(c, tmp_path, "model", [f"{model}#model"])
     assert seen == {f"{i}\tmodel/{name}" for i in range(30) for name in ["deep/er/w.txt=two", "v.txt=one"]}
+
+
+# Archives made to escape, unpacked by every Python a worker may run reductio with: the suite's own, Debian 12's
+# /usr/bin/python3 (3.11.2, which has no tarfile.data_filter) and the oldest and newest supported ones found here.
+UNPACK = """
+import sys
+from pathlib import Path
+from reductio import archives
+from reductio.errors import UserCodeError
+try:
+    limits = {key: int(value) for key, value in zip(["max_unpacked", "max_members"], sys.argv[2:]) if int(value)}
+    folder = archives.unpacked(Path(sys.argv[1]), "model", **limits)
+except UserCodeError as err:
+    print("refused:", err)
+else:
+    print("unpacked:", sorted(str(p.relative_to(folder)) for p in folder.rglob("*")))
+"""
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pythons() -> list:
+    """The suite's Python, /usr/bin/python3, and the oldest and newest supported on PATH or under pyenv."""
+    versions = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    found = {}
+    for python in [sys.executable, "/usr/bin/python3", shutil.which("python3.9"), shutil.which("python3.13"),
+                   *sorted(map(str, versions.glob("3.9*/bin/python3"))),
+                   *sorted(map(str, versions.glob("3.13*/bin/python3")))]:
+        if python and os.path.exists(python):
+            version = subprocess.run([python, "-c", "import sys, tarfile; print(sys.version.split()[0],"
+                                      " hasattr(tarfile, 'data_filter'))"], capture_output=True, text=True,
+                                     timeout=60).stdout.split()
+            if version:
+                found.setdefault(version[0], pytest.param(python, id=f"{version[0]}-data_filter-{version[1]}"))
+    return list(found.values())
+
+
+PYTHONS = _pythons()  # each test below runs on every one of them
+
+
+def unpack_with(python: str, path: Path, max_unpacked: int = 0, max_members: int = 0) -> str:
+    """What ``archives.unpacked`` says of ``path`` when ``python`` runs it: "refused: ..." or "unpacked: [...]"."""
+    done = subprocess.run([python, "-c", UNPACK, str(path), str(max_unpacked), str(max_members)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def evil_tar(path: Path, members: list) -> Path:
+    """A tar of (name, link target or None, text) members: a symbolic link, or a file holding the text; a link
+    target starting with '=' makes a hard link."""
+    with tarfile.open(path, "w") as tar:
+        for name, link, text in members:
+            info = tarfile.TarInfo(name)
+            data = (text or "").encode()
+            if link and link.startswith("="):
+                info.type, info.linkname = tarfile.LNKTYPE, link[1:]
+            elif link:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+            elif name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return path
+
+
+@pytest.fixture
+def shipped(tmp_path) -> Path:
+    """HOME/shipped, two folders down, so an escape one or two levels up lands in this test's own folders."""
+    folder = tmp_path / "home" / "sub" / "shipped"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def assert_nothing_written_outside(shipped: Path, archive: Path) -> None:
+    tmp = shipped.parent.parent.parent
+    outside = [p for p in tmp.rglob("*") if shipped not in p.parents and p != shipped and p not in shipped.parents
+               and "work" not in p.relative_to(tmp).parts[:1]]
+    assert outside == [], outside
+    assert sorted(p.name for p in shipped.iterdir()) == [archive.name]  # nothing unpacked, nothing left over
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_a_chain_of_links_each_looking_inside_cannot_write_outside(shipped, python):
+    archive = evil_tar(shipped / "digest", [("s", ".", None), ("e1", "s/..", None), ("e1/s", ".", None),
+                                            ("e2", "e1/s/..", None), ("e2/ESCAPED.txt", None, "out\n")])
+    assert unpack_with(python, archive).startswith("refused: archive 'model' holds 'e1', a link to 's/..' outside")
+    assert_nothing_written_outside(shipped, archive)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_a_link_made_to_lead_outside_by_a_later_link_is_refused(shipped, python):
+    archive = evil_tar(shipped / "digest", [("x", "y/..", None), ("y", ".", None)])
+    assert unpack_with(python, archive) == "refused: archive 'model' holds 'x', a link to 'y/..', which leads" \
+                                           " outside its folder"
+    assert_nothing_written_outside(shipped, archive)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_an_archive_in_the_style_of_cve_2025_4517_cannot_write_outside(shipped, python):
+    """One-letter links to folders with names so long that the path they resolve to passes PATH_MAX, where
+    os.path.realpath (and so tarfile's data filter) stops following links and reads the rest as text; past
+    that point, the chain of links that each look inside climbs out of the folder."""
+    long_name = "d" * 247
+    members, path = [], ""
+    for step in "abcdefghijklmnop":
+        members += [(f"{path}{long_name}/", None, None), (f"{path}{step}", long_name, None)]
+        path += f"{long_name}/"
+    deep = "/".join("abcdefghijklmnop") + "/" + "l" * 254  # 17 folders down, named in 286 characters
+    members += [(deep + "/", None, None), (f"{deep}/s", ".", None), (f"{deep}/e1", "s/..", None)]
+    for climbed in range(2, 20):  # e<N> is N folders up: out of the folder at 18, out of shipped/ at 19
+        members += [(f"{deep}/e{climbed - 1}/s", ".", None), (f"{deep}/e{climbed}", f"e{climbed - 1}/s/..", None)]
+    members.append((f"{deep}/e19/ESCAPED.txt", None, "out\n"))
+    archive = evil_tar(shipped / "digest", members)
+    said = unpack_with(python, archive)  # too long a path to make, or a link that leads outside
+    assert said.startswith("refused: archive 'model' "), said
+    assert_nothing_written_outside(shipped, archive)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_links_and_hard_links_that_stay_inside_are_unpacked_as_links(shipped, python):
+    archive = evil_tar(shipped / "digest", [("lib/", None, None), ("lib/real.txt", None, "real\n"),
+                                            ("bin/", None, None), ("bin/link.txt", "../lib/real.txt", None),
+                                            ("same.txt", "=lib/real.txt", None), ("here", ".", None),
+                                            ("here/again.txt", None, "again\n")])
+    assert unpack_with(python, archive) == "unpacked: ['again.txt', 'bin', 'bin/link.txt', 'here', 'lib'," \
+                                           " 'lib/real.txt', 'same.txt']"
+    folder = shipped / "digest.unpacked"
+    assert (folder / "bin" / "link.txt").read_text() == (folder / "same.txt").read_text() == "real\n"
+    assert os.readlink(folder / "bin" / "link.txt") == "../lib/real.txt"
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_a_zip_bomb_is_refused_naming_the_archive_before_it_fills_the_disk(shipped, python):
+    archive = shipped / "digest"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bomb:
+        with bomb.open("zeros", "w", force_zip64=True) as zeros:
+            block = bytes(1 << 20)
+            for _ in range(1100):
+                zeros.write(block)
+    assert archive.stat().st_size < 1.5 * (1 << 20)
+    said = unpack_with(python, archive)
+    assert said == "refused: archive 'model' unpacks to more than 1,073,741,824 bytes (max_unpacked); refused"
+    assert_nothing_written_outside(shipped, archive)
+
+
+def test_unpacked_bytes_and_members_are_bounded_by_the_settings_for_tar_and_zip(shipped):
+    for kind, make in [("tar", tar_gz), ("zip", zipped)]:
+        archive = make(shipped / "digest", {f"f{i}.txt": "x" * 100 for i in range(10)})
+        assert unpack_with(sys.executable, archive, max_unpacked=999) == \
+            "refused: archive 'model' unpacks to more than 999 bytes (max_unpacked); refused", kind
+        assert unpack_with(sys.executable, archive, max_members=9) == \
+            "refused: archive 'model' holds more than 9 members (max_members); refused", kind
+        assert unpack_with(sys.executable, archive, max_unpacked=1000, max_members=10).startswith("unpacked:")
+        shutil.rmtree(shipped / "digest.unpacked")
+
+
+def test_a_tar_whose_header_understates_its_file_is_bounded_by_what_it_writes(shipped):
+    """A zip member's data can claim less than it unpacks to: bytes are counted as they are written."""
+    archive = shipped / "digest"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as made:
+        made.writestr("big.txt", "x" * 5000)
+    data = bytearray(archive.read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # the sizes in the local header and in the central directory
+        at = data.find(header)
+        offset = at + (22 if header == b"PK\x03\x04" else 24)
+        data[offset:offset + 4] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    said = unpack_with(sys.executable, archive, max_unpacked=1000)
+    assert said.startswith("refused: archive 'model'"), said
+
+
+def test_the_max_unpacked_and_max_members_settings_reach_the_workers(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a"])), "words")
+    model = tar_gz(tmp_path / "model.tar.gz", {"a.txt": "x" * 100, "b.txt": "y" * 100})
+    with pytest.raises(Exit, match=r"archive 'model' unpacks to more than 150 bytes \(max_unpacked\); refused"):
+        tasks.map(make_context(2, max_unpacked="150"), "| cat", "words", "out", archives=[f"{model}#model"])
+    with pytest.raises(Exit, match=r"archive 'model' holds more than 1 members \(max_members\); refused"):
+        tasks.map(make_context(2, max_members=1), "| cat", "words", "out", archives=[f"{model}#model"])
+    tasks.map(make_context(2, max_unpacked="200", max_members=2), "| cat", "words", "out",
+              archives=[f"{model}#model"])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tarfile
 import venv
 import zipfile
 from pathlib import Path
+
+import pytest
+from test_archives import PYTHONS
 
 import reductio
 from conftest import WORDJOBS
@@ -75,3 +79,66 @@ def test_the_worker_sdist_of_reductio_holds_the_package_and_no_dependencies(tmp_
     assert sorted(modules - files) == [], "modules the workers' wheel leaves out"
     assert "reductio/example/sample-words.txt" in files
     assert requires == []
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_an_sdist_is_unpacked_for_its_wheel_without_a_warning_on_every_python(tmp_path, python):
+    """Python 3.12 and later warn when tarfile unpacks with no filter: under -W error, that warning fails."""
+    sdist = packaging.build_sdist(WORDJOBS, tmp_path / "sdist")
+    unpack = ("import sys, tarfile; from pathlib import Path; from reductio import packaging;"
+              " packaging._safe_extract(tarfile.open(sys.argv[1]), Path(sys.argv[2]))")
+    done = subprocess.run([python, "-W", "error", "-c", unpack, str(sdist), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "wordjobs-0.1" / "setup.py").is_file()
+
+
+def test_a_project_whose_backend_fails_is_one_error_with_the_end_of_its_output(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "brokenbackend"\n'
+                                             'backend-path = ["."]\n')
+    (tmp_path / "brokenbackend.py").write_text("def build_sdist(out, config_settings=None):\n"
+                                               "    raise SystemExit('no sdist today: ' + out)\n")
+    with pytest.raises(packaging.ReductioError, match=f"build_sdist of {tmp_path} failed") as failed:
+        packaging.build_sdist(tmp_path, tmp_path / "out")
+    assert "no sdist today" in failed.value.details
+
+
+def test_the_backend_is_the_one_of_the_build_system_table_not_any_line_that_looks_like_it(tmp_path):
+    """A tool's own ``build-backend`` key is no build system: with no [build-system] table, PEP 517's default
+    (setuptools' legacy backend) builds the project."""
+    project = tmp_path / "wordjobs"
+    shutil.copytree(WORDJOBS, project)
+    (project / "pyproject.toml").write_text('[tool.release]\nbuild-backend = "not.a.backend"\n')
+    sdist = packaging.build_sdist(project, tmp_path / "sdist")
+    assert sdist.name == "wordjobs-0.1.tar.gz"
+    assert packaging.build_wheel(sdist, tmp_path / "wheel").name.startswith("wordjobs-0.1-")
+
+
+def test_a_wheelhouse_added_after_distribute_is_installed_by_the_next_distribute(ssh_workers, tmp_path, capsys):
+    from invoke import Exit
+
+    from conftest import SUPPORT, make_context, write_lines
+    from reductio import tasks
+
+    ssh_workers(2)
+    c = make_context(project=SUPPORT / "depjob")
+    tasks.setup(c)  # no wheelhouse: depjob without its dependency
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["quiet\t1", "calm\t2"])), "text")
+    with pytest.raises(Exit, match="No module named 'tinydep'"):
+        tasks.map(c, "depjob.shouted", "text", "loud")
+    wheelhouse = tmp_path / "wheels"
+    packaging.build_wheel(packaging.build_sdist(SUPPORT / "tinydep", tmp_path / "sdist"), wheelhouse)
+    c = make_context(project=SUPPORT / "depjob", wheelhouse=str(wheelhouse))
+    capsys.readouterr()
+    tasks.distribute(c)
+    assert "distribute: installed depjob-0.1.tar.gz on ssh-0, ssh-1" in capsys.readouterr().out
+    tasks.map(c, "depjob.shouted", "text", "loud")
+    tasks.merge(c, "loud", str(tmp_path / "loud.tsv"))
+    assert (tmp_path / "loud.tsv").read_text() == "CALM\t2\nQUIET\t1\n"
+    tasks.distribute(c)
+    assert "depjob-0.1.tar.gz unchanged on every SSH worker" in capsys.readouterr().out
+    (wheelhouse / "extra-1.0-py3-none-any.whl").write_bytes((next(wheelhouse.glob("tinydep-*.whl"))).read_bytes())
+    tasks.distribute(c)  # a wheel more in the wheelhouse: installed again
+    assert "distribute: installed depjob-0.1.tar.gz on ssh-0, ssh-1" in capsys.readouterr().out
+    with pytest.raises(Exit, match=f"the wheelhouse {tmp_path / 'none'} is not a folder"):
+        tasks.distribute(make_context(project=SUPPORT / "depjob", wheelhouse=str(tmp_path / "none")))
