@@ -331,16 +331,22 @@ class SshWorker(Worker):
         with self.reaching():
             return SshCommand(connection.transport, command, mode, self.beat, self.dead_after, on_progress)
 
+    def resolved(self) -> Tuple[str, int, str]:
+        """Host, port and user as the head's connection reached them: Fabric applies ~/.ssh/config's HostName,
+        Port and User where workers.cfg is silent, so the pinned key and scatter's target name the same sshd."""
+        connection = self.connection()
+        return connection.host, int(connection.port), connection.user
+
     def host_key_line(self) -> str:
         """This worker's host key as a known_hosts line, as the head verified it."""
         key = self.connection().transport.get_remote_server_key()
-        port = self.spec.port or 22
-        host = self.spec.host if port == 22 else f"[{self.spec.host}]:{port}"
+        host, port, _ = self.resolved()
+        host = host if port == 22 else f"[{host}]:{port}"
         return f"{host} {key.get_name()} {key.get_base64()}\n"
 
     def destination(self) -> dict:
-        return {"kind": "ssh", "name": self.name, "host": self.spec.host, "port": self.spec.port or 22,
-                "user": self.spec.username, "home": self.home,
+        host, port, user = self.resolved()
+        return {"kind": "ssh", "name": self.name, "host": host, "port": port, "user": user, "home": self.home,
                 "compress": settings(self._config).get("compress", False), "dead_after": self.dead_after}
 
 

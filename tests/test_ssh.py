@@ -332,3 +332,27 @@ def test_a_second_job_in_the_same_process_with_other_settings_gets_connections_a
         sock = worker.connection().transport.sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == timeout
         assert worker.session().command.beat == beat  # the head's beat on its control session
+
+
+def test_workers_whose_port_and_user_come_only_from_ssh_config_are_pinned_and_scattered_to_as_reached(
+        ssh_workers, sshd_cluster, isolated_home, words, tmp_path):
+    from reductio.cluster import Cluster
+
+    ssh_workers(2)
+    cfg, ssh_config = [], []
+    for i, daemon in enumerate(sshd_cluster.daemons[:2]):
+        cfg.append(f"[ssh-{i}]\nhost = worker{i}\nhome = {sshd_cluster.homes / f'ssh-{i}'}\n"
+                   f"authorized_keys = {sshd_cluster.authorized_keys}\n")
+        ssh_config.append(f"Host worker{i}\n    HostName 127.0.0.1\n    Port {daemon.port}\n"
+                          f"    User {sshd_cluster.user}\n    IdentityFile {sshd_cluster.user_key}\n")
+    Path("workers.cfg").write_text("\n".join(cfg))
+    (isolated_home / ".ssh" / "config").write_text("".join(ssh_config))
+    config = FabricConfig(overrides={"reductio": {}})  # Fabric's own config, as the program's: it reads ~/.ssh/config
+    config.set_project_location(str(WORDJOBS))
+    c = Context(config=config)
+    tasks.setup(c)
+    for worker, daemon in zip(Cluster.from_context(c).workers, sshd_cluster.daemons):
+        assert worker.host_key_line() == daemon.known_hosts_line()
+        assert (worker.destination()["host"], worker.destination()["port"], worker.destination()["user"]) == (
+            "127.0.0.1", daemon.port, sshd_cluster.user)
+    assert run_bigrams(c, words, tmp_path / "aliased.tsv") == bigram_table(words)  # scatter reached each other
