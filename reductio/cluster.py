@@ -139,7 +139,6 @@ class Worker:
                 if control is not None:
                     return control.ask(step, params)
             except WorkerUnreachable as err:
-                err = self.why_unreachable(err)
                 if isinstance(err, FINAL) or self.lost is not None:
                     raise err from None
                 log.debug("%s: control session: %s; running %s on its own", self.name, err, step)
@@ -157,7 +156,6 @@ class Worker:
                 held[self.name] = command
                 return result
             except WorkerUnreachable as err:
-                err = self.why_unreachable(err)
                 if round_ == retries or isinstance(err, FINAL) or self.lost is not None:
                     raise err from None
                 wait = delay * 2 ** round_
@@ -165,10 +163,6 @@ class Worker:
                       file=sys.stderr, flush=True)
                 time.sleep(wait)
         raise AssertionError("unreachable")
-
-    def why_unreachable(self, error: WorkerUnreachable) -> WorkerUnreachable:
-        """``error`` as the step reports it: over SSH, a connection the kernel timed out is a silent host."""
-        return error
 
     def session(self):
         """This worker's control session (session.py), started if need be; None where commands are cheap."""
@@ -220,6 +214,7 @@ class SshWorker(Worker):
         super().__init__(spec, index, config)
         self._config = config
         self.venv = f"{spec.home.rstrip('/')}/venv"
+        self._offered = (spec.username or getpass.getuser(), "")  # the user and keys of the last connect, as tried
         found = settings(config)
         self.retries = (found.get("retries", 3), found.get("retry_delay", 1.0))
 
@@ -246,8 +241,8 @@ class SshWorker(Worker):
         return link
 
     def _key(self) -> tuple:
-        return (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename,
-                self.dead_after, self.stuck_after, self.beat)
+        return (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename, self.dead_after,
+                self.beat)
 
     def session(self):
         """One per connection and home: a login shell and a Python for each control step cost 0.3 s there."""
@@ -287,6 +282,7 @@ class SshWorker(Worker):
             if hop is not connection:  # and gets no timeout of its own from Fabric: the same as ours
                 hop.connect_timeout = self.dead_after
                 hop.connect_kwargs = dict(hop.connect_kwargs, **timeouts)
+        self._offered = (connection.user, _keys_offered(connection.connect_kwargs))
         with self.reaching():
             connection.open()
         for hop in _hops(connection):
@@ -300,16 +296,6 @@ class SshWorker(Worker):
     def heard(self, command: Command) -> float:
         link = self._connections.get(self._key())
         return command.heard if link is None else max(command.heard, link.heard())
-
-    def why_unreachable(self, error: WorkerUnreachable) -> WorkerUnreachable:
-        link = self._connections.get(self._key())
-        transport = link.connection.transport if link is not None else None
-        cause = getattr(transport, "saved_exception", None)
-        if isinstance(error, FINAL) or getattr(cause, "errno", None) != errno.ETIMEDOUT:
-            return error
-        # TCP_USER_TIMEOUT: what the head sent went unacknowledged for dead_after; a retry would wait as long
-        return WorkerSilent(f"no answer from {self.where()} for {self.dead_after:g} s (dead_after): its connection"
-                            " timed out; it is lost")
 
     def limit(self) -> str:
         link = self._connections.get(self._key())
@@ -428,17 +414,21 @@ class _Reaching:
         where = f"{spec.host}:{port}"
         shown = spec.host if port == 22 else f"[{spec.host}]:{port}"  # as known_hosts writes it
         if isinstance(error, paramiko.BadHostKeyException):
+            shown = error.hostname or shown  # as known_hosts names it: after ~/.ssh/config, or a gateway
+            found = re.fullmatch(r"\[([^\]]+)\]:(\d+)", shown)
+            host, port = found.groups() if found else (shown, 22)
             raise WorkerRefused(
                 f"host key of {shown} has CHANGED (got {error.key.get_name()} {error.key.get_fingerprint().hex()});"
                 " refusing to connect. If the machine was reinstalled, remove its old line"
-                f" (ssh-keygen -R '{shown}'), check the new key (ssh-keyscan -p {port} {spec.host}) and add it"
+                f" (ssh-keygen -R '{shown}'), check the new key (ssh-keyscan -p {port} {host}) and add it"
                 " to ~/.ssh/known_hosts") from None
         if isinstance(error, paramiko.AuthenticationException) or (
                 isinstance(error, paramiko.SSHException) and "No authentication methods" in str(error)):
+            user, keys = self.worker._offered
             raise WorkerRefused(
-                f"authentication to {where} as {spec.username or getpass.getuser()} failed ({error});"
-                f" tried {_keys_tried(spec)}; check key_filename or ssh-agent, and that the public key is in that"
-                " account's ~/.ssh/authorized_keys (ssh-copy-id)") from None
+                f"authentication to {where} as {user} failed ({error}); tried {keys}; check key_filename or"
+                " ssh-agent, and that the public key is in that account's ~/.ssh/authorized_keys (ssh-copy-id)"
+            ) from None
         if isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
             server = re.match(r"Server '\[?([^\]']+)\]?(?::(\d+))?' not found", str(error))
             host, port = (server.group(1), server.group(2) or "22") if server else (spec.host, port)
@@ -473,15 +463,17 @@ def _no_route(error: BaseException) -> str:
     return ""
 
 
-def _keys_tried(spec: WorkerSpec) -> str:
-    """The key files (and agent) paramiko offered for ``spec``, as the error names them."""
-    if spec.key_filename:
-        files = [spec.key_filename] if isinstance(spec.key_filename, str) else list(spec.key_filename)
-    else:
-        files = [path for path in (f"~/.ssh/id_{kind}" for kind in ("rsa", "ecdsa", "ed25519", "dsa"))
-                 if os.path.exists(os.path.expanduser(path))]
-    agent = ["ssh-agent"] if os.environ.get("SSH_AUTH_SOCK") else []
-    return ", ".join(files + agent) or "no key at all (no key_filename, no ~/.ssh/id_* file, no ssh-agent)"
+def _keys_offered(connect_kwargs: dict) -> str:
+    """The key files and agent paramiko offers, in its order: key_filename (workers.cfg's, or ~/.ssh/config's
+    IdentityFile as Fabric passes them), ssh-agent, then ~/.ssh/id_* (look_for_keys); as an error names them."""
+    given = connect_kwargs.get("key_filename") or []
+    files = [given] if isinstance(given, str) else list(given)
+    if connect_kwargs.get("allow_agent", True) and os.environ.get("SSH_AUTH_SOCK"):
+        files.append("ssh-agent")
+    if connect_kwargs.get("look_for_keys", True):
+        files += [path for path in (f"~/.ssh/id_{kind}" for kind in ("rsa", "ecdsa", "ed25519", "dsa"))
+                  if os.path.exists(os.path.expanduser(path)) and path not in files]
+    return ", ".join(files) or "no key at all (no key_filename, no ~/.ssh/id_* file, no ssh-agent)"
 
 
 class Cluster:

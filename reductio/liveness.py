@@ -5,10 +5,14 @@ Every reductio command on a worker says something at least every beat
 on its stdin; on an SSH connection the head also asks the server for a
 keepalive reply every beat. A watchdog thread looks at every such command;
 one whose worker was not heard from -- no output, and over SSH no packet at
-all -- for ``dead_after`` seconds is ended with a WorkerSilent error naming
-its host, and that worker's connection is hung up so nothing else waits on
-it. Below that, TCP_USER_TIMEOUT closes a connection whose peer stopped
-acknowledging, between commands too (cluster.py).
+all on its own connection -- for ``dead_after`` seconds is ended with a
+WorkerSilent error naming its host, and that worker's connection is hung up
+so nothing else waits on it. A host that freezes still acknowledges at the
+TCP level, so only this clock catches it. A command that says nothing for
+``stuck_after`` seconds while its host still answers keepalives (a stopped
+or deadlocked worker process) is lost the same way. Below that,
+TCP_USER_TIMEOUT closes a connection whose peer stopped acknowledging,
+between commands too (cluster.py).
 
 The commands of one fan-out form a ``Group``: when one worker is lost the
 others' commands of that step are ended as well, so the step stops within
@@ -137,14 +141,17 @@ class _Watchdog:
         while True:
             time.sleep(_LOOK_EVERY)
             now = time.monotonic()
+            lost: Dict[object, tuple] = {}  # worker -> (command, why): each worker is given up once
             with self._lock:
                 # a command whose stderr ended says no more: whoever waits on it learns how it ended
                 watched = [entry for entry in self._watched if not entry[0].says_no_more()]
-                lost = [(command, worker, why) for command, worker in watched
-                        for why in [silence(command, worker, now)] if why is not None]
-                self._watched = [entry for entry in watched if entry[0] not in {c for c, _, _ in lost}]
-            for command, worker, error in lost:
-                threading.Thread(target=_give_up, args=(command, worker, error), daemon=True,
+                for command, worker in watched:
+                    why = silence(command, worker, now)
+                    if why is not None and worker not in lost:
+                        lost[worker] = (command, why)
+                self._watched = [(command, worker) for command, worker in watched if worker not in lost]
+            for worker, (command, why) in lost.items():
+                threading.Thread(target=_give_up, args=(command, worker, why), daemon=True,
                                  name=f"reductio-lose-{worker.name}").start()
 
 
