@@ -214,7 +214,9 @@ class SshWorker(Worker):
         super().__init__(spec, index, config)
         self._config = config
         self.venv = f"{spec.home.rstrip('/')}/venv"
-        self._offered = (spec.username or getpass.getuser(), "")  # the user and keys of the last connect, as tried
+        # what the last connect tried, as its errors name it: user and keys; host and port after ~/.ssh/config
+        self._offered = (spec.username or getpass.getuser(), "")
+        self._reached = (spec.host, spec.port or 22)
         found = settings(config)
         self.retries = (found.get("retries", 3), found.get("retry_delay", 1.0))
 
@@ -283,6 +285,7 @@ class SshWorker(Worker):
                 hop.connect_timeout = self.dead_after
                 hop.connect_kwargs = dict(hop.connect_kwargs, **timeouts)
         self._offered = (connection.user, _keys_offered(connection.connect_kwargs))
+        self._reached = (connection.host, int(connection.port))
         with self.reaching():
             connection.open()
         for hop in _hops(connection):
@@ -414,9 +417,8 @@ class _Reaching:
         where = f"{spec.host}:{port}"
         shown = spec.host if port == 22 else f"[{spec.host}]:{port}"  # as known_hosts writes it
         if isinstance(error, paramiko.BadHostKeyException):
-            shown = error.hostname or shown  # as known_hosts names it: after ~/.ssh/config, or a gateway
-            found = re.fullmatch(r"\[([^\]]+)\]:(\d+)", shown)
-            host, port = found.groups() if found else (shown, 22)
+            host, port = self.worker._reached  # as ~/.ssh/config resolved them, which known_hosts names
+            shown = host if port == 22 else f"[{host}]:{port}"
             raise WorkerRefused(
                 f"host key of {shown} has CHANGED (got {error.key.get_name()} {error.key.get_fingerprint().hex()});"
                 " refusing to connect. If the machine was reinstalled, remove its old line"
