@@ -185,6 +185,16 @@ def test_a_head_that_loses_its_route_to_a_host_mid_map_stops_within_dead_after_w
     assert "load: input is up to date; skipped" in out
 
 
+def test_a_head_that_loses_its_route_to_a_sender_mid_scatter_stops_within_dead_after(network, job, capsys):
+    out = cut_during(network, job, 0, RunningCutFromHead("reductio.worker send"), "here", capsys)
+    assert "map: pairs is up to date from input; skipped" in out
+
+
+def test_a_head_that_loses_its_route_to_a_host_mid_merge_writes_no_output(network, job, capsys):
+    out = cut_during(network, job, 0, RunningCutFromHead("reductio.worker cat"), "no-such-dataset", capsys)
+    assert "reduce: counts is up to date from sorted; skipped" in out
+
+
 def test_a_host_the_head_has_no_route_to_before_a_step_is_one_line_naming_it_never_retried(network, job, capsys):
     c, data, expected = job
     tasks.load(c, str(data), "input")
