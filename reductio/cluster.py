@@ -9,7 +9,9 @@ other workers' commands of that step too.
 
 from __future__ import annotations
 
+import errno
 import functools
+import getpass
 import logging
 import os
 import re
@@ -25,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 import reductio
 from reductio import liveness, session
 from reductio.config import WorkerSpec, load_workers, settings
-from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerSilent, WorkerUnreachable
+from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerRefused, WorkerSilent, WorkerUnreachable
 from reductio.protocol import shell_path, worker_command
 from reductio.transport import Command, Finished, LocalCommand, SshCommand, shut
 
@@ -33,6 +35,7 @@ T = TypeVar("T")
 log = logging.getLogger("reductio")
 _REDUCTIO_PARENT = str(Path(reductio.__file__).resolve().parent.parent)
 KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.reductio/known_hosts")
+FINAL = (WorkerSilent, WorkerRefused)  # never retried: the silence already took dead_after; waiting mends no key
 
 
 class Worker:
@@ -44,6 +47,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec, index: int, config) -> None:
         self.spec, self.index, self.name, self.home = spec, index, spec.name, spec.home
         self.dead_after, self.beat = liveness.dead_after(config), liveness.beat(config)
+        self.stuck_after = liveness.stuck_after(config)
         self.lost: Optional[ReductioError] = None  # set once this task has given the worker up
         self._commands: List[Tuple[Command, Optional[liveness.Group]]] = []  # each with its fan-out, if any
         self._lock = threading.Lock()
@@ -72,7 +76,7 @@ class Worker:
         if group is not None:
             group.add(started)
         if watch:
-            liveness.watchdog.watch(started, self, self.dead_after)
+            liveness.watchdog.watch(started, self)
         return started
 
     def lose(self, error: ReductioError) -> None:
@@ -93,8 +97,13 @@ class Worker:
         """Drop the worker's connection, if it has one."""
 
     def heard(self, command: Command) -> float:
-        """When this worker last gave a sign of life while running ``command`` (time.monotonic)."""
+        """When this worker last gave a sign of life while running ``command`` (time.monotonic): the command's
+        own words, or over SSH any packet of its connection (its host answers keepalives)."""
         return command.heard
+
+    def limit(self) -> str:
+        """The limit a quiet worker runs into, as the progress line names it."""
+        return f"dead_after {self.dead_after:g} s"
 
     def run(self, command: str) -> Finished:
         """Run a plain shell command (small output only: the end of it is kept)."""
@@ -130,8 +139,8 @@ class Worker:
                 if control is not None:
                     return control.ask(step, params)
             except WorkerUnreachable as err:
-                if isinstance(err, WorkerSilent) or self.lost is not None:
-                    raise
+                if isinstance(err, FINAL) or self.lost is not None:
+                    raise err from None
                 log.debug("%s: control session: %s; running %s on its own", self.name, err, step)
                 self.end_session()
         retries, delay = self.retries
@@ -147,8 +156,8 @@ class Worker:
                 held[self.name] = command
                 return result
             except WorkerUnreachable as err:
-                if round_ == retries or isinstance(err, WorkerSilent) or self.lost is not None:
-                    raise
+                if round_ == retries or isinstance(err, FINAL) or self.lost is not None:
+                    raise err from None
                 wait = delay * 2 ** round_
                 print(f"reductio: {self.name}: {err}; retrying in {wait:g} s ({round_ + 2} of {retries + 1})",
                       file=sys.stderr, flush=True)
@@ -194,7 +203,9 @@ class SshWorker(Worker):
     """A worker reached over SSH with Fabric; host keys must be known, never added blindly."""
 
     is_local = False
-    _connections: Dict[tuple, object] = {}
+    #: Open links by host, port, user, key and the liveness settings they were opened with: a job with other
+    #: settings in the same process gets connections (and sessions) of its own (_key).
+    _connections: Dict[tuple, "_Link"] = {}
     _connecting: Dict[tuple, threading.RLock] = {}  # one per host: a host that does not answer holds up no other
     _connections_lock = threading.Lock()
     _sessions: Dict[tuple, "session.Session"] = {}  # by connection and home
@@ -203,6 +214,9 @@ class SshWorker(Worker):
         super().__init__(spec, index, config)
         self._config = config
         self.venv = f"{spec.home.rstrip('/')}/venv"
+        # what the last connect tried, as its errors name it: user and keys; host and port after ~/.ssh/config
+        self._offered = (spec.username or getpass.getuser(), "")
+        self._reached = (spec.host, spec.port or 22)
         found = settings(config)
         self.retries = (found.get("retries", 3), found.get("retry_delay", 1.0))
 
@@ -213,20 +227,24 @@ class SshWorker(Worker):
         return f"{self.name} ({self.spec.host}:{self.spec.port or 22})" if self.name != self.spec.host else self.name
 
     def connection(self):
-        """The open Fabric connection to this worker, shared by every task of this process."""
+        """The open Fabric connection to this worker, shared by every task of this process with its settings."""
+        return self._link().connection
+
+    def _link(self) -> "_Link":
         key = self._key()
         with SshWorker._connections_lock:
             connecting = SshWorker._connecting.setdefault(key, threading.RLock())
         with connecting:
-            connection = self._connections.get(key)
-            if connection is None or not connection.is_connected:
-                connection = self._connect()
+            link = self._connections.get(key)
+            if link is None or not link.connection.is_connected:
+                link = self._connect()
                 with SshWorker._connections_lock:
-                    self._connections[key] = connection
-        return connection
+                    self._connections[key] = link
+        return link
 
     def _key(self) -> tuple:
-        return (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename)
+        return (self.spec.host, self.spec.port, self.spec.username, self.spec.key_filename, self.dead_after,
+                self.beat)
 
     def session(self):
         """One per connection and home: a login shell and a Python for each control step cost 0.3 s there."""
@@ -244,7 +262,7 @@ class SshWorker(Worker):
         if control is not None:
             control.end()
 
-    def _connect(self):
+    def _connect(self) -> "_Link":
         from fabric import Connection
         from paramiko import RejectPolicy
 
@@ -257,59 +275,108 @@ class SshWorker(Worker):
             self.spec.host, user=self.spec.username, port=self.spec.port, connect_timeout=self.dead_after,
             connect_kwargs=connect_kwargs, config=self._config,
         )
-        hop = connection
-        while isinstance(hop, Connection):  # every ProxyJump hop too: Fabric's own accept any host key
+        for hop in _hops(connection):  # every ProxyJump hop too: Fabric's own accept any host key
             for path in KNOWN_HOSTS:
                 path = os.path.expanduser(path)
                 if os.path.exists(path):
                     hop.client.load_system_host_keys(path)
             hop.client.set_missing_host_key_policy(RejectPolicy())
-            hop = hop.gateway
+            if hop is not connection:  # and gets no timeout of its own from Fabric: the same as ours
+                hop.connect_timeout = self.dead_after
+                hop.connect_kwargs = dict(hop.connect_kwargs, **timeouts)
+        self._offered = (connection.user, _keys_offered(connection.connect_kwargs))
+        self._reached = (connection.host, int(connection.port))
         with self.reaching():
             connection.open()
-        _keep_alive(connection.transport, self.dead_after)
-        connection.reductio_heard = liveness.hear_connection(connection.transport, self.beat)
-        return connection
+        for hop in _hops(connection):
+            _keep_alive(hop.transport, self.dead_after)
+            if hop is not connection:  # something to send, so a gateway that went away is found out
+                hop.transport.set_keepalive(max(1, round(self.beat)))
+        # The clock lives in our own object: an attribute set on a Connection lands in the Config that every
+        # worker's connection shares, and each worker would read the clock of the last one opened.
+        return _Link(connection, liveness.hear_connection(connection.transport, self.beat))
 
     def heard(self, command: Command) -> float:
-        connection = self._connections.get(self._key())
-        heard = getattr(connection, "reductio_heard", None)
-        return max(command.heard, heard()) if heard else command.heard
+        link = self._connections.get(self._key())
+        return command.heard if link is None else max(command.heard, link.heard())
+
+    def limit(self) -> str:
+        link = self._connections.get(self._key())
+        if link is not None and time.monotonic() - link.heard() < 2 * self.beat + 1:
+            return f"its host answers; stuck_after {self.stuck_after:g} s"
+        return super().limit()
 
     def reaching(self):
         return _Reaching(self)
 
     def hang_up(self) -> None:
         with SshWorker._connections_lock:
-            connection = self._connections.pop(self._key(), None)
-        if connection is not None:
-            transport = connection.transport
-            if transport is not None and transport.sock is not None:
-                shut(transport.sock)  # wakes a thread blocked sending to a host that went silent
-            connection.close()
+            link = self._connections.pop(self._key(), None)
+        if link is not None:
+            link.close()
 
     def _start(self, command: str, mode: str, on_progress=None) -> Command:
         connection = self.connection()
         with self.reaching():
             return SshCommand(connection.transport, command, mode, self.beat, self.dead_after, on_progress)
 
+    def resolved(self) -> Tuple[str, int, str]:
+        """Host, port and user as the head's connection reached them: Fabric applies ~/.ssh/config's HostName,
+        Port and User where workers.cfg is silent, so the pinned key and scatter's target name the same sshd."""
+        connection = self.connection()
+        return connection.host, int(connection.port), connection.user
+
     def host_key_line(self) -> str:
         """This worker's host key as a known_hosts line, as the head verified it."""
         key = self.connection().transport.get_remote_server_key()
-        port = self.spec.port or 22
-        host = self.spec.host if port == 22 else f"[{self.spec.host}]:{port}"
+        host, port, _ = self.resolved()
+        host = host if port == 22 else f"[{host}]:{port}"
         return f"{host} {key.get_name()} {key.get_base64()}\n"
 
     def destination(self) -> dict:
-        return {"kind": "ssh", "name": self.name, "host": self.spec.host, "port": self.spec.port or 22,
-                "user": self.spec.username, "home": self.home,
+        host, port, user = self.resolved()
+        return {"kind": "ssh", "name": self.name, "host": host, "port": port, "user": user, "home": self.home,
                 "compress": settings(self._config).get("compress", False), "dead_after": self.dead_after}
+
+
+class _Link:
+    """One open connection to a worker host, and its own clock: when it last received a packet."""
+
+    def __init__(self, connection, heard: Callable[[], float]) -> None:
+        self.connection, self.heard = connection, heard
+
+    def close(self) -> None:
+        """Cut the socket first (that wakes a thread blocked sending to a silent host), then close.
+
+        Through ProxyJump the connection's socket is a channel of the hop's, whose shutdown would wait on a
+        writer stuck on a dead gateway: the first hop's own socket is cut instead, which ends them all."""
+        for hop in reversed(_hops(self.connection)):
+            transport = hop.transport
+            if transport is not None and isinstance(transport.sock, socket.socket):
+                shut(transport.sock)
+                break
+        for hop in _hops(self.connection):
+            try:
+                hop.close()
+            except Exception:  # noqa: BLE001 - EOFError, SSHException: a channel of a hop cut just now
+                pass
+
+
+def _hops(connection) -> list:
+    """The connection and each ProxyJump gateway it goes through, the first hop from the head last."""
+    from fabric import Connection
+
+    hops = []
+    while isinstance(connection, Connection):
+        hops.append(connection)
+        connection = connection.gateway
+    return hops
 
 
 def _keep_alive(transport, dead_after: float) -> None:
     """A kernel that drops the connection when what we send (keepalives too) goes unacknowledged."""
     sock = transport.sock
-    if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):  # not through a gateway
+    if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):  # a gateway's channel: its hop
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))
 
 
@@ -331,7 +398,8 @@ def _gcm_first(sock, **kwargs):
 
 
 class _Reaching:
-    """Turns SSH failures into one-line WorkerUnreachable errors naming the worker."""
+    """Turns SSH failures into one-line WorkerUnreachable errors naming the worker; WorkerRefused for those
+    that waiting does not mend (host key, authentication, no route), which are never retried."""
 
     def __init__(self, worker: SshWorker) -> None:
         self.worker = worker
@@ -345,29 +413,69 @@ class _Reaching:
         import paramiko
 
         spec = self.worker.spec
-        where = f"{spec.host}:{spec.port or 22}"
+        port = spec.port or 22
+        where = f"{spec.host}:{port}"
+        shown = spec.host if port == 22 else f"[{spec.host}]:{port}"  # as known_hosts writes it
         if isinstance(error, paramiko.BadHostKeyException):
-            message = (f"host key of {where} has CHANGED (got {error.key.get_name()} {error.key.get_fingerprint().hex()});"
-                       " refusing to connect. If the machine was reinstalled, remove its old line from known_hosts")
-        elif isinstance(error, paramiko.AuthenticationException):
-            message = f"authentication to {where} as {spec.username or 'the current user'} failed: check key_filename or ssh-agent"
-        elif isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
+            host, port = self.worker._reached  # as ~/.ssh/config resolved them, which known_hosts names
+            shown = host if port == 22 else f"[{host}]:{port}"
+            raise WorkerRefused(
+                f"host key of {shown} has CHANGED (got {error.key.get_name()} {error.key.get_fingerprint().hex()});"
+                " refusing to connect. If the machine was reinstalled, remove its old line"
+                f" (ssh-keygen -R '{shown}'), check the new key (ssh-keyscan -p {port} {host}) and add it"
+                " to ~/.ssh/known_hosts") from None
+        if isinstance(error, paramiko.AuthenticationException) or (
+                isinstance(error, paramiko.SSHException) and "No authentication methods" in str(error)):
+            user, keys = self.worker._offered
+            raise WorkerRefused(
+                f"authentication to {where} as {user} failed ({error}); tried {keys}; check key_filename or"
+                " ssh-agent, and that the public key is in that account's ~/.ssh/authorized_keys (ssh-copy-id)"
+            ) from None
+        if isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
             server = re.match(r"Server '\[?([^\]']+)\]?(?::(\d+))?' not found", str(error))
-            host, port = (server.group(1), server.group(2) or "22") if server else (spec.host, spec.port or 22)
-            shown = host if str(port) == "22" else f"[{host}]:{port}"  # as known_hosts writes it: a gateway's too
-            message = (f"host key of {shown} is unknown; verify it, then add it to ~/.ssh/known_hosts"
-                       f" (ssh-keyscan -p {port} {host})")
-        elif isinstance(error, (socket.timeout, TimeoutError)) or (
+            host, port = (server.group(1), server.group(2) or "22") if server else (spec.host, port)
+            shown = host if str(port) == "22" else f"[{host}]:{port}"  # a gateway's too
+            raise WorkerRefused(f"host key of {shown} is unknown; verify it, then add it to ~/.ssh/known_hosts"
+                                f" (ssh-keyscan -p {port} {host})") from None
+        if isinstance(error, (socket.timeout, TimeoutError)) or (
                 isinstance(error, paramiko.SSHException) and str(error).startswith("Timeout opening channel")):
             silent = f"cannot reach {where}: no answer within {self.worker.dead_after:g} s (dead_after)"
             raise WorkerSilent(silent) from None
-        elif isinstance(error, EOFError):
+        if _no_route(error):
+            raise WorkerRefused(f"cannot reach {where}: this machine has no route to it ({_no_route(error)});"
+                                " check the head's network (interface, VPN, routes)") from None
+        if isinstance(error, EOFError):
             message = f"cannot reach {where}: the connection dropped"
         elif isinstance(error, (OSError, paramiko.SSHException)):
             message = f"cannot reach {where}: {error.strerror if getattr(error, 'strerror', None) else error}"
         else:
             return False
         raise WorkerUnreachable(message) from None
+
+
+_NO_ROUTE = (errno.EINVAL, errno.ENETUNREACH, errno.EHOSTUNREACH)  # EINVAL: a blackhole route on the head
+
+
+def _no_route(error: BaseException) -> str:
+    """The reason a connect failed because this machine cannot send there, or ""."""
+    causes = [error] + list(getattr(error, "errors", {}).values())  # paramiko's NoValidConnectionsError
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.errno in _NO_ROUTE:
+            return cause.strerror or os.strerror(cause.errno)
+    return ""
+
+
+def _keys_offered(connect_kwargs: dict) -> str:
+    """The key files and agent paramiko offers, in its order: key_filename (workers.cfg's, or ~/.ssh/config's
+    IdentityFile as Fabric passes them), ssh-agent, then ~/.ssh/id_* (look_for_keys); as an error names them."""
+    given = connect_kwargs.get("key_filename") or []
+    files = [given] if isinstance(given, str) else list(given)
+    if connect_kwargs.get("allow_agent", True) and os.environ.get("SSH_AUTH_SOCK"):
+        files.append("ssh-agent")
+    if connect_kwargs.get("look_for_keys", True):
+        files += [path for path in (f"~/.ssh/id_{kind}" for kind in ("rsa", "ecdsa", "ed25519", "dsa"))
+                  if os.path.exists(os.path.expanduser(path)) and path not in files]
+    return ", ".join(files) or "no key at all (no key_filename, no ~/.ssh/id_* file, no ssh-agent)"
 
 
 class Cluster:

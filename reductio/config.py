@@ -316,7 +316,7 @@ _SETTINGS = {
     "workers": _as_is,  # checked by load_workers, entry by entry
     "local_workers": _whole(1), "processes": _whole(1), "combine_limit": _whole(1), "sort_parallel": _whole(1),
     "retries": _whole(0), "retry_delay": _seconds(0), "progress_interval": _seconds(0, above=True),
-    "dead_after": _seconds(0, above=True), "scatter_streams": _whole(1),
+    "dead_after": _seconds(0, above=True), "stuck_after": _seconds(0, above=True), "scatter_streams": _whole(1),
     "sort_buffer": _size, "max_record": _bytes, "compress": _flag, "force": _flag, "log": _log_path,
     "wheelhouse": _folder, "max_unpacked": _bytes, "max_members": _whole(1),
 }

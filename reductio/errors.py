@@ -55,6 +55,11 @@ class WorkerSilent(WorkerUnreachable):
     """
 
 
+class WorkerRefused(WorkerUnreachable):
+    """Reaching a worker failed in a way that waiting does not mend: its host key, authentication, no route
+    from the head. Not retried: the message says what to do."""
+
+
 class StepFailed(ReductioError):
     """One step failed on some workers: ``errors`` maps worker name to its error.
 
@@ -77,7 +82,7 @@ class StepFailed(ReductioError):
 _KINDS = {
     cls.__name__: cls
     for cls in (ReductioError, ConfigError, DatasetError, InputError, UserCodeError, WorkerUnreachable,
-                WorkerSilent)
+                WorkerSilent, WorkerRefused)
 }
 
 

@@ -46,6 +46,7 @@ class Display:
     def __init__(self, step: str, workers, every: float, stream=None) -> None:
         self.step, self.every = step, every
         self.names = [w.name for w in workers]
+        self.limits = {w.name: getattr(w, "limit", None) for w in workers}  # which limit a quiet one runs into
         self.stream = stream or sys.stderr
         self.done: Dict[str, int] = {}
         self.total: Dict[str, int] = {}
@@ -116,7 +117,8 @@ class Display:
         elapsed = max(time.time() - self.started, 1e-6)
         rate = done / elapsed
         quiet = self.quiet()
-        silent = f"; {', '.join(f'{w}: no report for {s:.0f} s' for w, s in quiet.items())}" if quiet else ""
+        silent = f"; {', '.join(f'{w}: no report for {s:.0f} s{self._limit(w)}' for w, s in quiet.items())}" \
+            if quiet else ""
         parts = ", ".join((f"{w} {100 * d / self.total[w]:.0f}%" if self.total[w] else f"{w} -")
                           + (f" ({self.status[w]})" if w in self.status else "")
                           for w, d in sorted(self.done.items()))
@@ -126,6 +128,10 @@ class Display:
         share = f"{100 * done / total:.0f}%" if total else "?"
         eta = f", ETA {(total - done) / rate:.0f} s" if rate and total else ""
         return f"{share} of {total} lines ({parts}), {rate:,.0f} lines/s{eta}{silent}"
+
+    def _limit(self, worker: str) -> str:
+        limit = self.limits.get(worker)
+        return f" ({limit()})" if limit else ""
 
     def _tick(self) -> None:
         while not self.closed.wait(self.every):

@@ -5,10 +5,14 @@ Every reductio command on a worker says something at least every beat
 on its stdin; on an SSH connection the head also asks the server for a
 keepalive reply every beat. A watchdog thread looks at every such command;
 one whose worker was not heard from -- no output, and over SSH no packet at
-all -- for ``dead_after`` seconds is ended with a WorkerSilent error naming
-its host, and that worker's connection is hung up so nothing else waits on
-it. Below that, TCP_USER_TIMEOUT closes a connection whose peer stopped
-acknowledging, between commands too (cluster.py).
+all on its own connection -- for ``dead_after`` seconds is ended with a
+WorkerSilent error naming its host, and that worker's connection is hung up
+so nothing else waits on it. A host that freezes still acknowledges at the
+TCP level, so only this clock catches it. A command that says nothing for
+``stuck_after`` seconds while its host still answers keepalives (a stopped
+or deadlocked worker process) is lost the same way. Below that,
+TCP_USER_TIMEOUT closes a connection whose peer stopped acknowledging,
+between commands too (cluster.py).
 
 The commands of one fan-out form a ``Group``: when one worker is lost the
 others' commands of that step are ended as well, so the step stops within
@@ -28,12 +32,19 @@ from reductio.feedback import interval
 
 log = logging.getLogger("reductio")
 DEFAULT_DEAD_AFTER = 30.0
+DEFAULT_STUCK_AFTER = 600.0  # Hadoop's mapreduce.task.timeout: ten minutes
 _LOOK_EVERY = 0.25  # seconds between the watchdog's looks
 
 
 def dead_after(config) -> float:
     """Seconds of silence after which a worker is lost (``reductio: dead_after``)."""
     return settings(config).get("dead_after", DEFAULT_DEAD_AFTER)
+
+
+def stuck_after(config) -> float:
+    """Seconds a reductio command may say nothing while its host still answers (``reductio: stuck_after``):
+    a deadlocked or stopped worker process, a disk in D state. Then the worker is lost too."""
+    return settings(config).get("stuck_after", DEFAULT_STUCK_AFTER)
 
 
 def beat(config) -> float:
@@ -106,16 +117,22 @@ def current_group() -> Optional[Group]:
 
 
 class _Watchdog:
-    """One thread for the whole head, looking at every watched command."""
+    """One thread for the whole head, looking at every watched command.
+
+    A worker is lost when nothing was heard from it for its ``dead_after``
+    (over SSH: not even a keepalive reply), or when its command said nothing
+    for its ``stuck_after`` although its host still answers. Each is given
+    up in a thread of its own: a teardown that blocks holds up no other loss.
+    """
 
     def __init__(self) -> None:
         self._watched: List[tuple] = []
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
 
-    def watch(self, command, worker, limit: float) -> None:
+    def watch(self, command, worker) -> None:
         with self._lock:
-            self._watched.append((command, worker, limit))
+            self._watched.append((command, worker))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True, name="reductio-watchdog")
                 self._thread.start()
@@ -124,17 +141,36 @@ class _Watchdog:
         while True:
             time.sleep(_LOOK_EVERY)
             now = time.monotonic()
+            lost: Dict[object, tuple] = {}  # worker -> (command, why): each worker is given up once
             with self._lock:
                 # a command whose stderr ended says no more: whoever waits on it learns how it ended
-                self._watched = [entry for entry in self._watched if not entry[0].says_no_more()]
-                silent = [entry for entry in self._watched if now - entry[1].heard(entry[0]) > entry[2]]
-            for command, worker, limit in silent:
-                error = WorkerSilent(f"no word from {worker.where()} for {limit:g} s (dead_after); it is lost")
-                try:
-                    worker.lose(error)
-                except Exception:  # noqa: BLE001 - the watchdog must outlive any one worker's teardown
-                    log.exception("reductio: giving up %s failed", worker.name)
-                    command.end(error)
+                watched = [entry for entry in self._watched if not entry[0].says_no_more()]
+                for command, worker in watched:
+                    why = silence(command, worker, now)
+                    if why is not None and worker not in lost:
+                        lost[worker] = (command, why)
+                self._watched = [(command, worker) for command, worker in watched if worker not in lost]
+            for worker, (command, why) in lost.items():
+                threading.Thread(target=_give_up, args=(command, worker, why), daemon=True,
+                                 name=f"reductio-lose-{worker.name}").start()
+
+
+def silence(command, worker, now: float) -> Optional[WorkerSilent]:
+    """Why ``worker`` running ``command`` is lost at ``now``, or None while it is heard often enough."""
+    if now - worker.heard(command) > worker.dead_after:
+        return WorkerSilent(f"no word from {worker.where()} for {worker.dead_after:g} s (dead_after); it is lost")
+    if now - command.heard > worker.stuck_after:
+        return WorkerSilent(f"{worker.where()} answers, but its reductio command said nothing for"
+                            f" {worker.stuck_after:g} s (stuck_after); it is lost")
+    return None
+
+
+def _give_up(command, worker, error: WorkerSilent) -> None:
+    try:
+        worker.lose(error)
+    except Exception:  # noqa: BLE001 - the watchdog must outlive any one worker's teardown
+        log.exception("reductio: giving up %s failed", worker.name)
+        command.end(error)
 
 
 watchdog = _Watchdog()

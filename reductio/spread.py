@@ -17,9 +17,9 @@ import hashlib
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
-from reductio import framing
+from reductio import framing, liveness
 from reductio.errors import InputError, ReductioError, StepFailed, UserCodeError
 from reductio.feedback import display
 from reductio.job import discard, new_attempt, publish
@@ -132,13 +132,16 @@ def load_feed(files: List[Path], workers: int, whole: bool, max_record: int = MA
 def spread(cluster, target: str, origin: str, feed, facts: dict, inputs: List[str] = None) -> Dict[str, dict]:
     """Let ``feed(spreader)`` write blocks, then publish the shards as ``target`` everywhere or nowhere.
 
-    ``inputs``: the name of each shard's input file, kept in its marker facts as ``input``."""
+    ``inputs``: the name of each shard's input file, kept in its marker facts as ``input``.
+    The feed runs in a thread of its own while this one watches the receivers: a
+    worker lost meanwhile fails the step within dead_after, even while the feed
+    (an initialize function) is busy or asleep and writes nothing."""
     attempt = new_attempt()
     try:
         with display(origin, cluster) as progress:
             spreader = Spreader(cluster, attempt, origin, progress, inputs)
             try:
-                feed(spreader)
+                spreader.run(feed)
             except BaseException:
                 spreader.abandon()
                 raise
@@ -162,8 +165,14 @@ class Spreader:
 
     def __init__(self, cluster, attempt: str, origin: str, progress, inputs: List[str] = None) -> None:
         self.origin, self.inputs = origin, inputs
-        self.streams = [w.open("receive", {"attempt": attempt}, "w", progress.progress_of(w.name))
-                        for w in cluster.workers]
+        # One fan-out, though opened from this thread: a lost receiver ends the others' streams too.
+        self.group, joined = liveness.Group(), liveness.current_group()
+        liveness.joining(self.group)
+        try:
+            self.streams = [w.open("receive", {"attempt": attempt}, "w", progress.progress_of(w.name))
+                            for w in cluster.workers]
+        finally:
+            liveness.joining(joined)
         self.workers, self.progress = cluster.workers, progress
         self.shards: List[Dict[int, list]] = [{} for _ in self.workers]  # per worker: shard -> [bytes, sha256]
         self.turn = 0
@@ -171,6 +180,37 @@ class Spreader:
         self._sent = [time.monotonic()] * len(self.workers)
         self._over = threading.Event()
         threading.Thread(target=self._keep_alive, args=(min(w.beat for w in self.workers),), daemon=True).start()
+
+    def run(self, feed) -> None:
+        """Call ``feed(self)`` in a thread of its own; return when it is done, raise what it raised, or fail the
+        step naming the receiver lost meanwhile without waiting for the feed's next write."""
+        outcome: list = []
+        done = threading.Event()
+
+        def run_feed():
+            try:
+                feed(self)
+            except BaseException as err:  # noqa: BLE001 - handed to the task's thread
+                outcome.append(err)
+            finally:
+                done.set()
+
+        threading.Thread(target=run_feed, daemon=True, name=f"reductio-{self.origin}-feed").start()
+        while not done.wait(0.1):
+            if self.group.ended is not None:
+                self._lost(None)
+        if outcome:
+            if isinstance(outcome[0], StepFailed):
+                self._lost(None)  # a write that broke because a receiver was lost names that one
+            raise outcome[0]
+
+    def _lost(self, fallback: Optional[StepFailed]) -> None:
+        """Raise StepFailed naming the receivers lost (the others were stopped), if any were; else ``fallback``."""
+        lost = self.group.close()
+        if lost:
+            raise StepFailed(self.origin, lost, len(self.workers), len(self.workers) - len(lost)) from None
+        if fallback is not None:
+            raise fallback from None
 
     def write(self, block: bytes, shard: int = 0, worker: int = None) -> None:
         """Send ``block`` of input ``shard`` to ``worker``, else to the next worker in turn."""
@@ -222,12 +262,13 @@ class Spreader:
                     raise ReductioError(f"received {', '.join(sorted(files)) or 'no file'},"
                                         f" not {', '.join(sorted(names)) or 'nothing'}")
             except ReductioError as err:
-                raise StepFailed(self.origin, {worker.name: err}, len(self.workers)) from None
+                self._lost(StepFailed(self.origin, {worker.name: err}, len(self.workers)))
             if self.inputs:
                 for name, shard in names.items():
                     files[name]["input"] = self.inputs[shard]
             self.progress.finished(worker.name)
             received[worker.name] = files
+        self.group.close()  # the receivers are done: a loss from now on belongs to publishing
         return received
 
     def _failed(self, i: int) -> None:
@@ -238,7 +279,7 @@ class Spreader:
             error = ReductioError("stopped reading its input")
         except ReductioError as err:
             error = err
-        raise StepFailed(self.origin, {worker.name: error}, len(self.workers))
+        self._lost(StepFailed(self.origin, {worker.name: error}, len(self.workers)))
 
     def abandon(self) -> None:
         self._over.set()

@@ -15,6 +15,7 @@ command: stdin closed, the end of stdout kept).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from reductio.errors import ReductioError, WorkerUnreachable
+from reductio.errors import ReductioError, WorkerSilent, WorkerUnreachable
 from reductio.protocol import Reply
 
 _CHUNK = 1 << 16
@@ -280,7 +281,7 @@ class SshCommand(Command):
 
     def __init__(self, transport, command: str, mode: str, beat: float, timeout: float, on_progress=None) -> None:
         super().__init__(mode, beat, on_progress)
-        self._transport = transport
+        self._transport, self._timeout = transport, timeout
         self._channel = transport.open_session(timeout=timeout)
         self._channel.exec_command(command)
         self._start_threads()
@@ -311,6 +312,13 @@ class SshCommand(Command):
 
     def _check_exit(self, code: int) -> None:
         if code == -1 and not self._transport.is_active():
+            # TCP_USER_TIMEOUT (the error goes to whichever thread meets it first), or a connection that ended
+            # after a silence: a host that went silent, not to be retried (it already had dead_after)
+            quiet = time.monotonic() - self.heard
+            timed_out = getattr(getattr(self._transport, "saved_exception", None), "errno", None) == errno.ETIMEDOUT
+            if timed_out or quiet >= self._timeout / 2:
+                raise WorkerSilent(f"its connection dropped after {quiet:.0f} s without a word"
+                                   f" (dead_after {self._timeout:g} s); it is lost")
             raise WorkerUnreachable("lost the connection during a command")
 
 

@@ -75,6 +75,11 @@ class Host:
         ip("rule", "add", "pref", "10", "iif", "eth0", "blackhole", namespace=self.namespace)
         ip("rule", "add", "pref", "11", "to", HOSTS_NET, "blackhole", namespace=self.namespace)
 
+    def cut_from_head(self) -> None:
+        """Take away the head's route to this host (a blackhole route in the test's own namespace), as when the
+        head's interface or VPN drops: its kernel refuses to send there, and a connect fails at once (EINVAL)."""
+        ip("route", "add", "blackhole", f"{self.address}/32")
+
     def part_from(self, other: "Host") -> None:
         """Drop everything between this host and ``other``, silently (each drops what arrives from the other);
         both still reach everyone else. ``heal`` both to undo it."""
@@ -84,6 +89,7 @@ class Host:
     def heal(self) -> None:
         for pref in ("10", "11", "12"):
             ip("rule", "del", "pref", pref, namespace=self.namespace, check=False)
+        ip("route", "del", "blackhole", f"{self.address}/32", check=False)
 
     def processes(self, *words: str) -> List[str]:
         """Command lines of this host's processes that contain one of ``words``; by default, reductio's: its
@@ -115,6 +121,7 @@ class Host:
         return found
 
     def remove(self) -> None:
+        self.heal()
         self.sshd.stop()
         ip("link", "del", self.link, check=False)
         ip("netns", "del", self.namespace, check=False)

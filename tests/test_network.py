@@ -11,15 +11,17 @@ each other while the head hears both fail scatter saying which path broke.
 
 from __future__ import annotations
 
+import getpass
 import signal
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from invoke import Exit
+from fabric import Config as FabricConfig
+from invoke import Context, Exit
 
-from conftest import WORDJOBS, Background, make_context, write_lines
+from conftest import WORDJOBS, Background, write_lines
 from netns import Network, wait_until
 from reductio import tasks
 
@@ -44,7 +46,7 @@ def job(network, isolated_home, tmp_path):
     ssh.mkdir(mode=0o700)
     (ssh / "known_hosts").write_text(network.known_hosts())
     Path("workers.cfg").write_text(network.workers_cfg(network.homes))
-    c = make_context(project=WORDJOBS, dead_after=DEAD_AFTER, progress_interval=0.5, retry_delay=0.2)
+    c = fabric_context(dead_after=DEAD_AFTER, progress_interval=0.5, retry_delay=0.2)
     tasks.setup(c)
     for name in STEPS:
         tasks.delete(c, name)
@@ -54,6 +56,13 @@ def job(network, isolated_home, tmp_path):
     yield c, data, expected
     network.heal_all()
     _close_connections()
+
+
+def fabric_context(**settings) -> Context:
+    """A context on Fabric's own Config, as the reductio program makes it: every connection of the run shares it."""
+    config = FabricConfig(overrides={"reductio": settings})
+    config.set_project_location(str(WORDJOBS))
+    return Context(config=config)
 
 
 def _close_connections():
@@ -89,6 +98,14 @@ class Running:
         return bool(host.processes(self.word))
 
     def cut(self, host) -> None:
+        host.cut()
+
+
+class RunningCutFromHead(Running):
+    """The moment ``word`` runs there, the head loses its route to the host (and the host drops everything)."""
+
+    def cut(self, host) -> None:
+        host.cut_from_head()
         host.cut()
 
 
@@ -134,8 +151,10 @@ def cut_during(network, job, host: int, moment, target: str, capsys, before=None
     for other in network.hosts:
         assert not (network.homes / f"host{other.index}" / "data" / target).exists(), f"{target} on host{other.index}"
     assert not output.exists()
-    progress = [line for line in capsys.readouterr().err.splitlines() if f"host{host}: no report for" in line]
+    err = capsys.readouterr().err
+    progress = [line for line in err.splitlines() if f"host{host}: no report for" in line]
     assert progress, f"no progress line named host{host} as quiet before it was declared lost"
+    assert "retrying" not in err, err  # a silent host already had dead_after to answer
 
     victim.heal()
     for each in network.hosts:  # while the head lives, it keeps a control session on the hosts it still reaches
@@ -158,6 +177,39 @@ def test_a_host_cut_off_mid_load_fails_the_load_and_a_rerun_is_exact(network, jo
 def test_a_host_cut_off_mid_map_fails_the_step_and_a_rerun_skips_what_was_done(network, job, capsys):
     out = cut_during(network, job, 2, Running("reductio.worker map"), "pairs", capsys)
     assert "load: input is up to date; skipped" in out
+
+
+def test_a_head_that_loses_its_route_to_a_host_mid_map_stops_within_dead_after_without_retrying(
+        network, job, capsys):
+    out = cut_during(network, job, 2, RunningCutFromHead("reductio.worker map"), "pairs", capsys)
+    assert "load: input is up to date; skipped" in out
+
+
+def test_a_head_that_loses_its_route_to_a_sender_mid_scatter_stops_within_dead_after(network, job, capsys):
+    out = cut_during(network, job, 0, RunningCutFromHead("reductio.worker send"), "here", capsys)
+    assert "map: pairs is up to date from input; skipped" in out
+
+
+def test_a_head_that_loses_its_route_to_a_host_mid_merge_writes_no_output(network, job, capsys):
+    out = cut_during(network, job, 0, RunningCutFromHead("reductio.worker cat"), "no-such-dataset", capsys)
+    assert "reduce: counts is up to date from sorted; skipped" in out
+
+
+def test_a_host_the_head_has_no_route_to_before_a_step_is_one_line_naming_it_never_retried(network, job, capsys):
+    c, data, expected = job
+    tasks.load(c, str(data), "input")
+    _close_connections()  # a new head: the step must connect
+    network.hosts[1].cut_from_head()
+    started = time.monotonic()
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.identity", "input", "pairs")
+    assert time.monotonic() - started <= 5, "a connect refused by the head's own kernel took its time"
+    message = failure.value.message
+    assert "host1" in message and "198.18.2.2:22" in message and "no route" in message, message
+    assert "retrying" not in capsys.readouterr().err
+    network.hosts[1].heal()
+    run_job(c, data, Path("counts.tsv"))
+    assert Path("counts.tsv").read_bytes() == expected
 
 
 def test_a_host_cut_off_mid_scatter_as_a_sender(network, job, capsys):
@@ -224,3 +276,41 @@ def test_a_host_unreachable_before_a_step_fails_it_within_dead_after(network, jo
     network.hosts[1].heal()
     run_job(c, data, Path("counts.tsv"))
     assert Path("counts.tsv").read_bytes() == expected
+
+
+def test_a_proxyjump_gateway_cut_mid_load_loses_the_worker_behind_it_within_dead_after(network, isolated_home,
+                                                                                      tmp_path, capsys):
+    """host1 is reached only through host0 (ProxyJump); host0 is cut while host1 loads. Giving host1 up must not
+    wait on the dead gateway: the step stops within dead_after and a few seconds, naming host1."""
+    gateway, behind, direct = network.hosts
+    ssh = isolated_home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "known_hosts").write_text(network.known_hosts())
+    (ssh / "config").write_text(
+        f"Host {behind.address}\n    ProxyJump {gateway.address}\n"
+        f"Host {gateway.address}\n    IdentityFile {network.user_key}\n")
+    Path("workers.cfg").write_text("".join(  # host0 is only the gateway
+        f"[host{h.index}]\nhost = {h.address}\nusername = {getpass.getuser()}\nkey_filename = {network.user_key}\n"
+        f"home = {network.homes / f'host{h.index}'}\nauthorized_keys = {network.authorized_keys}\n\n"
+        for h in (behind, direct)))
+    c = fabric_context(dead_after=DEAD_AFTER, progress_interval=0.5, retry_delay=0.2)
+    tasks.setup(c)
+    tasks.delete(c, "input")
+    data = write_lines(tmp_path / "input.txt", [f"w{i:07d}\t{'v' * 100}" for i in range(240_000)])
+    run = Background(lambda: tasks.load(c, str(data), "input"))  # the head writes through the gateway
+    try:
+        wait_until(lambda: behind.processes("reductio.worker receive"), 120, "the load to run on host1",
+                   every=0.005)
+    finally:
+        gateway.cut()
+    cut = time.monotonic()
+    try:
+        run.join(WITHIN + 30)
+        assert not run.is_alive(), f"the head still runs {WITHIN + 30:g} s after the gateway was cut"
+        assert isinstance(run.error, Exit) and run.error.code == 1, run.error
+        assert run.ended - cut <= WITHIN, f"the head took {run.ended - cut:.1f} s to give host1 up"
+        assert "host1" in run.error.message and "lost" in run.error.message, run.error.message
+        assert "retrying" not in capsys.readouterr().err
+    finally:
+        network.heal_all()
+        _close_connections()

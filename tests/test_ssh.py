@@ -216,7 +216,8 @@ def test_a_proxyjump_gateway_whose_host_key_is_unknown_is_refused_and_one_known_
     tasks.status(context())
 
 
-def test_a_changed_host_key_is_refused_with_a_message_saying_so(ssh_workers, sshd_cluster, isolated_home, tmp_path):
+def test_a_changed_host_key_is_refused_with_a_message_saying_so(ssh_workers, sshd_cluster, isolated_home, tmp_path,
+                                                                 capsys):
     ssh_workers(1)
     from sshd import keygen
 
@@ -225,8 +226,10 @@ def test_a_changed_host_key_is_refused_with_a_message_saying_so(ssh_workers, ssh
     port = sshd_cluster.daemons[0].port
     (isolated_home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {kind} {key}\n")
     with pytest.raises(Exit) as failure:
-        tasks.status(make_context(project=WORDJOBS))
+        tasks.status(make_context(project=WORDJOBS, retry_delay=0.1))
     assert "CHANGED" in failure.value.message and "ssh-0" in failure.value.message
+    assert f"ssh-keyscan -p {port} 127.0.0.1" in failure.value.message, failure.value.message
+    assert "retrying" not in capsys.readouterr().err  # waiting mends no key: one line, once
 
 
 def test_reductio_command_line_runs_the_example_on_the_ssh_cluster(ssh_workers, words, tmp_path, isolated_home):
@@ -256,7 +259,8 @@ def test_distribute_installs_dependencies_from_a_wheelhouse_on_ssh_workers(ssh_w
     assert (tmp_path / "loud.tsv").read_text() == "CALM\t2\nQUIET\t1\n"
 
 
-def test_a_key_the_worker_does_not_accept_is_one_line_naming_the_worker(ssh_workers, tmp_path):
+def test_a_key_the_worker_does_not_accept_is_one_line_naming_the_worker_and_the_key_never_retried(
+        ssh_workers, tmp_path, capsys):
     from sshd import keygen
 
     config = ssh_workers(1)
@@ -265,10 +269,24 @@ def test_a_key_the_worker_does_not_accept_is_one_line_naming_the_worker(ssh_work
         [line for line in config.read_text().splitlines() if line.startswith("key_filename")][0],
         f"key_filename = {tmp_path / 'stranger'}"))
     with pytest.raises(Exit) as failure:
-        tasks.status(make_context(project=WORDJOBS, retries=0))
+        tasks.status(make_context(project=WORDJOBS, retry_delay=0.1))
     assert "ssh-0: authentication to 127.0.0.1:" in failure.value.message
+    assert f"tried {tmp_path / 'stranger'}" in failure.value.message, failure.value.message
     assert "check key_filename or ssh-agent" in failure.value.message
     assert "Traceback" not in failure.value.message
+    assert "retrying" not in capsys.readouterr().err
+
+
+def test_an_account_with_no_key_at_all_is_told_so_in_one_line(ssh_workers, monkeypatch, capsys):
+    config = ssh_workers(1)
+    config.write_text("".join(line + "\n" for line in config.read_text().splitlines()
+                              if not line.startswith("key_filename")))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(Exit) as failure:
+        tasks.status(make_context(project=WORDJOBS, retry_delay=0.1))
+    message = failure.value.message
+    assert "ssh-0: authentication to 127.0.0.1:" in message and "no key at all" in message, message
+    assert "retrying" not in capsys.readouterr().err
 
 
 def test_the_head_offers_aes_gcm_first_and_still_reaches_a_worker_without_it(ssh_workers, sshd_cluster, tmp_path,
@@ -295,3 +313,46 @@ def test_the_head_offers_aes_gcm_first_and_still_reaches_a_worker_without_it(ssh
         assert worker.run("echo reached").stdout == "reached\n"
     finally:
         older.stop()
+
+
+def test_a_second_job_in_the_same_process_with_other_settings_gets_connections_and_sessions_with_them(
+        ssh_workers):
+    import socket
+
+    from reductio.cluster import Cluster
+
+    ssh_workers(1)
+    first = make_context(project=WORDJOBS, dead_after=2, progress_interval=2)
+    tasks.setup(first)
+    tasks.status(first)
+    second = make_context(project=WORDJOBS, dead_after=120, progress_interval=2)
+    tasks.status(second)
+    for context, timeout, beat in ((first, 2000, 0.5), (second, 120_000, 2.0)):  # beat: min(interval, dead_after/4)
+        worker = Cluster.from_context(context).workers[0]
+        sock = worker.connection().transport.sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == timeout
+        assert worker.session().command.beat == beat  # the head's beat on its control session
+
+
+def test_workers_whose_port_and_user_come_only_from_ssh_config_are_pinned_and_scattered_to_as_reached(
+        ssh_workers, sshd_cluster, isolated_home, words, tmp_path):
+    from reductio.cluster import Cluster
+
+    ssh_workers(2)
+    cfg, ssh_config = [], []
+    for i, daemon in enumerate(sshd_cluster.daemons[:2]):
+        cfg.append(f"[ssh-{i}]\nhost = worker{i}\nhome = {sshd_cluster.homes / f'ssh-{i}'}\n"
+                   f"authorized_keys = {sshd_cluster.authorized_keys}\n")
+        ssh_config.append(f"Host worker{i}\n    HostName 127.0.0.1\n    Port {daemon.port}\n"
+                          f"    User {sshd_cluster.user}\n    IdentityFile {sshd_cluster.user_key}\n")
+    Path("workers.cfg").write_text("\n".join(cfg))
+    (isolated_home / ".ssh" / "config").write_text("".join(ssh_config))
+    config = FabricConfig(overrides={"reductio": {}})  # Fabric's own config, as the program's: it reads ~/.ssh/config
+    config.set_project_location(str(WORDJOBS))
+    c = Context(config=config)
+    tasks.setup(c)
+    for worker, daemon in zip(Cluster.from_context(c).workers, sshd_cluster.daemons):
+        assert worker.host_key_line() == daemon.known_hosts_line()
+        assert (worker.destination()["host"], worker.destination()["port"], worker.destination()["user"]) == (
+            "127.0.0.1", daemon.port, sshd_cluster.user)
+    assert run_bigrams(c, words, tmp_path / "aliased.tsv") == bigram_table(words)  # scatter reached each other
