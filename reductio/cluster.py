@@ -286,8 +286,15 @@ class SshWorker(Worker):
                 hop.connect_kwargs = dict(hop.connect_kwargs, **timeouts)
         self._offered = (connection.user, _keys_offered(connection.connect_kwargs))
         self._reached = (connection.host, int(connection.port))
-        with self.reaching():
-            connection.open()
+        try:
+            with self.reaching():
+                connection.open()
+        except BaseException:
+            # A refused host key or login leaves paramiko's transport open: on the worker it would hold one of
+            # sshd's MaxStartups slots, unauthenticated, for LoginGraceTime (120 s on Debian).
+            for hop in _hops(connection):
+                hop.client.close()
+            raise
         for hop in _hops(connection):
             _keep_alive(hop.transport, self.dead_after)
             if hop is not connection:  # something to send, so a gateway that went away is found out

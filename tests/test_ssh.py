@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -356,3 +357,30 @@ def test_workers_whose_port_and_user_come_only_from_ssh_config_are_pinned_and_sc
         assert (worker.destination()["host"], worker.destination()["port"], worker.destination()["user"]) == (
             "127.0.0.1", daemon.port, sshd_cluster.user)
     assert run_bigrams(c, words, tmp_path / "aliased.tsv") == bigram_table(words)  # scatter reached each other
+
+
+def _connections_to(port: int) -> int:
+    """This machine's established TCP connections to ``port`` (the test's own daemon: only the head connects)."""
+    listed = subprocess.run(["ss", "-tnH", "state", "established", f"( dport = :{port} )"], capture_output=True,
+                            text=True, timeout=30, check=True)
+    return len(listed.stdout.splitlines())
+
+
+@pytest.mark.parametrize("known_hosts", ["", "wrong"])
+def test_a_refused_host_key_leaves_no_connection_open_on_the_workers_sshd(ssh_workers, sshd_cluster,
+                                                                          isolated_home, known_hosts):
+    """A connection left open before authentication holds one of sshd's MaxStartups slots for LoginGraceTime
+    (Debian: 10 slots, 120 s): a few of them and a stock sshd drops new connections at random, other users' too."""
+    ssh_workers(1)
+    port = sshd_cluster.daemons[0].port
+    if known_hosts == "wrong":  # another daemon's key under this one's name: a changed host key
+        other = sshd_cluster.daemons[1].known_hosts_line().split(" ", 1)[1]
+        known_hosts = f"[127.0.0.1]:{port} {other}"
+    (isolated_home / ".ssh" / "known_hosts").write_text(known_hosts)
+    before = _connections_to(port)
+    with pytest.raises(Exit, match="unknown|CHANGED"):
+        tasks.status(make_context(project=WORDJOBS))
+    deadline = time.monotonic() + 10  # closing takes the transport's thread a moment
+    while _connections_to(port) > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _connections_to(port) == before, "the refused connection is still open, waiting to authenticate"
