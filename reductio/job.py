@@ -37,24 +37,28 @@ class Survey:
         params = {"target": target, "source": source, "functions": list(functions), "shipped": list(shipped)}
         self.cluster = cluster
         self.checks = cluster.each(f"{what} (check)", lambda w: w.step("check", params))
-        if source:
-            self._check_source(what, source)
         for _ in range(3):  # a half-switch completed or undone, then the version it kept dropped
+            if source:
+                self._check_shape(source)  # first: never settle a dataset by the workers of another cluster
             if not self._settled(target, source):
                 break
             self.checks = cluster.each(f"{what} (check)", lambda w: w.step("check", params))
+        if source:
+            self._check_present(what)
         self.source = common_source(self.checks, source) if source else None
         codes = {check["code"] for check in self.checks.values()}
         if len(codes) > 1:
             raise DatasetError(f"workers run different versions of {', '.join(functions)}; run distribute")
         self.code = codes.pop() if codes else None
 
-    def _check_source(self, what: str, source: str) -> None:
-        """A source made on another cluster is refused as such; else one missing on a worker is refused."""
+    def _check_shape(self, source: str) -> None:
+        """A source made on another cluster is refused as such, before a worker that lacks it is."""
+        for check in self.checks.values():
+            if "missing" not in check["source"]:
+                check_shape(self.cluster, source, check["source"].get("cluster"))
+
+    def _check_present(self, what: str) -> None:
         found = {name: check["source"] for name, check in self.checks.items()}
-        for facts in found.values():
-            if "missing" not in facts:
-                check_shape(self.cluster, source, facts.get("cluster"))
         missing = {name: DatasetError(facts["missing"]) for name, facts in found.items() if "missing" in facts}
         if missing:
             raise StepFailed(f"{what} (check)", missing, len(self.cluster))

@@ -271,6 +271,28 @@ def test_the_next_run_completes_a_publish_a_killed_head_left_half_switched(tmp_p
         assert leftovers(home) == [], home
 
 
+def test_the_next_run_completes_a_first_publish_left_on_one_worker_only(tmp_path):
+    c = make_context(2)
+    tasks.setup(c)
+    lines = {}
+    for index, root in enumerate(homes()):
+        home = Home(root)
+        staged = home.tmp / "20991231T000000-0000cafe"
+        staged.mkdir()
+        lines[index] = [f"k{index}.{i}\tv" for i in range(100)]
+        write_lines(staged / "s00000.load", lines[index])
+        files = {"s00000.load": file_facts(staged / "s00000.load")}
+        facts = {"step": "load", "format": "text", "partitions": None, "cluster": ["local-0", "local-1"]}
+        home.prepare_version(staged.name, "input", files, facts)
+        if index == 0:
+            home.switch(staged.name, "input")
+    out = tmp_path / "out.tsv"
+    tasks.merge(c, "input", str(out))
+    assert Counter(out.read_text().splitlines()) == Counter(lines[0] + lines[1])
+    for home in homes():
+        assert leftovers(home) == [], home
+
+
 def test_the_next_run_undoes_a_half_switch_that_cannot_be_completed(tmp_path):
     c, old = _half_published(tmp_path, switched=1, prepared=1)
     out = tmp_path / "out.tsv"
