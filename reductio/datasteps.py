@@ -7,6 +7,7 @@ process; map, transform and reduce may run over several share processes
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import heapq
@@ -212,10 +213,17 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
 
 
 def _where(position: _Position, marker: dict) -> str:
-    """Where a step was reading, as the user knows it: a shard of load names the input file it came from."""
+    """Where a step was reading, as the user knows it: in a shard of load, the input file and its own line."""
     where = f"{position.file} line {position.number()}" if position.line else position.file
-    source = (marker["files"].get(position.file) or {}).get("input")
-    return f"{source} (its lines on this worker: {where})" if source else where
+    facts = marker["files"].get(position.file) or {}
+    if not facts.get("input"):
+        return where
+    starts = facts.get("input_lines")  # [line in the shard, line in the input] where each block starts
+    if not position.line or not starts:
+        return f"{facts['input']} ({where})"
+    line = position.number()
+    shard_start, input_start = starts[bisect.bisect_left(starts, [line, -1]) - 1]
+    return f"{facts['input']} line {input_start + line - shard_start} ({where})"
 
 
 def _function(spec: str, params: dict, home: Home, folder: Path, role: str, source: dict = None):

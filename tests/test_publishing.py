@@ -346,14 +346,15 @@ def test_merge_of_whole_files_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "out.tsv").exists()
 
 
-def test_a_map_error_names_the_input_file_the_record_came_from(tmp_path, project):
-    c = make_context(1, project=project)
+def test_a_map_error_names_the_input_file_and_its_own_line_number(tmp_path, project):
+    c = make_context(2, project=project, processes=1)
     tasks.setup(c)
     folder = tmp_path / "inputs"
     folder.mkdir()
+    write_lines(folder / "bad.txt", [f"k{i}\t{i}" if i != 2500 else "boom\t2" for i in range(1, 3001)])
     write_lines(folder / "fine.txt", ["a\t1"])
-    write_lines(folder / "bad.txt", ["b\t1", "boom\t2"])
     tasks.load(c, str(folder), "input")
     with pytest.raises(Exit) as failed:
         tasks.map(c, "faults.fails_on_boom", "input", "out")
-    assert f"{folder / 'bad.txt'} (its lines on this worker: s00000.load line 2)" in failed.value.message
+    assert f"{folder / 'bad.txt'} line 2500 (s00000.load line " in failed.value.message, failed.value.message
+    assert "s00000.load line 2500)" not in failed.value.message  # the worker's shard holds every other block
