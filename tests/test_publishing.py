@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import Background, make_context, write_lines
+from conftest import WORDJOBS, Background, make_context, write_lines
 from reductio import tasks
 from reductio.store import Home, file_facts
 
@@ -140,6 +140,26 @@ def test_a_cluster_that_grew_refuses_a_dataset_made_on_the_smaller_one_naming_bo
     with pytest.raises(Exit) as refused:
         tasks.reduce(three, "wordjobs.total", "pairs", "counts")
     assert "load or initialize" in refused.value.message
+
+
+def test_an_ssh_cluster_that_shrank_or_grew_refuses_a_dataset_made_on_the_other(ssh_workers, tmp_path):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    tasks.load(c, str(words_file(tmp_path)), "shape-input")
+    tasks.map(c, "wordjobs.identity", "shape-input", "shape-pairs")
+    for count in (1, 3):
+        ssh_workers(count)
+        c = make_context(project=WORDJOBS)
+        if count > 2:
+            tasks.setup(c)  # the new worker's home
+        with pytest.raises(Exit) as refused:
+            tasks.merge(c, "shape-pairs", str(tmp_path / "out.tsv"))
+        assert "was made on 2 worker(s) (ssh-0, ssh-1), the cluster now has" in one_line(refused.value.message)
+        with pytest.raises(Exit) as refused:
+            tasks.scatter(c, "shape-pairs", "shape-here")
+        assert f"the cluster now has {count} worker(s)" in refused.value.message
+    assert not (tmp_path / "out.tsv").exists()
 
 
 def test_status_marks_a_dataset_made_on_another_cluster(tmp_path, capsys):
