@@ -23,7 +23,12 @@ from reductio.store import Home, check_name, total
 
 def step_check(params: dict) -> dict:
     """Before a step: the target's marker (if any), the source's version, the function's code digest,
-    and which of the files shipped with a command (by digest) the home lacks."""
+    and which of the files shipped with a command (by digest) the home lacks.
+
+    With each dataset goes its ``state`` (store.Home.state), so the head can
+    settle a publish left half-done. A missing source is said, not raised: the
+    head then tells a cluster that changed from a dataset that is missing.
+    """
     home = Home(params["home"])
     home.check_ready()
     target = None
@@ -31,18 +36,36 @@ def step_check(params: dict) -> dict:
         target = {key: value for key, value in home.marker(params["target"]).items() if key != "files"}
     except DatasetError:
         pass
-    source = source_facts(home.marker(check_name(params["source"]))) if params.get("source") else None
+    target_state = home.state(params["target"]) if params.get("target") else None
+    source = None
+    if params.get("source"):
+        try:
+            marker = home.marker(check_name(params["source"]))
+            # and before a step, the step that made it and the cluster it was made on (job.check_shape)
+            source = dict(source_facts(marker), step=marker.get("step"), cluster=marker.get("cluster"))
+        except DatasetError as err:
+            source = {"missing": str(err)}
+        source["state"] = home.state(params["source"])
     functions = params.get("functions") or []
     code = None
     if functions:
         from reductio.steps import code_digest  # imports the user's code: only checks that name functions pay
         code = "-".join(code_digest(path) for path in functions)
     missing = [digest for digest in params.get("shipped") or [] if not shipped_whole(home.root, digest)]
-    return {"target": target, "source": source, "code": code, "missing": missing}
+    return {"target": target, "target_state": target_state, "source": source, "code": code, "missing": missing}
 
 
 def step_publish(params: dict) -> dict:
+    """Publish an attempt as its target (store.py), or one move of doing so across workers (``phase``:
+    prepare, switch, drop or revert; job.publish)."""
     home = Home(params["home"])
+    phase = params.get("phase")
+    if phase in ("switch", "drop", "revert"):
+        move = {"switch": home.switch, "drop": home.drop, "revert": home.revert}[phase]
+        return {phase: move(params["attempt"], params["target"]), "cleaned": home.clean()}
+    if phase == "prepare":
+        marker = home.prepare_version(params["attempt"], params["target"], params["files"], params["facts"])
+        return {"prepared": marker["dataset"]}
     marker = home.publish(params["attempt"], params["target"], params["files"], params["facts"])
     return {"published": marker["dataset"], "cleaned": home.clean()}
 
@@ -79,6 +102,7 @@ def step_status(params: dict) -> dict:
             "step": marker.get("step", "?"),
             "from": marker.get("source") or marker.get("path") or marker.get("function") or "",
             "published": marker.get("published", 0),
+            "cluster": marker.get("cluster"),
         }
     return {"datasets": datasets}
 

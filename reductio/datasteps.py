@@ -7,6 +7,7 @@ process; map, transform and reduce may run over several share processes
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import heapq
@@ -165,9 +166,9 @@ def _record(line: str, path: Path, lineno: int, text: bool):
     return split_record(line, path, lineno)
 
 
-def _source(home: Home, source: str):
-    marker = home.marker(check_name(source))
-    return marker, home.files(source, marker)
+def _source(home: Home, params: dict):
+    """The source's marker and files: the version the head's survey saw (``source_attempt``), held while read."""
+    return home.version(check_name(params["source"]), params.get("source_attempt"))
 
 
 def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> dict:
@@ -177,7 +178,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
     ``by_key``: the input is sorted and a key's lines must stay in one process.
     """
     home = Home(params["home"])
-    marker, files = _source(home, params["source"])
+    marker, files = _source(home, params)
     if "share" in params:
         ranges = _share(params, marker, files)
     else:
@@ -203,13 +204,26 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
         output.abandon()
         if isinstance(function, streaming.Command):  # it reads ahead: where it failed is its own to say
             raise
-        where = f"{position.file} line {position.number()}" if position.line else position.file
-        raise UserCodeError(f"{where}: {err}", err.details) from None
+        raise UserCodeError(f"{_where(position, marker)}: {err}", err.details) from None
     except BaseException:
         output.abandon()
         raise
     return {"files": written, "source": source_facts(marker),
             "counters": _counters(marker, written, position.done, started)}
+
+
+def _where(position: _Position, marker: dict) -> str:
+    """Where a step was reading, as the user knows it: in a shard of load, the input file and its own line."""
+    where = f"{position.file} line {position.number()}" if position.line else position.file
+    facts = marker["files"].get(position.file) or {}
+    if not facts.get("input"):
+        return where
+    starts = facts.get("input_lines")  # [line in the shard, line in the input] where each block starts
+    if not position.line or not starts:
+        return f"{facts['input']} ({where})"
+    line = position.number()
+    shard_start, input_start = starts[bisect.bisect_left(starts, [line, -1]) - 1]
+    return f"{facts['input']} line {input_start + line - shard_start} ({where})"
 
 
 def _function(spec: str, params: dict, home: Home, folder: Path, role: str, source: dict = None):
@@ -325,7 +339,7 @@ def step_transform(params: dict) -> dict:
 
 def step_reduce(params: dict) -> dict:
     if streaming.command_of(params["function"]) is not None:  # a command reads bytes: the marker vouches for order
-        marker, _ = _source(Home(params["home"]), params["source"])
+        marker, _ = _source(Home(params["home"]), params)
         unsorted_files = sorted(name for name, facts in marker["files"].items() if not facts.get("sorted"))
         if unsorted_files:
             raise InputError(f"dataset {params['source']!r} is not sorted ({unsorted_files[0]});"
@@ -345,7 +359,7 @@ def _reduce(function, name: str, ranges: list[Range], position: _Position, text:
 def step_sort(params: dict) -> dict:
     """Sort every file of the source into one file with the worker's own sort."""
     home = Home(params["home"])
-    marker, files = _source(home, params["source"])
+    marker, files = _source(home, params)
     folder = home.attempt_dir(params["attempt"])
     sort_tmp = folder / ".sort-tmp"
     sort_tmp.mkdir(exist_ok=True)

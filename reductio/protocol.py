@@ -71,7 +71,8 @@ class Reply:
         self.on_progress, self.on_result = on_progress, on_result
         self.on_answer = None  # a control session's: called with each answer (session.py)
         self.result = self.error = None
-        self.first = None  # the first result: a step held open for its verdict reports twice
+        self.first = None  # the first result: a step held open for its verdict reports more than once
+        self.results = 0  # how many results came
         self.tail: deque[str] = deque(maxlen=_TAIL)
         self._pending = bytearray()
         self._skipping = False  # inside a line already cut at MAX_REPLY_LINE
@@ -104,10 +105,11 @@ class Reply:
         try:
             if line.startswith(RESULT):
                 self.result = _payload(line, RESULT, cut)
+                self.results += 1
                 if self.first is None:
                     self.first = self.result
-                    if self.on_result is not None:
-                        self.on_result()
+                if self.on_result is not None:
+                    self.on_result()
             elif line.startswith(ERROR):
                 self.error = _payload(line, ERROR, cut)
             elif line.startswith(PROGRESS):

@@ -175,6 +175,10 @@ class Spreader:
             liveness.joining(joined)
         self.workers, self.progress = cluster.workers, progress
         self.shards: List[Dict[int, list]] = [{} for _ in self.workers]  # per worker: shard -> [bytes, sha256]
+        # per worker and shard, where each block of lines starts: [line in the shard, line in the input file]
+        self.starts: List[Dict[int, list]] = [{} for _ in self.workers]
+        self.held_lines: List[Dict[int, int]] = [{} for _ in self.workers]  # per worker: shard -> lines sent
+        self.dealt: Dict[int, int] = {}  # lines of each input file sent so far
         self.turn = 0
         self._locks = [threading.Lock() for _ in self.workers]
         self._sent = [time.monotonic()] * len(self.workers)
@@ -220,6 +224,11 @@ class Spreader:
         except StreamBroken:
             self._failed(i)
         sent = self.shards[i].setdefault(shard, [0, hashlib.sha256()])
+        if self.inputs and worker is None and block:  # lines of an input file: errors name its own line numbers
+            count, held = block.count(b"\n"), self.held_lines[i].get(shard, 0)
+            self.starts[i].setdefault(shard, []).append([held, self.dealt.get(shard, 0)])
+            self.held_lines[i][shard] = held + count
+            self.dealt[shard] = self.dealt.get(shard, 0) + count
         sent[0] += len(block)
         sent[1].update(block)
         if worker is None:
@@ -266,6 +275,8 @@ class Spreader:
             if self.inputs:
                 for name, shard in names.items():
                     files[name]["input"] = self.inputs[shard]
+                    if shard in self.starts[i]:
+                        files[name]["input_lines"] = self.starts[i][shard]
             self.progress.finished(worker.name)
             received[worker.name] = files
         self.group.close()  # the receivers are done: a loss from now on belongs to publishing

@@ -25,7 +25,7 @@ from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
 from reductio.errors import DatasetError, ReductioError, UserCodeError, printable
 from reductio.feedback import log_step, report_step
-from reductio.job import Survey, digest_of, run_and_publish
+from reductio.job import Survey, digest_of, run_and_publish, shape
 from reductio.records import record_limit
 from reductio.report import read_log, render, write_report
 from reductio.steps import code_digest, load_function, user_error
@@ -346,6 +346,10 @@ def scatter(c, source, target, force=False):
     if _dry(c, cluster, "send", lambda w: shuffle.send_params(cluster, w, source)):
         return
     survey = Survey(cluster, "scatter", target, source)
+    if not survey.source["partitions"] or survey.source.get("step") in ("sort", "sort_unique", "load", "initialize"):
+        made = f" (made by {survey.source['step']})" if survey.source.get("step") else ""
+        raise DatasetError(f"dataset {source!r} is not partitioned{made}; scatter moves what map, transform or"
+                           " reduce wrote: scatter that, then sort")
     facts = {"step": "scatter", "source": source, "source_attempt": survey.source["attempt"],
              "format": survey.source["format"], "partitions": len(cluster)}
     if _up_to_date(c, survey, facts, target, force):
@@ -384,7 +388,7 @@ def _sort_step(c, source: str, target: str, unique: bool, force: bool) -> None:
     survey = Survey(cluster, step, target, source)
     _refuse_whole_files(survey, source, step)
     facts = {"step": step, "source": source, "source_attempt": survey.source["attempt"],
-             "format": survey.source["format"], "partitions": survey.source["partitions"]}
+             "format": survey.source["format"], "partitions": None}  # one sorted file per worker: not partitioned
     if _up_to_date(c, survey, facts, target, force):
         return
     results = run_and_publish(cluster, "sort", params_for, target, facts)
@@ -416,9 +420,10 @@ def merge(c, source, path, force=False):
     cluster = Cluster.from_context(c)
     if _dry(c, cluster, "cat", lambda w: {"source": source, "attempt": "DRY-RUN"}):
         return
+    survey = Survey(cluster, "merge", source, source)
+    _refuse_whole_files(survey, source, "merge")
     if not (force or settings(c.config).get("force")):
-        version = Survey(cluster, "merge", source, source).source["attempt"]
-        if gather.merged(path, source, version):
+        if gather.merged(path, source, survey.source["attempt"]):
             _skipped(c, "merge", path, source)
             return
     started = time.time()
@@ -476,6 +481,7 @@ def status(c):
     if _dry(c, cluster, "status", lambda w: {}):
         return
     results = cluster.each("status", lambda w: w.step("status", {}))
+    here = shape(cluster)
     rows = [("worker", "dataset", "marker", "made by", "from", "files", "lines", "bytes", "published")]
     for name, result in results.items():
         for dataset, facts in result["datasets"].items():
@@ -483,7 +489,8 @@ def status(c):
                 rows.append(_status_row(name, dataset, "MISSING", "-", "-", "-", "-", "-", facts["error"]))
             else:
                 made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(facts["published"]))
-                rows.append(_status_row(name, dataset, "ok", facts["step"], facts["from"], f"{facts['files']:,}",
+                marker = "ok" if facts.get("cluster") in (None, here) else "OTHER-CLUSTER"
+                rows.append(_status_row(name, dataset, marker, facts["step"], facts["from"], f"{facts['files']:,}",
                                         f"{facts['lines']:,}", f"{facts['bytes']:,}", made))
     if len(rows) == 1:
         _say("status: no datasets on any worker")

@@ -53,7 +53,9 @@ class Command:
         self.mode, self.beat = mode, beat
         self._answered = threading.Event()  # a first result came, or stderr ended
         self._stderr_over = threading.Event()
-        self.reply = Reply(on_progress, self._answered.set)
+        self._results = threading.Condition()  # each later result of a step held open (``tell``, ``answer``)
+        self._asked = 0  # results that came before the last message told
+        self.reply = Reply(on_progress, self._heard_result)
         self.heard = time.monotonic()
         self.ended: Optional[ReductioError] = None  # why it was stopped from outside: lost, aborted
         self._stdout = bytearray()
@@ -119,9 +121,23 @@ class Command:
             return self.reply.first
         return self.finish()
 
+    def answer(self) -> dict:
+        """The result a step held open gave after the last message told; else finish's error."""
+        with self._results:
+            self._results.wait_for(lambda: self.reply.results > self._asked or self.says_no_more())
+        if self.reply.results > self._asked and self.reply.error is None and self.ended is None:
+            return self.reply.result
+        return self.finish()
+
+    def _heard_result(self) -> None:
+        self._answered.set()
+        with self._results:
+            self._results.notify_all()
+
     def tell(self, message: dict) -> None:
         """Send a step held open after its result one message (a JSON line on its stdin)."""
         line = json.dumps(message, sort_keys=True).encode("utf-8") + b"\n"
+        self._asked = self.reply.results
         try:
             with self._stdin_lock:
                 self._write(line)
@@ -153,6 +169,7 @@ class Command:
         """
         if self._code is None:
             self.ended = self.ended or why
+            self._heard_result()  # whoever waits for an answer hears there is none
             if kill:
                 self._kill()
 
@@ -177,7 +194,7 @@ class Command:
             self._drain(self._read_stderr, self._heard_stderr)
         finally:
             self._stderr_over.set()
-            self._answered.set()  # no result is coming any more: first_result() then finishes
+            self._heard_result()  # no result is coming any more: first_result() and answer() then finish
 
     def _heard_stderr(self, data: bytes) -> None:
         self.reply.feed(data)

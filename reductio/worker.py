@@ -82,17 +82,28 @@ def main(argv: list = None) -> int:
 
 
 def _verdict(params: dict) -> int:
-    """After a step's result, publish its attempt when the head says so, without a new session.
+    """After a step's result, publish its attempt as the head says, without a new session.
 
-    The head's only other answer is to hang up (then it discards the attempt itself).
+    The head's messages are the moves of job.publish, each answered with a
+    result: ``publish`` (a verdict: publish, or with ``phase: prepare`` only
+    prepare), then ``switch`` and ``drop``. Its only other answer is to hang up
+    (then it discards the attempt itself).
     """
-    verdict = heartbeat.message()["publish"]
-    published = answer({"step": "publish", "params": dict(verdict, attempt=params["attempt"])}, params["home"])
-    if "error" in published:
-        emit(ERROR, published["error"])
-        return 1
-    emit(RESULT, published["result"])
-    return 0
+    message = heartbeat.message()
+    while True:
+        if "publish" in message:
+            request = dict(message["publish"], attempt=params["attempt"])
+        else:
+            move = next(iter(message))
+            request = {"phase": move, "target": message[move], "attempt": params["attempt"]}
+        published = answer({"step": "publish", "params": request}, params["home"])
+        if "error" in published:
+            emit(ERROR, published["error"])
+            return 1
+        emit(RESULT, published["result"])
+        if request.get("phase") not in ("prepare", "switch"):
+            return 0
+        message = heartbeat.message()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -21,8 +23,12 @@ def home(tmp_path):
 
 
 def _stage(home: Home, attempt: str, contents: dict) -> dict:
-    """Write ``contents`` (file name -> bytes) into an attempt folder; return their facts."""
-    folder = home.attempt_dir(attempt)
+    """Write ``contents`` (file name -> bytes) into an attempt folder; return their facts.
+
+    The folder is made as a step makes it, but not held: the step that wrote it has ended (``attempt_dir`` would
+    hold its lock for the rest of this test process, as it does for a step's process)."""
+    folder = home.tmp / attempt
+    folder.mkdir(mode=0o700, exist_ok=True)
     for name, data in contents.items():
         (folder / name).write_bytes(data)
     return {name: file_facts(folder / name) for name in contents}
@@ -100,7 +106,8 @@ def test_publish_links_the_dataset_to_a_store_folder_holding_files_and_marker(ho
     assert (on_disk["step"], on_disk["format"], on_disk["partitions"]) == ("map", "records", 2)
     assert isinstance(on_disk["published"], float)
     assert home.marker("words") == on_disk == marker
-    assert home.files("words") == [link / "p00000.w0", link / "p00001.w0"]
+    version = home.store / "words.a1"  # read through the version's own folder, never the link
+    assert home.files("words") == [version / "p00000.w0", version / "p00001.w0"]
     assert (link / "p00001.w0").read_bytes() == b"c\t3\n"
     assert home.datasets() == ["words"]
 
@@ -148,6 +155,38 @@ def test_publish_refuses_a_file_of_the_wrong_size_and_publishes_nothing(home):
     assert "wrong size ['p00001.w0']" in message
     assert "missing none" in message and "unexpected none" in message
     _assert_nothing_published(home, "words")
+
+
+def test_publish_refuses_a_same_size_file_whose_sha256_is_not_what_the_step_reported(home):
+    files = _stage(home, "a1", {"p00000.w0": b"a\t1\n", "p00001.w0": b"b\t2\n"})
+    (home.tmp / "a1" / "p00001.w0").write_bytes(b"X\t9\n")  # planted: same size, other lines
+    with pytest.raises(DatasetError) as caught:
+        home.publish("a1", "words", files, {"step": "map"})
+    assert "p00001.w0 does not match the SHA-256 the step reported" in str(caught.value)
+    _assert_nothing_published(home, "words")
+
+
+def test_a_version_being_read_is_kept_through_a_republish_and_cleaned_once_its_reader_ended(home, tmp_path):
+    home.publish("a1", "words", _stage(home, "a1", {"p00000.w0": b"old\t1\n"}), {"step": "map"})
+    reader = subprocess.Popen(  # another process reads version a1, as a step does, until told to stop
+        [sys.executable, "-c", "import sys; from reductio.store import Home; home = Home(sys.argv[1]);"
+         " marker, files = home.version('words', 'a1'); print(files[0].read_text(), end='', flush=True);"
+         " sys.stdin.read(); print(files[0].read_text(), end='')", str(home.root)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline() == "old\t1\n"
+        home.publish("a2", "words", _stage(home, "a2", {"p00000.w0": b"new\t2\n"}), {"step": "map"})
+        assert home.marker("words")["attempt"] == "a2"
+        assert (home.store / "words.a1").is_dir()  # still read: not removed from under its reader
+        assert home.clean() == []
+        out, _ = reader.communicate("", timeout=60)
+        assert out == "old\t1\n"
+    finally:
+        reader.kill()
+        reader.wait()
+    assert home.clean() == ["words.a1"]
+    with pytest.raises(DatasetError, match="version a1 is gone"):
+        home.version("words", "a1")
 
 
 def test_publish_refuses_an_attempt_that_never_ran(home):

@@ -75,7 +75,8 @@ def home(tmp_path) -> Home:
 def publish_source(home: Home, name: str, files: dict, fmt: str, attempt: str = None) -> dict:
     """Publish ``files`` (file name -> list of lines, or bytes) as dataset ``name`` by hand."""
     attempt = attempt or f"src-{name.replace('.', '-').replace('_', '-')}"
-    folder = home.attempt_dir(attempt)
+    folder = home.tmp / attempt  # not attempt_dir: its lock would hold the version for the rest of this test
+    folder.mkdir(mode=0o700, exist_ok=True)
     facts = {}
     for file_name, content in files.items():
         data = content if isinstance(content, bytes) else "".join(l + "\n" for l in content).encode("utf-8")
