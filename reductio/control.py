@@ -35,7 +35,7 @@ def step_check(params: dict) -> dict:
     code = None
     if functions:
         from reductio.steps import code_digest  # imports the user's code: only checks that name functions pay
-        code = "-".join(code_digest(path) for path in functions)
+        code = code_digest(functions)
     missing = [digest for digest in params.get("shipped") or [] if not (home.shipped / digest).is_file()]
     return {"target": target, "source": source, "code": code, "missing": missing}
 

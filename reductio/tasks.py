@@ -28,7 +28,7 @@ from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish
 from reductio.records import record_limit
 from reductio.report import read_log, render
-from reductio.steps import code_digest, load_function, user_error
+from reductio.steps import code_digest, load_function, unknown_code, user_error
 from reductio.store import FILES, RECORDS, TEXT, check_name
 from reductio.trust import install_trust
 
@@ -71,6 +71,10 @@ def _say(text: str) -> None:
 def _up_to_date(c, survey: Survey, facts: dict, target: str, force: bool) -> bool:
     """True (with a one-line notice) if the target was made from the same source, code and settings."""
     if force or settings(c.config).get("force"):
+        return False
+    why = unknown_code(survey.code or facts.get("code"))
+    if why:
+        _say(f"{facts['step']}: cannot tell whether the code changed ({why}); running it")
         return False
     if not survey.current(facts):
         return False
@@ -204,7 +208,7 @@ def initialize(c, function, target, force=False):
     cluster = Cluster.from_context(c)
     if _dry(c, cluster, "receive", lambda w: {}):
         return
-    facts = {"step": "initialize", "function": function, "code": code_digest(function), "format": TEXT,
+    facts = {"step": "initialize", "function": function, "code": code_digest([function]), "format": TEXT,
              "partitions": None, "workers": len(cluster)}
     if _up_to_date(c, Survey(cluster, "initialize", target), facts, target, force):
         return
