@@ -184,11 +184,12 @@ def load_files(c, files: list, target: str, force: bool = False, label: str = No
         return
     started = time.time()
     listing = digest_of(f"{p.resolve()}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
+    limit = record_limit(settings(c.config).get("max_record"))  # a setting that changes the output: in the facts
     facts = {"step": "load", "path": label, "input": listing, "format": FILES if whole else TEXT,
-             "partitions": None, "workers": len(cluster)}
+             "partitions": None, "workers": len(cluster), "max_record": limit}
     if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
         return
-    feed = spread.load_feed(files, len(cluster), whole, record_limit(settings(c.config).get("max_record")))
+    feed = spread.load_feed(files, len(cluster), whole, limit)
     received = spread.spread(cluster, target, "load", feed, facts, [os.path.abspath(p) for p in files])
     seconds = time.time() - started
     report_step(c.config, f"load: {label} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
@@ -209,7 +210,8 @@ def initialize(c, function, target, force=False):
     if _dry(c, cluster, "receive", lambda w: {}):
         return
     facts = {"step": "initialize", "function": function, "code": code_digest([function]), "format": TEXT,
-             "partitions": None, "workers": len(cluster)}
+             "partitions": None, "workers": len(cluster),
+             "max_record": record_limit(settings(c.config).get("max_record"))}
     if _up_to_date(c, Survey(cluster, "initialize", target), facts, target, force):
         return
 
@@ -278,7 +280,7 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     text = step == "transform" or streaming.command_of(function) is not None
     facts = {"step": step, "function": function, "code": code, "source": source,
              "source_attempt": survey.source["attempt"], "format": TEXT if text else RECORDS,
-             "partitions": len(cluster)}
+             "partitions": len(cluster), "max_record": record_limit(found.get("max_record"))}
     if combine:
         facts["combine"] = combine
     if _up_to_date(c, survey, facts, target, force):
