@@ -436,13 +436,15 @@ def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iter
 def check_sorted(lines: Iterable[str], where: str) -> Iterator[str]:
     """Pass lines through, stopping with an InputError at the first one out of order.
 
-    Order is code point order, which is LC_ALL=C sort's byte order for UTF-8.
+    Order is sorting.sort_key's: the key, then the whole line, each in code
+    point order, which is LC_ALL=C sort's byte order for UTF-8.
     """
-    previous = ""
+    previous = last = ""
     for lineno, line in enumerate(lines, 1):
-        if line < previous:
+        key = line.partition("\t")[0]
+        if key < last or (key == last and line < previous):
             raise unsorted(where, lineno, line, previous)
-        previous = line
+        previous, last = line, key
         yield line
 
 
