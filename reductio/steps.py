@@ -28,7 +28,7 @@ from pathlib import Path
 from reductio.errors import InputError, ReductioError, UserCodeError
 from reductio.output import LINE_COST, REMEMBERED, REMEMBERED_KEY
 from reductio.records import check_pair, format_line, format_record
-from reductio.reducers import integer
+from reductio.reducers import decimal, integer
 
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -398,7 +398,7 @@ def _flush_sums(held: dict[tuple, int], output) -> None:
     totals: dict[str, int] = {}
     for (key, value), times in held.items():
         totals[key] = totals.get(key, 0) + integer(key, value) * times
-    output.write_all(f"{key}\t{total}\n" for key, total in totals.items())
+    output.write_all(f"{key}\t{decimal(total)}\n" for key, total in totals.items())
     held.clear()
 
 
@@ -412,11 +412,11 @@ def _totals(runs: Iterable[tuple[str, str, int]]) -> Iterator[str]:
     for key, value, times in runs:
         if key != current:
             if current is not None:
-                yield f"{current}\t{total}\n"
+                yield f"{current}\t{decimal(total)}\n"
             current, total = key, 0
         total += integer(key, value) * times
     if current is not None:
-        yield f"{current}\t{total}\n"
+        yield f"{current}\t{decimal(total)}\n"
 
 
 def transform_lines(function: Callable, name: str, lines: Iterable[str]) -> Iterator[str]:
