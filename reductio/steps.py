@@ -172,18 +172,24 @@ def module_parts(roots: list, path: str) -> set[str]:
 
 
 def _in_project(roots: list) -> Callable:
-    installed = set()
+    installed = set()  # the top-level modules of the distributions installing a root, if any is installed
     for root in roots:
-        installed |= _distribution_names(root.__name__.partition(".")[0])
+        if _installed(root):
+            installed |= _distribution_names(root.__name__.partition(".")[0])
 
     def project(module) -> bool:
         name = module.__name__
         if _standard(name) or name == "reductio" or name.startswith("reductio."):
             return False
-        parts = Path(getattr(module, "__file__", None) or "").parts
-        return not ("site-packages" in parts or "dist-packages" in parts) or name.partition(".")[0] in installed
+        return not _installed(module) or name.partition(".")[0] in installed
 
     return project
+
+
+def _installed(module) -> bool:
+    """True for a module in a site-packages folder (an SSH worker's copy of the project, or a dependency)."""
+    parts = Path(getattr(module, "__file__", None) or "").parts
+    return "site-packages" in parts or "dist-packages" in parts
 
 
 def _distribution_names(top: str) -> set[str]:
