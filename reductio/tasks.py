@@ -282,7 +282,7 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
              "source_attempt": survey.source["attempt"], "format": TEXT if text else RECORDS,
              "partitions": len(cluster), "max_record": record_limit(found.get("max_record"))}
     if combine:
-        facts["combine"] = combine
+        facts.update(combine=combine, combine_limit=limit)  # the limit decides which pairs are combined together
     if _up_to_date(c, survey, facts, target, force):
         return
     shipping.ship(cluster, survey, {**shipped, **unpacked})
