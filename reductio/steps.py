@@ -154,8 +154,8 @@ def module_parts(roots: list, path: str) -> set[str]:
             continue
         seen.add(name)
         filename = getattr(module, "__file__", None)
-        if not filename or _standard(name):
-            continue
+        if not filename or _standard(name) or not (project(module) or any(module is root for root in roots)):
+            continue  # another distribution's module, reached from the project's: its own version, not ours
         parts.add(_file_part(filename, name, path))
         if not project(module):
             continue

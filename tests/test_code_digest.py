@@ -231,3 +231,18 @@ def test_python_s_own_functions_are_known_and_compiled_code_of_others_is_not(tmp
     code = code_digest(["compiledjobs.mapper"])
     assert code.startswith(UNKNOWN) and unknown_code(code) == (
         "compiledjobs.mapper runs compiled code (builtin_function_or_method hashpw) whose changes reductio cannot see")
+
+
+def test_modules_of_other_installed_distributions_are_not_the_project_s(tmp_path, monkeypatch):
+    """A dependency (here yaml, in site-packages) has its own version: a worker's copy of it is not the project's
+    code, so it is neither read nor followed; the project's own helper is."""
+    from reductio.steps import module_parts
+
+    project(tmp_path, depjobs="import yaml\nimport dephelper\n\ndef mapper(key, value):\n    yield key, value\n",
+            dephelper="X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code_digest(["depjobs.mapper"])  # imports it
+    import sys
+
+    names = {part.partition(":")[0] for part in module_parts([sys.modules["depjobs"]], "depjobs.mapper")}
+    assert names == {"depjobs", "dephelper"}
