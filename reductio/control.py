@@ -50,7 +50,7 @@ def step_check(params: dict) -> dict:
     code = None
     if functions:
         from reductio.steps import code_digest  # imports the user's code: only checks that name functions pay
-        code = "-".join(code_digest(path) for path in functions)
+        code = code_digest(functions)
     missing = [digest for digest in params.get("shipped") or [] if not shipped_whole(home.root, digest)]
     return {"target": target, "target_state": target_state, "source": source, "code": code, "missing": missing}
 

@@ -24,7 +24,7 @@ from reductio.machine import cores_each
 from reductio.output import PartitionedOutput
 from reductio.records import decode_error, lines_before, open_slice, read_lines, record_limit, split_record
 from reductio.shares import Range
-from reductio.sorting import sort_argv, sort_env
+from reductio.sorting import sort_argv, sort_env, sort_key
 from reductio.steps import (
     check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, sum_runs_into, transform_lines,
     unsorted,
@@ -103,17 +103,17 @@ def _sorted_file(part: Range, position: _Position, text: bool):
     """
     path, start, end = part
     position.at_file(path, start)
-    previous = ""
+    previous = last = ""
     with open_slice(path, start, end) as lines:
         try:
             for lineno, line in enumerate(lines, 1):
                 if line[-1:] == "\n":
                     line = line[:-1]
                 position.line = lineno
-                if line < previous:
-                    raise unsorted(path.name, position.number(), line, previous)
-                previous = line
                 key, tab, value = line.partition("\t")
+                if key < last or (key == last and line < previous):  # sort's order: key, then line (sorting.py)
+                    raise unsorted(path.name, position.number(), line, previous)
+                previous, last = line, key
                 if not tab and not text:
                     split_record(line, path, position.number())  # raises the InputError naming file and line
                 yield key, value
@@ -129,16 +129,16 @@ def _sorted_runs(part: Range, position: _Position, text: bool):
     """
     path, start, end = part
     position.at_file(path, start)
-    previous = ""
+    previous = last = ""
     with open_slice(path, start, end) as lines:
         try:
             for line, run in itertools.groupby(lines):
                 if line[-1:] == "\n":
                     line = line[:-1]
-                if line < previous:
-                    raise unsorted(path.name, position.number(position.line + 1), line, previous)
-                previous = line
                 key, tab, value = line.partition("\t")
+                if key < last or (key == last and line < previous):  # sort's order: key, then line (sorting.py)
+                    raise unsorted(path.name, position.number(position.line + 1), line, previous)
+                previous, last = line, key
                 if not tab and not text:
                     split_record(line, path, position.number(position.line + 1))  # raises, naming file and line
                 times = sum(1 for _ in run)  # counted, not listed: a run may be longer than memory
@@ -156,7 +156,7 @@ def _numbered(path: Path):
 
 
 def _first(item):
-    return item[0]
+    return sort_key(item[0])
 
 
 def _record(line: str, path: Path, lineno: int, text: bool):

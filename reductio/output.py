@@ -17,6 +17,7 @@ from pathlib import Path
 
 from reductio.errors import UserCodeError, environment_error
 from reductio.records import MAX_RECORD, first_too_long, too_long
+from reductio.sorting import sort_key
 from reductio.store import file_facts, partition_file
 
 # Lines are held over all partitions until they add up to BATCH, each counted as its characters and LINE_COST,
@@ -50,7 +51,7 @@ class PartitionedOutput:
         self.routes: dict[str, Callable] = {}
         self.lines = [0] * partitions
         self.sorted = [True] * partitions
-        self.last = [""] * partitions
+        self.last = [("", "")] * partitions
 
     def route(self, key: str) -> Callable:
         """The append of the batch of the partition owning ``key`` (partition.partition_of, inlined).
@@ -99,8 +100,8 @@ class PartitionedOutput:
         return UserCodeError(f"wrote {too_long(self.max_record)}, whose key starts {line[:line.find(TAB)][:60]!r}")
 
     def _track(self, p: int, batch: list) -> None:
-        """Keep note of whether partition p is still in sort's order (code point order, without the LF)."""
-        keys = [line[:-1] for line in batch]
+        """Keep note of whether partition p is still in sort's order (sorting.sort_key, without the LF)."""
+        keys = [sort_key(line[:-1]) for line in batch]
         if keys[0] < self.last[p] or keys != sorted(keys):
             self.sorted[p] = False
         else:

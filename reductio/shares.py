@@ -92,7 +92,7 @@ def _key_start(path: Path, offset: int, limit: int) -> int | None:
                 return start
             if _key(line) != _key(previous):
                 before, after = previous.rstrip(b"\n"), line.rstrip(b"\n")
-                if after < before:
+                if _key(line) < _key(previous):  # sort's order: the key first (sorting.sort_key)
                     lineno = lines_before(path, start) + 1
                     raise unsorted(path.name, lineno, after.decode("utf-8", "replace"),
                                    before.decode("utf-8", "replace"))

@@ -1,9 +1,12 @@
 """The argv for the worker's own Unix ``sort``: the one place its flags live.
 
 ``LC_ALL=C`` makes sort compare bytes, which for UTF-8 is code point order:
-the same order on every worker, whatever its locale, and the order in which
-reduce checks its input. Whole lines are compared, so all lines of one key
-(``key<TAB>...``) sit together, keys that are prefixes of others included.
+the same order on every worker, whatever its locale. Lines are ordered by
+their key (all before the first tab), then by the whole line: so all lines
+of one key sit together whatever bytes it holds. Whole lines alone would
+not do: ``a<TAB>1`` sorts after ``a\x01<TAB>z`` (TAB is byte 9), splitting
+key ``a`` around key ``a\x01``. sort_key is that order in Python, the one
+in which reduce, merge and shares check their input.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from pathlib import Path
 SORT_BUFFER = "256M"
 MERGE_BUFFER = "32M"  # merging sorted inputs streams them: a big buffer buys nothing
 SIZE = re.compile(r"\d+[%bKMGT]?")
+KEY_FIRST = ["-t", "\t", "-k1,1", "-k1"]  # the key (field 1), then the whole line (field 1 to the end)
+
+
+def sort_key(line: str) -> tuple[str, str]:
+    """The order of sort_argv for a line without its LF: its key, then the whole line."""
+    return line.partition("\t")[0], line
 
 
 def sort_env() -> dict[str, str]:
@@ -43,7 +52,7 @@ def sort_argv(
     buffer = buffer or (MERGE_BUFFER if merge_only else SORT_BUFFER)
     if not SIZE.fullmatch(str(buffer)):
         raise ValueError(f"sort buffer {buffer!r} is not a size like 256M or 10%")
-    argv = ["sort", "-S", str(buffer), "-T", str(temp_dir)]
+    argv = ["sort", "-S", str(buffer), "-T", str(temp_dir), *KEY_FIRST]  # -m and -u compare by them too
     if parallel:
         argv.append(f"--parallel={int(parallel)}")
     if merge_only:

@@ -28,7 +28,7 @@ from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish, shape
 from reductio.records import record_limit
 from reductio.report import read_log, render, write_report
-from reductio.steps import code_digest, load_function, user_error
+from reductio.steps import code_digest, load_function, unknown_code, user_error
 from reductio.store import FILES, RECORDS, TEXT, check_name
 from reductio.trust import install_trust, revoke_trust
 
@@ -71,6 +71,10 @@ def _say(text: str) -> None:
 def _up_to_date(c, survey: Survey, facts: dict, target: str, force: bool) -> bool:
     """True (with a one-line notice) if the target was made from the same source, code and settings."""
     if force or settings(c.config).get("force"):
+        return False
+    why = unknown_code(survey.code or facts.get("code"))
+    if why:
+        _say(f"{facts['step']}: cannot tell whether the code changed ({why}); running it")
         return False
     if not survey.current(facts):
         return False
@@ -188,11 +192,12 @@ def load_files(c, files: list, target: str, force: bool = False, label: str = No
         return
     started = time.time()
     listing = digest_of(f"{p.resolve()}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in files)
+    limit = record_limit(settings(c.config).get("max_record"))  # a setting that changes the output: in the facts
     facts = {"step": "load", "path": label, "input": listing, "format": FILES if whole else TEXT,
-             "partitions": None, "workers": len(cluster)}
+             "partitions": None, "workers": len(cluster), "max_record": limit}
     if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
         return
-    feed = spread.load_feed(files, len(cluster), whole, record_limit(settings(c.config).get("max_record")))
+    feed = spread.load_feed(files, len(cluster), whole, limit)
     received = spread.spread(cluster, target, "load", feed, facts, [os.path.abspath(p) for p in files])
     seconds = time.time() - started
     report_step(c.config, f"load: {label} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
@@ -212,8 +217,9 @@ def initialize(c, function, target, force=False):
     cluster = Cluster.from_context(c)
     if _dry(c, cluster, "receive", lambda w: {}):
         return
-    facts = {"step": "initialize", "function": function, "code": code_digest(function), "format": TEXT,
-             "partitions": None, "workers": len(cluster)}
+    facts = {"step": "initialize", "function": function, "code": code_digest([function]), "format": TEXT,
+             "partitions": None, "workers": len(cluster),
+             "max_record": record_limit(settings(c.config).get("max_record"))}
     if _up_to_date(c, Survey(cluster, "initialize", target), facts, target, force):
         return
 
@@ -283,9 +289,9 @@ def _function_step(c, step: str, function: str, source: str, target: str, force:
     text = step == "transform" or streaming.command_of(function) is not None
     facts = {"step": step, "function": function, "code": code, "source": source,
              "source_attempt": survey.source["attempt"], "format": TEXT if text else RECORDS,
-             "partitions": len(cluster)}
+             "partitions": len(cluster), "max_record": record_limit(found.get("max_record"))}
     if combine:
-        facts["combine"] = combine
+        facts.update(combine=combine, combine_limit=limit)  # the limit decides which pairs are combined together
     if _up_to_date(c, survey, facts, target, force):
         return
     shipping.ship(cluster, survey, {**shipped, **unpacked})

@@ -64,3 +64,23 @@ def test_a_combiner_that_raises_is_named_with_the_key(tmp_path):
     with pytest.raises(Exit) as failure:
         tasks.map(c, "wordjobs.words", "text", "pairs", combine="wordjobs.first_value_raising")
     assert "wordjobs.first_value_raising raised on key 'boom'" in failure.value.message
+
+
+def test_a_map_with_a_combiner_is_not_up_to_date_under_another_combine_limit(tmp_path, capsys):
+    """combine_limit changes which pairs are combined together, so what the map writes."""
+    source = write_lines(tmp_path / "in.txt", ["a a a a b"])
+    c = make_context(1)
+    tasks.setup(c)
+    tasks.load(c, str(source), "text")
+
+    def mapped(context):
+        capsys.readouterr()
+        tasks.map(context, "wordjobs.words", "text", "pairs", combine="wordjobs.total")
+        printed = capsys.readouterr().out
+        tasks.merge(context, "pairs", str(tmp_path / "pairs.tsv"))
+        return sorted((tmp_path / "pairs.tsv").read_text().splitlines()), printed
+
+    assert mapped(c)[0] == ["a\t4", "b\t1"]
+    assert "up to date" in mapped(c)[1]
+    lines, printed = mapped(make_context(1, combine_limit=2))
+    assert "up to date" not in printed and lines == ["a\t2", "a\t2", "b\t1"]

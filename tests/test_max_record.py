@@ -89,6 +89,32 @@ def test_an_initialize_function_writing_a_line_over_max_record_is_refused(tmp_pa
         tasks.initialize(c, "wordjobs.long_lines", "generated")
 
 
+
+def test_max_record_is_part_of_up_to_date_for_load_map_reduce_and_initialize(tmp_path, capsys):
+    """A dataset made under one max_record is not up to date under another: it may hold longer lines."""
+    steps = [("load", (str(long_line_file(tmp_path / "in.txt", 900)), "text")),
+             ("initialize", ("wordjobs.long_lines", "generated")), ("map", ("wordjobs.identity", "text", "pairs")),
+             ("sort", ("pairs", "sorted")), ("reduce", ("wordjobs.gather", "sorted", "gathered"))]
+    c = make_context(2)
+    tasks.setup(c)
+    for name, args in steps:
+        getattr(tasks, name)(c, *args)
+    capsys.readouterr()
+    for name, args in steps:
+        getattr(tasks, name)(c, *args)
+    assert capsys.readouterr().out.count("is up to date") == len(steps)
+    limited = make_context(2, max_record=100)
+    with pytest.raises(Exit, match=r"in.txt line 4: a line longer than max_record \(100 bytes\)"):
+        tasks.load(limited, *steps[0][1])  # before, skipped as up to date: the dataset kept its 900-byte line
+    with pytest.raises(Exit, match=r"wordjobs.long_lines wrote a line longer than max_record \(100 bytes\)"):
+        tasks.initialize(limited, *steps[1][1])
+    with pytest.raises(Exit, match=r"wrote a line longer than max_record \(100 bytes\)"):
+        tasks.map(limited, *steps[2][1])
+    tasks.sort(limited, *steps[3][1])  # sort writes the lines it reads: max_record changes nothing there
+    with pytest.raises(Exit, match=r"wrote a line longer than max_record \(100 bytes\)"):
+        tasks.reduce(limited, *steps[4][1])
+    assert "up to date" not in capsys.readouterr().out.replace("sort: sorted is up to date", "")
+
 PEAK = """\
 import json, resource, sys
 from invoke import Config, Context, Exit

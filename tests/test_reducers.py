@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
@@ -14,7 +15,7 @@ from conftest import files_per_dataset, make_context, write_lines
 from reductio import reducers, tasks
 from reductio.errors import UserCodeError
 from reductio.output import PartitionedOutput
-from reductio.steps import combine_into, sum_into
+from reductio.steps import combine_into, sum_into, sum_runs_into
 from reductio.store import partition_file
 
 SUM = reducers.SUM  # the dotted path users write
@@ -24,7 +25,26 @@ def test_sum_totals_whole_numbers_and_names_a_value_that_is_not_one():
     assert list(reducers.sum("k", iter(["1", "-20", "300"]))) == [("k", "281")]
     with pytest.raises(UserCodeError) as failure:
         list(reducers.sum("k", iter(["1", "1.5"])))
-    assert str(failure.value) == "reductio.reducers.sum: value '1.5' of key 'k' is not a whole number"
+    assert str(failure.value) == ("reductio.reducers.sum: value '1.5' of key 'k' is not a whole number"
+                                  " (ASCII digits, optionally after a minus)")
+
+
+NOT_WHOLE = ["1_000", " 5", "5 ", "\uff14", "\u0663", "+2", "", "-", "--1", "\u00b2", "1.0", "0x1", "5\r", "1e3"]
+
+
+@pytest.mark.parametrize("value", NOT_WHOLE)
+def test_sum_takes_ascii_digits_after_an_optional_minus_and_nothing_else(value):
+    """What README says: Python's int() takes most of these (underscores, spaces, a plus, other scripts' digits)."""
+    with pytest.raises(UserCodeError, match="is not a whole number"):
+        list(reducers.sum("k", iter(["1", value])))
+    assert list(reducers.sum("k", iter(["-0", "007", "-3"]))) == [("k", "4")]
+
+
+def test_sum_takes_and_gives_numbers_of_any_length():
+    """Python stops at 4,300 digits converting an int to or from text: sum does not."""
+    nines = "9" * 4300
+    assert list(reducers.sum("k", iter([nines] * 20))) == [("k", "1" + "9" * 4299 + "80")]  # 2 * 10**4301 - 20
+    assert list(reducers.sum("k", iter(["-" + "1" * 9000, "1" * 9000]))) == [("k", "0")]
 
 
 def _written(folder, step) -> list:
@@ -125,3 +145,76 @@ def test_the_sum_combiner_names_the_line_whose_pair_is_refused(tmp_path):
     with pytest.raises(Exit) as failure:
         tasks.map(c, "wordjobs.yields_int", "text", "pairs", combine=SUM)
     assert "line 1: wordjobs.yields_int yielded a value of type int" in failure.value.message
+
+
+_FAST_SORTED_KEYS = ["a", "b", ""]
+values_any = st.one_of(st.integers(-10 ** 30, 10 ** 30).map(str), st.sampled_from(NOT_WHOLE + ["0", "-0", "007"]),
+                       st.sampled_from(["9" * 4400, "-" + "9" * 4400, "1" + "0" * 5000]))
+
+
+def _plain(pairs):
+    """reductio.reducers.sum called once per key (in key order), or the message it stops with."""
+    pairs = sorted(pairs, key=lambda pair: pair[0])
+    try:
+        return [line for key, group in itertools.groupby(pairs, key=lambda pair: pair[0])
+                for line in reducers.sum(key, (value for _, value in group))]
+    except UserCodeError as err:
+        return str(err)
+
+
+def _fast(folder, step):
+    """What a fast path writes, per key in key order, or the message it stops with."""
+    output = PartitionedOutput(folder, 1, "test")
+    try:
+        step(output)
+        output.close()
+    except UserCodeError as err:
+        output.abandon()
+        return str(err)
+    text = (folder / partition_file(0, "test")).read_text(encoding="utf-8")
+    return [tuple(line.split("\t")) for line in sorted(text.split("\n")[:-1])]
+
+
+@settings(max_examples=150, deadline=None)
+@given(pairs=st.lists(st.tuples(st.sampled_from(_FAST_SORTED_KEYS), values_any), max_size=12))
+def test_the_fast_paths_and_reductio_reducers_sum_agree_on_any_values(tmp_path_factory, pairs):
+    """sum_runs_into (reduce) and sum_into (the combiner, limit above the pair count) give what sum gives, or
+    stop with the same message."""
+    expected = _plain(pairs)
+    ordered = sorted(pairs, key=lambda pair: pair[0])
+    runs = [(key, value, sum(1 for _ in group)) for (key, value), group in itertools.groupby(ordered)]
+    reduced = _fast(tmp_path_factory.mktemp("runs"), lambda out: sum_runs_into(iter(runs), out))
+    combined = _fast(tmp_path_factory.mktemp("combined"), lambda out: sum_into(
+        lambda k, v: [(k, v)], "m", iter(ordered), 10_000, out))
+    if isinstance(expected, str):  # the first bad value may differ: each path meets values in its own order
+        assert isinstance(reduced, str) and isinstance(combined, str)
+        assert "is not a whole number (ASCII digits, optionally after a minus)" in reduced + combined
+    else:
+        assert reduced == combined == sorted(expected)
+
+
+def test_a_job_sums_numbers_of_thousands_of_digits_with_the_combiner_and_reduce(tmp_path):
+    nines = "9" * 4300
+    c = make_context(2)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k\t{nines}"] * 20 + ["j\t-" + nines])), "text")
+    for combine in ("", SUM):
+        tasks.map(c, "wordjobs.identity", "text", "pairs", combine=combine)
+        tasks.scatter(c, "pairs", "here")
+        tasks.sort(c, "here", "sorted")
+        tasks.reduce(c, SUM, "sorted", "sums")
+        tasks.merge(c, "sums", str(tmp_path / "sums.tsv"))
+        assert (tmp_path / "sums.tsv").read_text() == f"j\t-{nines}\nk\t1{'9' * 4299}80\n"
+
+
+@pytest.mark.parametrize("value", ["1_000", "+2", "\uff14"])
+def test_reduce_and_the_combiner_with_sum_stop_at_a_value_int_would_take(tmp_path, value):
+    c = make_context(1)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", sorted(["a\t1", f"a\t{value}"]))), "text")
+    for step in (lambda: tasks.reduce(c, SUM, "text", "sums"),
+                 lambda: tasks.map(c, "wordjobs.identity", "text", "pairs", combine=SUM)):
+        with pytest.raises(Exit) as failure:
+            step()
+        assert f"reductio.reducers.sum: value {value!r} of key 'a' is not a whole number" in failure.value.message
+        assert "Traceback" not in failure.value.message

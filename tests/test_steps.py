@@ -16,6 +16,7 @@ from reductio.reducers import sum as sum_reducer
 from reductio.steps import (
     Output, check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, transform_lines,
 )
+from reductio.sorting import sort_key
 from reductio.store import partition_file
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
@@ -328,7 +329,8 @@ def test_load_function_reports_an_error_raised_while_importing_the_users_module(
 
 
 def test_check_sorted_passes_sorted_lines_through_unchanged():
-    lines = sorted(["b", "a", "a", "a\tx", "a\x01", "\u00fc", "\U0001f600", ""])
+    lines = sorted(["b", "a", "a", "a\tx", "a\x01", "a\x01\ty", "\u00fc", "\U0001f600", ""], key=sort_key)
+    assert lines.index("a\tx") < lines.index("a\x01")  # key first: all of key a before key a\x01
     assert list(check_sorted(iter(lines), "p00000.w0")) == lines
 
 

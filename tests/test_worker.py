@@ -19,6 +19,7 @@ import pytest
 from reductio import framing
 from reductio.errors import DatasetError
 from reductio.partition import partition_of
+from reductio.sorting import sort_key
 from reductio.store import MARKER, STALE_AFTER, Home, file_facts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -260,7 +261,7 @@ def test_sort_orders_all_lines_of_a_dataset_by_code_point_like_lc_all_c(home):
     }, **locale)
     result = reply.result
     path = home.tmp / "s1" / "sorted.w0"
-    assert lines_of(path) == sorted(SORT_LINES)
+    assert lines_of(path) == sorted(SORT_LINES, key=sort_key)  # key first, then the line (sorting.py)
     facts = result["files"]["sorted.w0"]
     assert facts["sorted"] is True
     assert facts["lines"] == len(SORT_LINES) == result["counters"]["lines in"]
@@ -332,7 +333,8 @@ def test_reduce_names_the_right_file_and_line_of_a_record_without_tab_among_seve
 def test_reduce_merges_several_sorted_files_and_groups_every_key_once(home):
     pairs = [("a", 1), ("ab", 2), ("a\x01", 3), ("a", 4), ("ab", 5), ("\u00fc", 6), ("a\x01", 7), ("z", 8)]
     lines = [f"{k}\t{v}" for k, v in pairs]
-    publish_source(home, "pairs", {"p00000.x": sorted(lines[:4]), "p00001.y": sorted(lines[4:])}, "records")
+    publish_source(home, "pairs", {"p00000.x": sorted(lines[:4], key=sort_key),
+                                          "p00001.y": sorted(lines[4:], key=sort_key)}, "records")
     result = run_worker("reduce", {
         "home": str(home.root), "source": "pairs", "function": "wordjobs.total",
         "attempt": "r1", "partitions": 2, "origin": "w0",
