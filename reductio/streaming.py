@@ -248,11 +248,14 @@ class _Pipeline:
             _signal(pid, signal.SIGKILL)
 
     def _check(self) -> None:
-        """Raise the failure of the stage that failed on its own: one killed by SIGPIPE only followed another."""
-        failed = [(command, process, stderr) for command, process, stderr in self.stages if process.returncode]
-        own = [stage for stage in failed if stage[1].returncode not in (-signal.SIGPIPE, 128 + signal.SIGPIPE)]
-        if own or failed:
-            raise _failure(*(own or failed)[0])
+        """Raise the failure of the first stage that failed on its own. A stage killed by SIGPIPE before another
+        (``sort`` before a combiner) only followed it: that one stopped reading, which is fine if it exited 0,
+        and its own failure if not. The last stage's output is read to its end, so its SIGPIPE is its own."""
+        last = len(self.stages) - 1
+        own = [stage for index, stage in enumerate(self.stages) if stage[1].returncode and not (
+            index < last and stage[1].returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE))]
+        if own:
+            raise _failure(*own[0])
 
     def _last_name(self) -> str:
         return self.stages[-1][0].name
