@@ -112,11 +112,16 @@ class Command:
         One run over every range, unless the source says which input file each
         data file holds (load): then one run per input file, named in
         ``mapreduce_map_input_file``; or one per whole file, given as arguments.
+        No run over no lines: a worker that holds none of an input file runs
+        no task for it, as Hadoop runs none for a split that is not there.
         """
         files = self.source.get("files") or {}
         if self.source.get("format") == FILES:
             for path, _, _ in ranges:
                 yield _named(path, files[path.name], position), {}, [str(path), files[path.name]["input"]]
+            return
+        ranges = [part for part in ranges if _holds_bytes(part)]
+        if not ranges:
             return
         inputs = [files.get(path.name, {}).get("input") for path, _, _ in ranges]
         if not any(inputs):
@@ -301,6 +306,11 @@ def _blocks(ranges, position) -> Iterator[bytes]:
                 left -= len(block)
                 position.line += block.count(b"\n")
                 yield block
+
+
+def _holds_bytes(part) -> bool:
+    path, start, end = part
+    return (os.path.getsize(path) if end is None else end) > start
 
 
 def _named(path: Path, facts: dict, position) -> Iterator[bytes]:
