@@ -16,7 +16,7 @@ import time
 from typing import Dict, Optional
 
 from reductio.config import settings
-from reductio.errors import ConfigError
+from reductio.errors import ConfigError, printable
 
 DEFAULT_INTERVAL = 2.0
 SKEW_RATIO = 1.5
@@ -166,7 +166,7 @@ def summary(step: str, results: Dict[str, dict]) -> str:
     lines = ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     user = user_totals(results)
-    lines += [f"  {name}: {count:,}" for name, count in sorted(user.items())]
+    lines += [f"  {printable(name)}: {count:,}" for name, count in sorted(user.items())]  # named by user code
     return "\n".join(lines)
 
 

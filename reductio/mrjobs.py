@@ -33,7 +33,7 @@ from typing import Dict, List
 
 from reductio import gather, spread, tasks
 from reductio.cluster import Cluster
-from reductio.errors import ReductioError, UserCodeError
+from reductio.errors import ReductioError, UserCodeError, printable
 from reductio.feedback import user_totals
 from reductio.mrjob_task import COMBINE_IN_MAPPER, supply_removed_modules
 
@@ -219,12 +219,12 @@ def _combines_in_mapper(runner, step: dict) -> bool:
 
 
 def counter_lines(totals: Dict[str, int]) -> str:
-    """User counters ``GROUP,COUNTER`` as mrjob prints them."""
+    """User counters ``GROUP,COUNTER`` as mrjob prints them, their names safe for the terminal (``printable``)."""
     from mrjob.logs.counters import _format_counters
 
     grouped: Dict[str, Dict[str, int]] = {}
     for name, count in totals.items():
         group, _, counter = name.partition(",")
-        grouped.setdefault(group, {})[counter] = count
+        grouped.setdefault(printable(group), {})[printable(counter)] = count
     return _format_counters(grouped)
 

@@ -12,14 +12,13 @@ and the worker adds their results up: progress, files, counters.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from reductio.protocol import Reply
+from reductio.protocol import Reply, new_token, params_frame
 from reductio.records import lines_before
 from reductio.steps import unsorted
 
@@ -132,9 +131,15 @@ def run(step: str, params: dict, shares: list[list[Range]], progress: Progress) 
             head = dict(params.get("head") or {"beat": 1.0}, stdin="eof")
             child = dict(params, origin=f"{params['origin']}-{k}", processes=1, head=head,
                          share=[[path.name, start, end] for path, start, end in share])
-            argv = [sys.executable, "-m", "reductio.worker", step, json.dumps(child)]
-            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-            children.append(_Child(process, k, progress, failed))
+            token = new_token()  # the share's own lines, told from its user code's stderr (protocol.py)
+            process = subprocess.Popen([sys.executable, "-m", "reductio.worker", step], stdin=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            children.append(_Child(process, k, progress, failed, token))
+            try:  # its parameters first on its stdin, never in its argv (protocol.py)
+                process.stdin.write(params_frame(dict(child, token=token)))
+                process.stdin.flush()
+            except BrokenPipeError:  # it is gone already: its stderr says why
+                pass
         while not all(child.over.is_set() for child in children) and not failed.wait(0.2):
             pass
         if failed.is_set():
@@ -151,9 +156,10 @@ def run(step: str, params: dict, shares: list[list[Range]], progress: Progress) 
 class _Child:
     """One share's process: its stderr read as it comes (progress, then its result or error)."""
 
-    def __init__(self, process: subprocess.Popen, index: int, progress: Progress, failed: threading.Event) -> None:
+    def __init__(self, process: subprocess.Popen, index: int, progress: Progress, failed: threading.Event,
+                 token: str) -> None:
         self.process, self.index, self.progress = process, index, progress
-        self.reply = Reply(self._progress)
+        self.reply = Reply(self._progress, token=token)
         self.over = threading.Event()
         self.failed = False  # ended in failure on its own, not stopped because another failed
         threading.Thread(target=self._read, args=(failed,), daemon=True).start()

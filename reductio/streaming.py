@@ -113,11 +113,16 @@ class Command:
         One run over every range, unless the source says which input file each
         data file holds (load): then one run per input file, named in
         ``mapreduce_map_input_file``; or one per whole file, given as arguments.
+        No run over no lines: a worker that holds none of an input file runs
+        no task for it, as Hadoop runs none for a split that is not there.
         """
         files = self.source.get("files") or {}
         if self.source.get("format") == FILES:
             for path, _, _ in ranges:
                 yield _named(path, files[path.name], position), {}, [str(path), files[path.name]["input"]]
+            return
+        ranges = [part for part in ranges if _holds_bytes(part)]
+        if not ranges:
             return
         inputs = [files.get(path.name, {}).get("input") for path, _, _ in ranges]
         if not any(inputs):
@@ -250,11 +255,14 @@ class _Pipeline:
             _signal(pid, signal.SIGKILL)
 
     def _check(self) -> None:
-        """Raise the failure of the stage that failed on its own: one killed by SIGPIPE only followed another."""
-        failed = [(command, process, stderr) for command, process, stderr in self.stages if process.returncode]
-        own = [stage for stage in failed if stage[1].returncode not in (-signal.SIGPIPE, 128 + signal.SIGPIPE)]
-        if own or failed:
-            raise _failure(*(own or failed)[0])
+        """Raise the failure of the first stage that failed on its own. A stage killed by SIGPIPE before another
+        (``sort`` before a combiner) only followed it: that one stopped reading, which is fine if it exited 0,
+        and its own failure if not. The last stage's output is read to its end, so its SIGPIPE is its own."""
+        last = len(self.stages) - 1
+        own = [stage for index, stage in enumerate(self.stages) if stage[1].returncode and not (
+            index < last and stage[1].returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE))]
+        if own:
+            raise _failure(*own[0])
 
     def _last_name(self) -> str:
         return self.stages[-1][0].name
@@ -300,6 +308,11 @@ def _blocks(ranges, position) -> Iterator[bytes]:
                 left -= len(block)
                 position.line += block.count(b"\n")
                 yield block
+
+
+def _holds_bytes(part) -> bool:
+    path, start, end = part
+    return (os.path.getsize(path) if end is None else end) > start
 
 
 def _named(path: Path, facts: dict, position) -> Iterator[bytes]:

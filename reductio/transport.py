@@ -49,13 +49,16 @@ class StreamBroken(ReductioError):
 class Command:
     """One command on a worker, started by a subclass; ``heard`` is when it last said anything."""
 
-    def __init__(self, mode: str, beat: float, on_progress=None) -> None:
+    def __init__(self, mode: str, beat: float, on_progress=None, command: str = "") -> None:
         self.mode, self.beat = mode, beat
         self._answered = threading.Event()  # a first result came, or stderr ended
         self._stderr_over = threading.Event()
         self._results = threading.Condition()  # each later result of a step held open (``tell``, ``answer``)
         self._asked = 0  # results that came before the last message told
-        self.reply = Reply(on_progress, self._heard_result)
+        # A reductio.worker command (protocol.WorkerCommand) gets its parameters first on its stdin, and marks
+        # its protocol lines with its token; a plain command has neither.
+        self._first_in: bytes = getattr(command, "stdin", b"")
+        self.reply = Reply(on_progress, self._heard_result, getattr(command, "token", None))
         self.heard = time.monotonic()
         self.ended: Optional[ReductioError] = None  # why it was stopped from outside: lost, aborted
         self._stdout = bytearray()
@@ -68,6 +71,12 @@ class Command:
         self._readers.append(_daemon(self._drain_stderr))
         if self.mode != "r":
             self._readers.append(_daemon(self._drain, self._read_stdout, self._kept_stdout))
+        if self._first_in:  # before any beat or data; a command that is gone already says why on stderr
+            try:
+                with self._stdin_lock:
+                    self._write(self._first_in)
+            except (OSError, EOFError):
+                pass
         if self.mode in ("step", "r"):  # the worker does not read this stdin: beat on it
             _daemon(self._pace)
         elif self.mode == "shell":
@@ -119,6 +128,7 @@ class Command:
         self._answered.wait()
         if self.reply.first is not None and self.reply.error is None and self.ended is None:
             return self.reply.first
+        self._close_stdin()  # no verdict is coming: a worker waiting for one stops (heartbeat.py)
         return self.finish()
 
     def answer(self) -> dict:
@@ -249,7 +259,7 @@ class LocalCommand(Command):
     """A local worker's command: a child process with three pipes."""
 
     def __init__(self, command: str, mode: str, beat: float, on_progress=None) -> None:
-        super().__init__(mode, beat, on_progress)
+        super().__init__(mode, beat, on_progress, command)
         self._process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, bufsize=0)
         self._start_threads()
@@ -297,7 +307,7 @@ class SshCommand(Command):
     """An SSH worker's command: an exec channel on the worker's connection."""
 
     def __init__(self, transport, command: str, mode: str, beat: float, timeout: float, on_progress=None) -> None:
-        super().__init__(mode, beat, on_progress)
+        super().__init__(mode, beat, on_progress, command)
         self._transport, self._timeout = transport, timeout
         self._channel = transport.open_session(timeout=timeout)
         self._channel.exec_command(command)

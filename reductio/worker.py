@@ -1,8 +1,11 @@
-"""The worker side: ``python -m reductio.worker STEP PARAMS_JSON``.
+"""The worker side: ``python -m reductio.worker STEP``, its parameters first on its stdin.
 
 The head runs one such command per worker and step, locally or over SSH.
-Its result or error goes to stderr as protocol lines (protocol.py), so
-stdout stays free for data (``cat``) and stdin for data (``receive``).
+The parameters come on stdin (protocol.py), never on the command line,
+which every local user may read. Its result or error goes to stderr as
+protocol lines marked with the parameters' token (protocol.py), so stdout
+stays free for data (``cat``), stdin after the parameters for data
+(``receive``), and nothing the user's code writes passes for them.
 Any exception that is not a ReductioError is a bug in reductio and keeps
 its traceback. The steps live in datasteps.py (reading and writing a
 dataset's lines), control.py (markers and folders), receiving.py and
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import sys
 import time
@@ -24,7 +26,7 @@ from reductio import heartbeat, steplog
 from reductio.buffering import buffered_stdout
 from reductio.control import answer
 from reductio.errors import ReductioError, environment_error
-from reductio.protocol import ERROR, RESULT, emit
+from reductio.protocol import ERROR, RESULT, emit, read_params, use_token
 from reductio.store import Home
 
 # Each step's module: the step itself is its function step_NAME.
@@ -47,12 +49,18 @@ def step_function(step: str):
 
 def main(argv: list = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in STEPS:
-        print(f"usage: python -m reductio.worker {{{','.join(STEPS)}}} PARAMS_JSON", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in STEPS:
+        print(f"usage: python -m reductio.worker {{{','.join(STEPS)}}} (its parameters first on stdin)",
+              file=sys.stderr)
         return 2
     os.umask(0o077)  # everything in a reductio home is its owner's alone
     step = argv[0]
-    params = json.loads(argv[1])
+    try:
+        params = read_params(0)
+    except ValueError as err:
+        print(f"reductio worker: {err}", file=sys.stderr)
+        return 2
+    use_token(params.pop("token", None))
     then = params.pop("then", None)  # "publish": wait for the head's verdict after the result (job.py)
     if params.get("head"):
         heartbeat.start(params["head"])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
+import threading
 
 import pytest
 
 from reductio.errors import ReductioError
-from reductio.protocol import MAX_REPLY_LINE, RESULT
+from reductio.protocol import MAX_REPLY_LINE, RESULT, Reply, WorkerCommand, params_frame, read_params
 from reductio.transport import LocalCommand
 
 
@@ -55,3 +57,67 @@ def test_a_reply_line_longer_than_the_cap_is_refused_without_keeping_it():
 def test_an_exit_code_is_a_signal_only_where_a_shell_would_say_one(program, said):
     with pytest.raises(ReductioError, match=said.replace("(", r"\(").replace(")", r"\)")):
         fake_worker(program).finish()
+
+
+TOKEN = "feedc0de" * 4
+
+
+def token_reply(*chunks: bytes) -> Reply:
+    reply = Reply(token=TOKEN)
+    for chunk in chunks:
+        reply.feed(chunk)
+    reply.close()
+    return reply
+
+
+def test_with_a_token_only_lines_carrying_it_count_and_the_users_text_before_it_is_kept():
+    ours = f"\n{TOKEN} {RESULT}" + '{"files": {"p": 1}}\n'
+    reply = token_reply(b"...", ours.encode(), b'reductio-result: {"files": {}}\n', b"\xff\x1b[2J no newline")
+    assert reply.outcome(0) == {"files": {"p": 1}}
+    assert list(reply.tail) == ["...", 'reductio-result: {"files": {}}', "\ufffd\\x1b[2J no newline"]
+
+
+def test_with_a_token_a_line_glued_to_the_users_text_still_counts_and_a_fake_never_does():
+    glued = f"dots...{TOKEN} {RESULT}" + '{"files": {}}\n'
+    reply = token_reply(glued.encode(), f"{RESULT}{{\"files\": {{\"fake\": 1}}}}\n".encode())
+    assert reply.outcome(0) == {"files": {}}
+    assert reply.tail[0] == "dots..."
+
+
+def test_with_a_token_an_unknown_prefix_after_it_is_a_malformed_line():
+    with pytest.raises(ReductioError, match="malformed reply line"):
+        token_reply(f"{TOKEN} reductio-bogus: {{}}\n".encode()).outcome(0)
+
+
+def test_a_step_held_for_its_verdict_whose_result_cannot_count_is_hung_up_on_not_waited_for():
+    """The worker waits on its stdin for the verdict after its result; a result that is malformed must end it."""
+    script = (f"import sys, os\nsys.stderr.write('\\n{TOKEN} {RESULT}{{broken\\n'); sys.stderr.flush()\n"
+              "while os.read(0, 1 << 16):\n    pass\n")
+    command = WorkerCommand(f"exec {sys.executable} -c {shlex.quote(script)}")
+    command.token = TOKEN
+    ended = threading.Event()
+    failure = []
+
+    def wait():
+        try:
+            LocalCommand(command, "step", beat=0.2).first_result()
+        except ReductioError as err:
+            failure.append(err)
+        ended.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+    assert ended.wait(30), "the head still waited for a verdict it will never give"
+    assert failure and "malformed reply line" in str(failure[0])
+
+
+def test_the_parameters_frame_reads_back_exactly_leaving_the_rest_of_the_stream():
+    read, write = os.pipe()
+    frame = params_frame({"env": {"K": "v" * 100_000}, "token": TOKEN})
+    writer = threading.Thread(target=lambda: (os.write(write, frame + b"rest"), os.close(write)))
+    writer.start()
+    try:
+        assert read_params(read) == {"env": {"K": "v" * 100_000}, "token": TOKEN}
+        writer.join()
+        assert os.read(read, 100) == b"rest"
+    finally:
+        os.close(read)

@@ -299,3 +299,52 @@ def test_a_worker_that_got_no_lines_sorts_reduces_and_merges_nothing_without_wai
     tasks.reduce(c, "| cat", "sorted", "reduced")
     tasks.merge(c, "reduced", str(tmp_path / "out.tsv"))
     assert (tmp_path / "out.tsv").read_text() == "only\tline\n"
+
+
+def test_a_combiner_command_that_stops_reading_early_and_exits_zero_is_fine(c, tmp_path):
+    """Issue 28: ``sort`` before the combiner was killed by SIGPIPE when ``head -1`` stopped reading, and that
+    failed the step; a stage that stops reading and exits 0 is fine, as for the mapper."""
+    lines = [f"line {i:06d} " + "x" * 100 for i in range(50_000)]  # sort's output far above a pipe's 64 KB
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    tasks.map(c, "| cat", "text", "firsts", combine="| head -1")
+    tasks.merge(c, "firsts", str(tmp_path / "out.txt"))
+    firsts = (tmp_path / "out.txt").read_text().splitlines()
+    assert len(firsts) == 2 and set(firsts) <= set(lines)  # the first sorted line of each worker
+
+
+def test_a_combiner_command_that_stops_reading_and_fails_still_fails_the_step(c, tmp_path):
+    lines = [f"line {i:06d} " + "x" * 100 for i in range(50_000)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    with pytest.raises(Exit, match="command 'head -1; exit 4' exited with code 4"):
+        tasks.map(c, "| cat", "text", "firsts", combine="| head -1; exit 4")
+
+
+def test_a_map_command_runs_on_no_worker_that_holds_no_lines_of_the_input(tmp_path):
+    """Issue 28: with one line on three workers, the two that got nothing ran the command too."""
+    c = make_context(3)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "one.txt", ["only line"])), "text")
+    assert sum(1 for home in homes() if any((home / "data" / "text").glob("s*"))) == 1
+    tasks.map(c, '| echo "ran $mapreduce_map_input_file"; cat', "text", "runs")
+    tasks.merge(c, "runs", str(tmp_path / "runs.txt"))
+    runs = (tmp_path / "runs.txt").read_text().splitlines()
+    assert sorted(runs) == sorted(["only line", f"ran file://{tmp_path / 'one.txt'}"])
+
+
+def test_a_map_command_over_a_steps_output_runs_on_no_worker_that_holds_none_of_it(tmp_path):
+    c = make_context(3)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "one.txt", ["k\tv"])), "one")
+    tasks.map(c, "| cat", "one", "mapped")  # not made by load: no input file named
+    tasks.map(c, "| echo ran; cat", "mapped", "runs")
+    tasks.merge(c, "runs", str(tmp_path / "runs.txt"))
+    assert sorted((tmp_path / "runs.txt").read_text().splitlines()) == ["k\tv", "ran"]
+
+
+def test_counter_names_reach_the_terminal_with_their_escape_sequences_shown_not_run(c, tmp_path, capsys):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a", "b"])), "text")
+    capsys.readouterr()
+    tasks.map(c, "| printf 'reporter:counter:g\\033]0;owned\\007,n\\033[2J,3\\n' >&2; cat", "text", "out")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "g\\x1b]0;owned\\x07,n\\x1b[2J: " in out

@@ -1,4 +1,4 @@
-"""The worker entry point, run as the head runs it: ``python -m reductio.worker STEP JSON``."""
+"""The worker entry point, run as the head runs it: ``python -m reductio.worker STEP``, its parameters on stdin."""
 
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ import pytest
 from reductio import framing
 from reductio.errors import DatasetError
 from reductio.partition import partition_of
+from reductio.protocol import params_frame
 from reductio.sorting import sort_key
 from reductio.store import MARKER, STALE_AFTER, Home, file_facts
 
 REPO = Path(__file__).resolve().parent.parent
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
-RESULT = "reductio-result: "
-ERROR = "reductio-error: "
+TOKEN = "0123456789abcdef0123456789abcdef"  # the head's, passed in the parameters
+RESULT = f"{TOKEN} reductio-result: "
+ERROR = f"{TOKEN} reductio-error: "
 
 
 class Reply:
@@ -60,8 +62,8 @@ def run_worker(step: str, params: dict, stdin: bytes = b"", **env) -> Reply:
     paths = [str(WORDJOBS)] + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])
     environment["PYTHONPATH"] = os.pathsep.join(paths)
     done = subprocess.run(
-        [sys.executable, "-m", "reductio.worker", step, json.dumps(params)],
-        input=stdin, capture_output=True, env=environment, timeout=60,
+        [sys.executable, "-m", "reductio.worker", step],
+        input=params_frame(dict(params, token=TOKEN)) + stdin, capture_output=True, env=environment, timeout=60,
     )
     return Reply(done)
 
@@ -481,9 +483,10 @@ def test_receive_refuses_a_stream_cut_inside_a_file_and_keeps_nothing_of_it(home
 def test_receive_stops_when_its_sender_falls_silent_for_dead_after(home):
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "reductio.worker", "receive", json.dumps({
-            "home": str(home.root), "attempt": "l1", "head": {"beat": 0.2, "dead_after": 1, "stdin": "data"}})],
+        [sys.executable, "-m", "reductio.worker", "receive"],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    process.stdin.write(params_frame({"home": str(home.root), "attempt": "l1",
+                                      "head": {"beat": 0.2, "dead_after": 1, "stdin": "data"}}))
     process.stdin.write(framing.file_header("part-0", 10) + b"abc")
     process.stdin.flush()
     process.wait(timeout=30)  # stdin stays open: the sender is silent, not gone
@@ -536,12 +539,28 @@ def test_delete_refuses_a_bad_dataset_name(home):
     assert "bad dataset name" in error["message"]
 
 
-@pytest.mark.parametrize("argv", [["explode", "{}"], ["status"], []])
-def test_an_unknown_step_or_missing_parameters_is_a_usage_error(argv):
-    done = subprocess.run([sys.executable, "-m", "reductio.worker", *argv], capture_output=True, timeout=60)
+@pytest.mark.parametrize("argv", [["explode"], ["status", '{"home": "/tmp"}'], []])
+def test_an_unknown_step_or_parameters_in_argv_is_a_usage_error(argv):
+    done = subprocess.run([sys.executable, "-m", "reductio.worker", *argv], capture_output=True, timeout=60,
+                          input=params_frame({"home": "/nowhere"}))
     assert done.returncode == 2
     stderr = done.stderr.decode()
     assert stderr.startswith("usage: python -m reductio.worker {")
     assert "map" in stderr and "reduce" in stderr
-    assert RESULT not in stderr and ERROR not in stderr
+    assert "reductio-result" not in stderr and "reductio-error" not in stderr
     assert done.stdout == b""
+
+
+@pytest.mark.parametrize("stdin, said", [(b"", "no parameters on stdin"), (b"{}\n", "does not start with"),
+                                         (b"100\n{}\n", "ended inside the parameters")])
+def test_a_worker_without_its_parameters_on_stdin_says_so(stdin, said):
+    done = subprocess.run([sys.executable, "-m", "reductio.worker", "status"], capture_output=True, timeout=60,
+                          input=stdin)
+    assert done.returncode == 2
+    assert said in done.stderr.decode()
+
+
+def test_the_stdin_after_the_parameters_is_left_whole_for_the_step(home):
+    data = framed({"part-0": b"a\nb\n"})
+    reply = run_worker("receive", {"home": str(home.root), "attempt": "l1", "pad": "x" * 300_000}, stdin=data)
+    assert reply.result["files"]["part-0"]["lines"] == 2
