@@ -68,7 +68,8 @@ def paired(stage: str, other: str, mapper: str, size: int, times: int) -> None:
                 raise SystemExit(f"stage {name} failed (wait status {status})")
             cpu[name] = usage.ru_utime + usage.ru_stime
         ratios.append(cpu[stage] / cpu[other])
-        print(f"try {attempt + 1}: {stage} {cpu[stage]:.2f} s, {other} {cpu[other]:.2f} s of CPU, ratio {ratios[-1]:.3f}")
+        print(f"try {attempt + 1}: {stage} {cpu[stage]:.2f} s, {other} {cpu[other]:.2f} s of CPU,"
+              f" ratio {ratios[-1]:.3f}")
     print(f"{stage} / {other}: median ratio {statistics.median(ratios):.3f} over {times} tries of {size:,} bytes")
 
 

@@ -71,7 +71,8 @@ def main() -> None:
             tries = {name: [] for name, _ in chosen}
             for turn in range(1, args.repeat + 1):
                 for name, command in chosen:
-                    print(f"== {size_text} {workload} {name}" + (f", try {turn}" if args.repeat > 1 else ""), flush=True)
+                    print(f"== {size_text} {workload} {name}" + (f", try {turn}" if args.repeat > 1 else ""),
+                          flush=True)
                     result = measure(name, command, args.timeout)
                     output = read_output(name, result) if result["status"] == "ok" else None
                     result["identical"] = None if output is None else output == reference
@@ -106,7 +107,8 @@ def measured_commit() -> str:
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     changed = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", ".",
-                                    ":!bench/RESULTS.md", ":!bench/results.json"], capture_output=True, text=True).stdout
+                                    ":!bench/RESULTS.md", ":!bench/results.json"],
+                             capture_output=True, text=True).stdout
     return (commit or "?") + ("+changes" if changed.strip() else "")
 
 
@@ -202,7 +204,8 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set, on
         "reductio 1 worker, 1 process": reductio_command('one', corpus, out / 'reductio-one-p1', mapper, False, 1),
         "counter": f"{env_py} {BENCH / 'counter.py'} {mapper} {corpus} {out / 'counter'}",
         "awk hash": f"LC_ALL=C awk '{hashed}' {corpus} > {out / 'awk-hash'}",
-        "awk | sort | uniq -c": f"LC_ALL=C awk '{emit}' {corpus} | LC_ALL=C sort -S 1G | uniq -c > {out / 'awk-sort-uniq'}",
+        "awk | sort | uniq -c": (f"LC_ALL=C awk '{emit}' {corpus} | LC_ALL=C sort -S 1G"
+                                 f" | uniq -c > {out / 'awk-sort-uniq'}"),
         "sort (intermediate only)": (f"LC_ALL=C awk '{emit}' {corpus} > {intermediate} && "
                                      f"echo START >&2 && LC_ALL=C sort -S 1G {intermediate} -o {intermediate}.sorted"),
         "dask.bag": f"{env_py} {BENCH / 'dask_job.py'} {mapper} {corpus} {out / 'dask'}",
@@ -231,7 +234,8 @@ def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine
     home = OUT / f"home-{kind}"
     log = output.with_suffix(".jsonl")
     config = output.with_suffix(".config.json")
-    config.write_text(json.dumps({"reductio": dict({"log": str(log)}, **({"processes": processes} if processes else {}))}))
+    config.write_text(json.dumps({"reductio": dict({"log": str(log)},
+                                                   **({"processes": processes} if processes else {}))}))
     flags = f"--corpus {corpus} --output {output} --mapper jobs.{mapper} --reducer {reducer}" + (
         " --combine" if combine else "")
     task = f"mrjob {BENCH / 'mrjob_job.py'} --mapper-name {mapper} {corpus} --output {output}" if mrjob else (
@@ -493,7 +497,7 @@ def targets(results: list) -> list:
     for size, run in dict.fromkeys((r["size"], r["run"]) for r in results):
         ran = [r for r in results if (r["size"], r["run"]) == (size, run) and r["status"] == "ok"]
 
-        def row(workload, name):
+        def row(workload, name, ran=ran):
             return next((r for r in ran if (r["workload"], r["name"]) == (workload, name)), None)
 
         plain, combined = row("bigrams", "reductio local"), row("bigrams", "reductio local +combiner")

@@ -137,8 +137,9 @@ def section() -> list:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in json.loads(path.read_text()):
         shell = r["shell"] + (f", scatter_streams {r['streams']}" if r["streams"] else "")
-        lines.append(f"| {r['workers']} | {shell} | {r['steps'].get('scatter', 0):.1f} | {r['connections']} | {r['job']:.1f}"
-                     f" | {r['up to date']:.1f} | {r['setup']:.1f} | {r['commit']} | {r['measured']} |")
+        lines.append(f"| {r['workers']} | {shell} | {r['steps'].get('scatter', 0):.1f} | {r['connections']}"
+                     f" | {r['job']:.1f} | {r['up to date']:.1f} | {r['setup']:.1f} | {r['commit']}"
+                     f" | {r['measured']} |")
     return lines + [""]
 
 

@@ -84,7 +84,8 @@ class Reductio(Fab):
             module, parent = self.loader_class(config=self.config, start=start).load(named)
         except CollectionNotFound as err:
             if named:  # asked for by name: not finding it is an error, not a reason to run something else
-                raise Exit(f"reductio: no task module {err.name!r} at or above {start or os.getcwd()}", code=1)
+                raise Exit(f"reductio: no task module {err.name!r} at or above {start or os.getcwd()}",
+                           code=1) from None
             module, parent = None, os.path.abspath(start or os.getcwd())
         self.config.set_project_location(parent)
         self.config.load_project()

@@ -142,9 +142,11 @@ def _from_mapping(entry, where: str) -> WorkerSpec:
         )
     unknown = keys - _KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))};"
+                          f" known: {', '.join(sorted(_KEYS))}")
     local = _flag(entry["local"], f"{where}: local") if entry.get("local") not in (None, "") else False
-    processes = _whole(1)(entry["processes"], f"{where}: processes") if entry.get("processes") not in (None, "") else None
+    processes = (_whole(1)(entry["processes"], f"{where}: processes")
+                 if entry.get("processes") not in (None, "") else None)
     host = entry.get("host")
     if not local and not host:
         raise ConfigError(f"{where}: give a host, or local = yes for a local worker")

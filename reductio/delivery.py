@@ -83,7 +83,7 @@ def step_send(params: dict) -> dict:
     relay: dict[str, dict] = {}
     if own in by_index:
         sent[str(own)] = _link(home, by_index.pop(own), attempt, marker)
-    for index, paths in list(by_index.items()):
+    for index, _ in list(by_index.items()):
         if destinations[index]["kind"] == "relay":
             relay[str(index)] = {path.name: marker["files"][path.name] for path in by_index.pop(index)}
     order = send_order(own, by_index, len(destinations))

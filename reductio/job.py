@@ -129,14 +129,14 @@ def settle(cluster: Cluster, name: str, states: Dict[str, dict]) -> bool:
     for version in sorted(versions - {None}, reverse=True):  # attempt ids sort by time: the newest first
         behind = [n for n, state in states.items() if state["linked"] != version]
         if all(version in states[n]["pending"] for n in behind):
-            cluster.each(f"completing the publish of {name}", lambda w: w.step(
+            cluster.each(f"completing the publish of {name}", lambda w, version=version: w.step(
                 "publish", {"phase": "switch", "target": name, "attempt": version}), [workers[n] for n in behind])
             return True
     for version in sorted(versions - {None}, reverse=True):
         ahead = [n for n, state in states.items() if state["linked"] == version]
         previous = {states[n]["kept"].get(version, "?") for n in ahead}
         if len(previous) == 1 and all(linked[n] == next(iter(previous)) for n in states if n not in ahead):
-            cluster.each(f"undoing a half-done publish of {name}", lambda w: w.step(
+            cluster.each(f"undoing a half-done publish of {name}", lambda w, version=version: w.step(
                 "publish", {"phase": "revert", "target": name, "attempt": version}), [workers[n] for n in ahead])
             return True
     return False

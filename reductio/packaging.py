@@ -101,7 +101,8 @@ def _build(project: Path, distribution: str, out: Path) -> Path:
     except build.BuildBackendException as err:
         failed = err.exception
         output = (getattr(failed, "stderr", None) or getattr(failed, "output", None) or str(failed)).strip()
-        raise ReductioError(f"build_{distribution} of {project} failed", "\n".join(output.splitlines()[-15:]))
+        raise ReductioError(f"build_{distribution} of {project} failed",
+                            "\n".join(output.splitlines()[-15:])) from None
     except build.BuildException as err:
         raise ReductioError(f"cannot build {project}: {err}") from None
 

@@ -81,7 +81,8 @@ td:first-child, th:first-child, td.text {{ text-align: left; }}
 {chart}
 <h2>Steps</h2>
 <table id="steps">
-<tr><th>step</th><th>target</th><th>seconds</th><th>CPU seconds</th><th>lines in</th><th>lines out</th><th>bytes out</th><th>user counters</th></tr>
+<tr><th>step</th><th>target</th><th>seconds</th><th>CPU seconds</th>\
+<th>lines in</th><th>lines out</th><th>bytes out</th><th>user counters</th></tr>
 {rows}
 </table>
 </body></html>

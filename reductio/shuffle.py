@@ -85,7 +85,7 @@ def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
                 incoming = sender.open("read", {"source": source, "name": name}, "r")
                 try:
                     copied = 0
-                    for block in iter(lambda: incoming.read(1 << 20), b""):
+                    for block in iter(lambda incoming=incoming: incoming.read(1 << 20), b""):
                         outgoing.write(block)
                         copied += len(block)
                     incoming.finish()

@@ -116,7 +116,7 @@ class Home:
                 return json.load(marker)
         except FileNotFoundError:
             if (self.data / name).exists():
-                raise DatasetError(f"dataset {name!r} has no {MARKER} marker; re-run the step that makes it")
+                raise DatasetError(f"dataset {name!r} has no {MARKER} marker; re-run the step that makes it") from None
             raise DatasetError(f"no dataset {name!r}") from None
 
     def files(self, name: str, marker: dict = None) -> list[Path]:

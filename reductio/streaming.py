@@ -217,7 +217,8 @@ class _Pipeline:
                     line += "\n"
                 yield line
         except UnicodeDecodeError:
-            raise UserCodeError(f"{self._last_name()} wrote output that is not UTF-8 (line {self.lines_out + 1})")
+            raise UserCodeError(f"{self._last_name()} wrote output that is not UTF-8"
+                                f" (line {self.lines_out + 1})") from None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for line in self.lines():

@@ -33,7 +33,8 @@ def test_workers_cfg_in_the_current_folder_wins_over_the_one_in_the_reductio_hom
     (isolated_home / ".reductio").mkdir()
     (isolated_home / ".reductio" / "workers.cfg").write_text("[far]\nhost = far.example\n")
     assert [s.name for s in load_workers(Config())] == ["far"]
-    Path("workers.cfg").write_text("[a]\nhost = a.example\nport = 2222\nusername = me\n\n[b]\nlocal = yes\nhome = /srv/b\n")
+    Path("workers.cfg").write_text("[a]\nhost = a.example\nport = 2222\nusername = me\n\n"
+                                   "[b]\nlocal = yes\nhome = /srv/b\n")
     specs = load_workers(Config())
     assert specs == [
         WorkerSpec(name="a", home="~/.reductio", host="a.example", port=2222, username="me"),

@@ -147,7 +147,8 @@ def test_the_report_renders_the_steps_in_headless_chromium(tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "headless Chromium is needed for this test: apt-get install chromium"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     for step in ("load → text", "map → pairs", "scatter → here", "sort → sorted", "reduce → counts", "merge →"):
@@ -164,7 +165,7 @@ def test_each_worker_keeps_a_log_of_its_steps_with_the_error_of_a_failed_one(tmp
     c = make_context(1)
     tasks.setup(c)
     tasks.load(c, str(write_lines(tmp_path / "in.txt", ["ok\t1", "boom\t2"])), "input")
-    with pytest.raises(Exception):
+    with pytest.raises(Exit):
         tasks.map(c, "wordjobs.raises_on_boom", "input", "out")
     log = (Path(os.environ["HOME"]) / ".reductio" / "local" / "worker-0" / "logs" / "steps.log").read_text()
     assert "receive done in" in log

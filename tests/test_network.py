@@ -158,11 +158,12 @@ def cut_during(network, job, host: int, moment, target: str, capsys, before=None
 
     victim.heal()
     for each in network.hosts:  # while the head lives, it keeps a control session on the hosts it still reaches
-        wait_until(lambda: not (each.processes() if each is victim else steps_running(each)), DEAD_AFTER + 10,
+        wait_until(lambda each=each: not (each.processes() if each is victim else steps_running(each)),
+                   DEAD_AFTER + 10,
                    f"the dead job's reductio processes on host{each.index} to stop ({each.processes()})", every=0.2)
     _close_connections()  # as the head's exit does
     for each in network.hosts:
-        wait_until(lambda: not each.processes(), DEAD_AFTER + 10,
+        wait_until(lambda each=each: not each.processes(), DEAD_AFTER + 10,
                    f"the head's sessions on host{each.index} to stop ({each.processes()})", every=0.2)
     capsys.readouterr()
     run_job(c, data, output)

@@ -123,7 +123,8 @@ def test_a_job_reduced_and_combined_with_sum_matches_the_users_own_reducer_and_a
 
 
 @pytest.mark.parametrize("lines, message", [
-    (["a\t1", "a\t1", "b\t2", "b\tx", "c\t1"], "line 4: reductio.reducers.sum: value 'x' of key 'b' is not a whole number"),
+    (["a\t1", "a\t1", "b\t2", "b\tx", "c\t1"],
+     "line 4: reductio.reducers.sum: value 'x' of key 'b' is not a whole number"),
     (["a\t1", "b\t1", "b\t1", "a\t1"], "line 4: input is not sorted"),
 ])
 def test_reduce_with_sum_names_the_line_of_a_bad_value_or_of_unsorted_input(tmp_path, lines, message):

@@ -48,7 +48,8 @@ def freeze_a_receiver(c, step) -> None:
     run = Background(step)
     frozen = []
     try:
-        frozen = wait_until(lambda: run.is_alive() and receivers_of(worker.home), 60, f"{worker.name}'s receive to run", every=0.005)
+        frozen = wait_until(lambda: run.is_alive() and receivers_of(worker.home), 60,
+                            f"{worker.name}'s receive to run", every=0.005)
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         froze = time.monotonic()

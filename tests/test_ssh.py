@@ -17,7 +17,8 @@ from reductio import tasks
 from reductio.example.bigrams import letter_pairs
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = [f"{w}" for w in "listen silent enlist google banana stone tones notes onset apple paple Über über rübe".split()]
+WORDS = [f"{w}" for w in
+         "listen silent enlist google banana stone tones notes onset apple paple Über über rübe".split()]
 
 
 def bigram_table(words_path: Path) -> dict:
@@ -120,7 +121,8 @@ def test_mixed_local_and_ssh_workers_give_the_same_table(ssh_workers, words, tmp
     assert run_bigrams(c, words, tmp_path / "mixed.tsv") == bigram_table(words)
 
 
-def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds(ssh_workers, sshd_cluster, words, tmp_path):
+def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds(ssh_workers, sshd_cluster, words,
+                                                                                  tmp_path):
     ssh_workers(3)
     c = make_context(project=WORDJOBS)
     tasks.setup(c)

@@ -306,7 +306,8 @@ def test_load_function_refuses_a_missing_module():
 def test_load_function_refuses_a_missing_attribute(wordjobs):
     with pytest.raises(UserCodeError) as caught:
         load_function("wordjobs.no_such_function")
-    assert str(caught.value) == "function 'wordjobs.no_such_function': module 'wordjobs' has no function 'no_such_function'"
+    assert str(caught.value) == ("function 'wordjobs.no_such_function':"
+                                 " module 'wordjobs' has no function 'no_such_function'")
 
 
 def test_load_function_refuses_something_that_is_not_callable(wordjobs):

@@ -99,7 +99,8 @@ def test_status_lists_each_workers_datasets_and_delete_removes_them_everywhere(c
     assert "no datasets on any worker" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["..", "a/b", "../up", "with space", "semi;colon", "$(whoami)", "ünïcode", "", ".hidden"])
+@pytest.mark.parametrize("name", ["..", "a/b", "../up", "with space", "semi;colon", "$(whoami)", "ünïcode", "",
+                                  ".hidden"])
 def test_bad_dataset_names_are_refused_before_any_worker_is_touched(c, tmp_path, name):
     before = [sorted(p.name for p in (h / "data").iterdir()) for h in homes()]
     with pytest.raises(Exit) as failure:

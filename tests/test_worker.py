@@ -82,7 +82,7 @@ def publish_source(home: Home, name: str, files: dict, fmt: str, attempt: str = 
     folder.mkdir(mode=0o700, exist_ok=True)
     facts = {}
     for file_name, content in files.items():
-        data = content if isinstance(content, bytes) else "".join(l + "\n" for l in content).encode("utf-8")
+        data = content if isinstance(content, bytes) else "".join(line + "\n" for line in content).encode("utf-8")
         (folder / file_name).write_bytes(data)
         facts[file_name] = file_facts(folder / file_name)
     return home.publish(attempt, name, facts, {"step": "load", "format": fmt, "partitions": len(files)})
@@ -275,7 +275,7 @@ def test_sort_orders_all_lines_of_a_dataset_by_code_point_like_lc_all_c(home):
 def test_sort_keeps_all_lines_of_a_key_together_including_prefix_keys(home):
     pairs = [("a", "1"), ("ab", "2"), ("a\x01", "3"), ("a", "4"), ("ab", "5"), ("a\x01", "6"), ("a", "")]
     publish_source(home, "pairs", {"p00000.x": [f"{k}\t{v}" for k, v in pairs]}, "records")
-    run_worker("sort", {"home": str(home.root), "source": "pairs", "attempt": "s1", "origin": "w0"}).result
+    _ = run_worker("sort", {"home": str(home.root), "source": "pairs", "attempt": "s1", "origin": "w0"}).result
     keys = [line.split("\t")[0] for line in lines_of(home.tmp / "s1" / "sorted.w0")]
     runs = [key for i, key in enumerate(keys) if i == 0 or keys[i - 1] != key]
     assert sorted(runs) == sorted(set(k for k, _ in pairs))
@@ -466,7 +466,8 @@ def test_frame_headers_are_words_and_a_ping_is_skipped(home):
     data = b"k\t1\n"
     assert framing.file_header("p00001.w00002-1", 4) == b"file p00001.w00002-1 4\n"
     digest = hashlib.sha256(data).hexdigest()
-    assert framing.end_header("p1", {"bytes": 4, "sha256": digest, "sorted": True}) == f"end p1 4 {digest} sorted\n".encode()
+    assert (framing.end_header("p1", {"bytes": 4, "sha256": digest, "sorted": True})
+            == f"end p1 4 {digest} sorted\n".encode())
     stream = framing.PING + framed({"p1": data}) + framing.PING
     reply = run_worker("receive", {"home": str(home.root), "attempt": "l1"}, stdin=stream)
     assert reply.result == {"files": {"p1": {"bytes": 4, "lines": 1, "sha256": digest, "sorted": False}}}
@@ -516,7 +517,7 @@ def test_status_reports_files_lines_bytes_and_step_of_each_dataset(home):
     (home.data / "broken").mkdir()
     datasets = run_worker("status", {"home": str(home.root)}).result["datasets"]
     assert set(datasets) == {"text", "pairs", "broken"}
-    text_bytes = sum(len("".join(l + "\n" for l in lines).encode("utf-8")) for lines in TEXT.values())
+    text_bytes = sum(len("".join(line + "\n" for line in lines).encode("utf-8")) for lines in TEXT.values())
     facts = ("files", "lines", "bytes", "step")
     assert {key: datasets["text"][key] for key in facts} == {
         "files": 2, "lines": sum(map(len, TEXT.values())), "bytes": text_bytes, "step": "load"}
