@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dask
 import dask.bag as db
-
 import jobs
 
 

@@ -1,11 +1,9 @@
 """mrjob, -r local, same mapper, with or without a combiner (--no-combiner)."""
 
-import sys
-
-from mrjob.job import MRJob
-from mrjob.protocol import RawValueProtocol
 
 import jobs
+from mrjob.job import MRJob
+from mrjob.protocol import RawValueProtocol
 
 
 class Count(MRJob):

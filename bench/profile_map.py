@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import jobs
+
 from reductio import datasteps as worker
 from reductio.output import PartitionedOutput
 from reductio.steps import sum_into

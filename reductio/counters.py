@@ -15,7 +15,6 @@ workers and prints them with the step's built-in counters.
 
 from __future__ import annotations
 
-
 _counts: dict[str, int] = {}
 
 

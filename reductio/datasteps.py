@@ -26,7 +26,14 @@ from reductio.records import decode_error, lines_before, open_slice, read_lines,
 from reductio.shares import Range
 from reductio.sorting import sort_argv, sort_env, sort_key
 from reductio.steps import (
-    check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, sum_runs_into, transform_lines,
+    check_sorted,
+    combine_into,
+    load_function,
+    map_into,
+    reduce_into,
+    sum_into,
+    sum_runs_into,
+    transform_lines,
     unsorted,
 )
 from reductio.store import FILES, TEXT, Home, check_name, file_facts, total

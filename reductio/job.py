@@ -15,9 +15,9 @@ import time
 from typing import Callable, Dict
 
 from reductio.cluster import Cluster
-from reductio.transport import Command
 from reductio.errors import DatasetError, ReductioError, StepFailed, WorkerUnreachable
 from reductio.feedback import display
+from reductio.transport import Command
 
 
 def new_attempt() -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
-import io
 import subprocess
 import time
 from pathlib import Path

@@ -11,11 +11,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_archives import PYTHONS
 
 import reductio
 from conftest import WORDJOBS
 from reductio import packaging
+from test_archives import PYTHONS
 
 REPO = Path(__file__).resolve().parent.parent
 

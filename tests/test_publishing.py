@@ -3,7 +3,6 @@ publish is all-or-nothing across workers (issue 27, items 2-4)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path

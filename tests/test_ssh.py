@@ -294,9 +294,8 @@ def test_an_account_with_no_key_at_all_is_told_so_in_one_line(ssh_workers, monke
 
 def test_the_head_offers_aes_gcm_first_and_still_reaches_a_worker_without_it(ssh_workers, sshd_cluster, tmp_path,
                                                                              isolated_home):
-    from sshd import Sshd
-
     from reductio.cluster import Cluster
+    from sshd import Sshd
 
     ssh_workers(1)
     worker = Cluster.from_context(make_context(project=WORDJOBS)).workers[0]

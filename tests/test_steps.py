@@ -13,10 +13,17 @@ import reductio
 from reductio.errors import InputError, UserCodeError
 from reductio.output import BATCH, LINE_COST, PartitionedOutput
 from reductio.reducers import sum as sum_reducer
-from reductio.steps import (
-    Output, check_sorted, combine_into, load_function, map_into, reduce_into, sum_into, transform_lines,
-)
 from reductio.sorting import sort_key
+from reductio.steps import (
+    Output,
+    check_sorted,
+    combine_into,
+    load_function,
+    map_into,
+    reduce_into,
+    sum_into,
+    transform_lines,
+)
 from reductio.store import partition_file
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
