@@ -124,8 +124,8 @@ def test_a_job_reduced_and_combined_with_sum_matches_the_users_own_reducer_and_a
 
 @pytest.mark.parametrize("lines, message", [
     (["a\t1", "a\t1", "b\t2", "b\tx", "c\t1"],
-     "line 4: reductio.reducers.sum: value 'x' of key 'b' is not a whole number"),
-    (["a\t1", "b\t1", "b\t1", "a\t1"], "line 4: input is not sorted"),
+     "in.txt line 4 (s00000.load line 4): reductio.reducers.sum: value 'x' of key 'b' is not a whole number"),
+    (["a\t1", "b\t1", "b\t1", "a\t1"], "s00000.load line 4: input is not sorted"),
 ])
 def test_reduce_with_sum_names_the_line_of_a_bad_value_or_of_unsorted_input(tmp_path, lines, message):
     c = make_context(1)
@@ -142,10 +142,12 @@ def test_the_sum_combiner_names_the_line_whose_pair_is_refused(tmp_path):
     tasks.load(c, str(write_lines(tmp_path / "in.txt", ["ok", "ok", "boom", "ok"])), "text")
     with pytest.raises(Exit) as failure:
         tasks.map(c, "wordjobs.raises_on_boom", "text", "pairs", combine=SUM)
-    assert "line 3: wordjobs.raises_on_boom raised ValueError: no booms allowed" in failure.value.message
+    assert ("in.txt line 3 (s00000.load line 3): wordjobs.raises_on_boom raised ValueError: no booms allowed"
+            in failure.value.message)
     with pytest.raises(Exit) as failure:
         tasks.map(c, "wordjobs.yields_int", "text", "pairs", combine=SUM)
-    assert "line 1: wordjobs.yields_int yielded a value of type int" in failure.value.message
+    assert ("in.txt line 1 (s00000.load line 1): wordjobs.yields_int yielded a value of type int"
+            in failure.value.message)
 
 
 _FAST_SORTED_KEYS = ["a", "b", ""]
