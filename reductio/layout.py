@@ -5,6 +5,7 @@ Layout, the only place it is spelled out::
     HOME/data/NAME     -> ../store/NAME.ATTEMPT   symlink: the published dataset
     HOME/store/NAME.ATTEMPT/                      its files and its _SUCCESS marker
     HOME/tmp/ATTEMPT/                             a step's output until it is published
+    HOME/tmp/ATTEMPT.gate/                        while a scatter step runs: its attempt is open to senders
     HOME/logs/steps.log                           one line per step the worker ran (steplog.py)
     HOME/cluster_key, HOME/known_hosts            how this worker reaches the others (scatter)
     HOME/venv/, HOME/dist/                        an SSH worker's Python environment and sdists
@@ -26,6 +27,7 @@ import os
 from reductio.errors import DatasetError
 
 DATA, STORE, TMP, SHIPPED, LOGS = "data", "store", "tmp", "shipped", "logs"
+GATE_OPENING = ".gate"  # tmp/ATTEMPT.gate/ (receiving.py); no attempt id holds a '.'
 WHOLE = ".size"  # beside a shipped file: its size, written only once it arrived whole
 CLUSTER_KEY = "cluster_key"
 KNOWN_HOSTS = "known_hosts"

@@ -23,9 +23,8 @@ import time
 
 from reductio import framing
 from reductio.errors import DatasetError, ReductioError
-from reductio.layout import TMP, attempt_folder, check_attempt, check_home, hold_lock
+from reductio.layout import GATE_OPENING, TMP, attempt_folder, check_attempt, check_home, hold_lock
 
-OPEN = ".gate"  # tmp/ATTEMPT.gate/: the attempt is open to scatter's senders (no attempt id holds a '.')
 EXPECT = "expect"  # in it: the prefix of every file name a sender may deliver, one line
 MAX_NAME = 128  # characters of a file name through the gate: scatter's are p00001.w00002-3
 OPEN_WAIT = (5.0, 60.0)  # seconds a gate waits for the step to open its attempt: dead_after, within these
@@ -56,7 +55,7 @@ def open_to_senders(home: str, attempt: str, partition: int) -> None:
     """Open ``attempt`` to the gate for as long as this process (a scatter step) runs: senders may deliver
     files of ``partition`` into it. The opening goes when the process ends; a killed one's, with ``clean``."""
     folder = attempt_folder(home, attempt)
-    opening = folder + OPEN
+    opening = folder + GATE_OPENING
     try:
         os.mkdir(opening, 0o700)
     except FileExistsError:
@@ -72,9 +71,12 @@ def open_to_senders(home: str, attempt: str, partition: int) -> None:
 
 
 def _close(opening: str) -> None:
-    for name in os.listdir(opening):
-        os.unlink(os.path.join(opening, name))
-    os.rmdir(opening)
+    try:
+        for name in os.listdir(opening):
+            os.unlink(os.path.join(opening, name))
+        os.rmdir(opening)
+    except FileNotFoundError:  # the head discarded the attempt first (store.Home.discard)
+        pass
 
 
 def _opened(home: str, attempt: str, dead_after: float) -> tuple:
@@ -84,7 +86,7 @@ def _opened(home: str, attempt: str, dead_after: float) -> tuple:
     deadline = time.monotonic() + min(max(dead_after, OPEN_WAIT[0]), OPEN_WAIT[1])
     pause = 0.005
     while True:
-        prefix = _expected_prefix(folder + OPEN)
+        prefix = _expected_prefix(folder + GATE_OPENING)
         if prefix is not None:
             hold_lock(folder)
             return folder, prefix

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from reductio.errors import DatasetError
-from reductio.layout import DATA, SHIPPED, STORE, TMP, attempt_folder, check_attempt, check_home, finished
+from reductio.layout import DATA, GATE_OPENING, SHIPPED, STORE, TMP, attempt_folder, check_attempt, check_home, finished
 
 MARKER = "_SUCCESS"
 STALE_AFTER = 3600
@@ -314,8 +314,10 @@ class Home:
         finished(self.root, attempt)
 
     def discard(self, attempt: str) -> None:
-        """Forget an attempt that is not published here: its folder, or its prepared version and pending link."""
+        """Forget an attempt that is not published here: its folder and its opening to scatter's senders (a killed
+        step's stays otherwise), or its prepared version and pending link."""
         _remove_tree(self.tmp / check_attempt(attempt))
+        _remove_tree(self.tmp / (attempt + GATE_OPENING))
         suffix = f".{attempt}"
         for entry in os.listdir(self.data):
             if entry.startswith(".") and entry.endswith(suffix) and os.path.islink(self.data / entry):
