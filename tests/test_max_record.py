@@ -64,8 +64,8 @@ def test_a_map_function_yielding_a_line_over_max_record_names_its_input_line(tmp
     tasks.setup(c)
     tasks.load(c, str(long_line_file(tmp_path / "in.txt", 900)), "text")
     tasks.map(c, "wordjobs.identity", "text", "fine")  # 900 bytes fit
-    with pytest.raises(Exit, match=r"s00000.load line 4: wrote a line longer than max_record \(1,000 bytes\),"
-                                   r" whose key starts 'k'"):
+    with pytest.raises(Exit, match=r"in.txt line 4 \(s00000.load line 4\): wrote a line longer than max_record"
+                                   r" \(1,000 bytes\), whose key starts 'k'"):
         tasks.map(c, "wordjobs.doubled", "text", "doubled")
     with pytest.raises(Exit, match="no dataset 'doubled'"):
         tasks.map(c, "wordjobs.identity", "doubled", "again")
