@@ -217,6 +217,7 @@ class SshWorker(Worker):
         # what the last connect tried, as its errors name it: user and keys; host and port after ~/.ssh/config
         self._offered = (spec.username or getpass.getuser(), "")
         self._reached = (spec.host, spec.port or 22)
+        self._gateways: List[Tuple[str, int]] = []  # each ProxyJump hop, as it was reached
         found = settings(config)
         self.retries = (found.get("retries", 3), found.get("retry_delay", 1.0))
 
@@ -286,6 +287,7 @@ class SshWorker(Worker):
                 hop.connect_kwargs = dict(hop.connect_kwargs, **timeouts)
         self._offered = (connection.user, _keys_offered(connection.connect_kwargs))
         self._reached = (connection.host, int(connection.port))
+        self._gateways = [(hop.host, int(hop.port)) for hop in _hops(connection) if hop is not connection]
         try:
             with self.reaching():
                 connection.open()
@@ -425,9 +427,15 @@ class _Reaching:
         shown = spec.host if port == 22 else f"[{spec.host}]:{port}"  # as known_hosts writes it
         if isinstance(error, paramiko.BadHostKeyException):
             host, port = self.worker._reached  # as ~/.ssh/config resolved them, which known_hosts names
+            whose = ""
+            if error.hostname != host:  # a ProxyJump hop's key (paramiko names the host it checked)
+                gateway = [reached for reached in self.worker._gateways if reached[0] == error.hostname]
+                if gateway:
+                    (host, port), whose = gateway[0], f", the ProxyJump gateway to {self.worker.name},"
             shown = host if port == 22 else f"[{host}]:{port}"
             raise WorkerRefused(
-                f"host key of {shown} has CHANGED (got {error.key.get_name()} {error.key.get_fingerprint().hex()});"
+                f"host key of {shown}{whose} has CHANGED"
+                f" (got {error.key.get_name()} {error.key.get_fingerprint().hex()});"
                 " refusing to connect. If the machine was reinstalled, remove its old line"
                 f" (ssh-keygen -R '{shown}'), check the new key (ssh-keyscan -p {port} {host}) and add it"
                 " to ~/.ssh/known_hosts") from None

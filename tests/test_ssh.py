@@ -214,6 +214,12 @@ def test_a_proxyjump_gateway_whose_host_key_is_unknown_is_refused_and_one_known_
     with pytest.raises(Exit) as failure:
         tasks.status(context())
     assert f"host key of [127.0.0.1]:{gateway.port} is unknown" in failure.value.message, failure.value.message
+    wrong = sshd_cluster.daemons[2].known_hosts_line().split(" ", 1)[1]  # another daemon's key: changed
+    (isolated_home / ".ssh" / "known_hosts").write_text(only_worker + f"[127.0.0.1]:{gateway.port} {wrong}")
+    with pytest.raises(Exit) as failure:
+        tasks.status(context())
+    assert (f"host key of [127.0.0.1]:{gateway.port}, the ProxyJump gateway to ssh-1, has CHANGED"
+            in failure.value.message), failure.value.message
     (isolated_home / ".ssh" / "known_hosts").write_text(only_worker + gateway.known_hosts_line())
     tasks.setup(context())  # through the gateway, both keys checked
     tasks.status(context())
