@@ -56,7 +56,9 @@ def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
                    "archives": [f"{path}#{name}" for name, path in sorted(archived.items())]}
         prefix = _prefix(Path(argv[0]), argv[1:])
         source = f"{prefix}.input"
-        tasks.load_files(c, _inputs(runner), source, whole=runner._uses_input_manifest())  # mapper_raw: whole
+        inputs = _inputs(runner)  # named as given, as mrjob's local runner names them: file://docs/a.txt
+        tasks.load_files(c, inputs, source, whole=runner._uses_input_manifest(),  # mapper_raw: whole
+                         names=[str(path) for path in inputs])
         for number, step in enumerate(runner._get_steps()):
             source = _run_step(c, runner, number, step, source, prefix, shipped, python_path)
     finally:

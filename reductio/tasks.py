@@ -183,8 +183,10 @@ def load(c, path, target, force=False, whole=False):
     load_files(c, spread.input_files(path), target, force, str(path), whole)
 
 
-def load_files(c, files: list, target: str, force: bool = False, label: str = None, whole: bool = False) -> None:
-    """load's body for a list of files (``label``: how the step's line and marker name them)."""
+def load_files(c, files: list, target: str, force: bool = False, label: str = None, whole: bool = False,
+               names: list = None) -> None:
+    """load's body for a list of files (``label``: how the step's line and marker name them; ``names``: how a
+    map command's ``mapreduce_map_input_file`` names each file, its absolute path unless given)."""
     check_name(target)
     label = label or ", ".join(str(p) for p in files)
     cluster = Cluster.from_context(c)
@@ -198,7 +200,7 @@ def load_files(c, files: list, target: str, force: bool = False, label: str = No
     if _up_to_date(c, Survey(cluster, "load", target), facts, target, force):
         return
     feed = spread.load_feed(files, len(cluster), whole, limit)
-    received = spread.spread(cluster, target, "load", feed, facts, [os.path.abspath(p) for p in files])
+    received = spread.spread(cluster, target, "load", feed, facts, names or [os.path.abspath(p) for p in files])
     seconds = time.time() - started
     report_step(c.config, f"load: {label} -> {target} ({seconds:.1f} s)", "load", spread.arrivals(received),
                 {"path": label, "target": target, "seconds": seconds})

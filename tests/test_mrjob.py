@@ -391,3 +391,15 @@ def test_a_mapper_combining_runs_its_combiner_when_the_held_text_reaches_its_bou
 
     assert mapped(held=10**9) == {"10": 2}  # one batch: each key combined once
     assert mapped(held=150) == {"1": 20}  # two new keys of 100 characters pass the bound: every two values
+
+
+def test_relative_inputs_are_named_as_mrjob_local_names_them(tmp_path):
+    """mrjob -r local gives a task ``file://docs/a.txt`` for the input ``docs/a.txt``, not an absolute path."""
+    Path("docs").mkdir()
+    relative = [str(write_lines(Path("docs") / "a.txt", TEXT[:5]).as_posix()),
+                str(write_lines(Path("docs") / "b.txt", TEXT[5:7]).as_posix())]
+    c = make_context(2)
+    tasks.setup(c)
+    expected = mrjob_local("mr_count_lines_by_file", [], relative)
+    assert any("file://docs/a.txt" in line for line in expected), expected
+    assert reductio_run(c, "mr_count_lines_by_file", [], relative, tmp_path / "out") == expected
