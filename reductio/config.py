@@ -320,5 +320,5 @@ _SETTINGS = {
     "retries": _whole(0), "retry_delay": _seconds(0), "progress_interval": _seconds(0, above=True),
     "dead_after": _seconds(0, above=True), "stuck_after": _seconds(0, above=True), "scatter_streams": _whole(1),
     "sort_buffer": _size, "max_record": _bytes, "compress": _flag, "force": _flag, "log": _log_path,
-    "wheelhouse": _folder, "max_unpacked": _bytes, "max_members": _whole(1),
+    "wheelhouse": _folder, "max_unpacked": _bytes, "max_members": _whole(1), "slow_command": _seconds(0),
 }

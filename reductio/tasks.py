@@ -20,7 +20,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from reductio import gather, packaging, shipping, shuffle, spread, streaming
+from reductio import gather, packaging, shellcost, shipping, shuffle, spread, streaming
 from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
 from reductio.errors import DatasetError, ReductioError, UserCodeError, printable
@@ -121,6 +121,10 @@ def setup(c):
             _say(f"setup: installed reductio on {', '.join(updated)}")
     cluster.each("setup", lambda w: w.step("prepare", {}))
     install_trust(cluster)
+    if remote:
+        limit = settings(c.config).get("slow_command", shellcost.SLOW_COMMAND)
+        for line in shellcost.advice(shellcost.measure(cluster, remote), len(cluster), limit):
+            _say(f"setup: {line}")
     _say(f"setup: {len(cluster)} worker(s) ready: {', '.join(w.name for w in cluster.workers)}")
     distribute(c)
 

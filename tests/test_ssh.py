@@ -391,3 +391,16 @@ def test_a_refused_host_key_leaves_no_connection_open_on_the_workers_sshd(ssh_wo
     while _connections_to(port) > before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _connections_to(port) == before, "the refused connection is still open, waiting to authenticate"
+
+
+def test_setup_names_each_ssh_worker_whose_one_command_costs_more_than_slow_command(ssh_workers, capsys):
+    """A slow login shell costs every scatter connection; setup says where, with the figure, and only there."""
+    ssh_workers(2, local=1)
+    capsys.readouterr()
+    tasks.setup(make_context(slow_command=0))  # every command costs more than nothing: each SSH worker named
+    said = [line for line in capsys.readouterr().out.splitlines() if "one command costs" in line]
+    assert [line.split(":")[2].strip() for line in said] == ["ssh-0", "ssh-1"], said
+    assert all(float(line.split("costs ")[1].split(" s")[0]) > 0 for line in said), said
+    assert "scatter opens 2 connection(s) per worker" in said[0] and "~/.bashrc" in said[0]
+    tasks.setup(make_context(slow_command=60))  # no shell is that slow
+    assert "one command costs" not in capsys.readouterr().out
