@@ -34,10 +34,25 @@ def sleepy_generate(out):
 
 
 def receivers_of(home: str) -> list:
-    """The pids of this test's own receive processes for the worker at ``home`` (not a shell running one)."""
+    """The pids of this test's own receive processes for the worker at ``home`` (not a shell running one): its
+    parameters come on stdin, so a receiver is known by the folder it holds open in that home."""
     return [pid for pid, command in tree(os.getpid()).items()
-            if "reductio.worker receive" in command and home in command and not command.startswith(("/bin/sh",
-                                                                                                    "bash"))]
+            if "reductio.worker receive" in command and not command.startswith(("/bin/sh", "bash"))
+            and _holds_a_folder_in(pid, os.path.expanduser(home))]
+
+
+def _holds_a_folder_in(pid: int, home: str) -> bool:
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # it ended meanwhile
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}").startswith(home.rstrip("/") + "/"):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def freeze_a_receiver(c, step) -> None:
