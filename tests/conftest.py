@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -108,6 +109,13 @@ def ssh_workers(sshd_cluster, isolated_home):
     ssh_dir = isolated_home / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "known_hosts").write_text(sshd_cluster.known_hosts())
+    # The daemons' homes serve the whole run. A worker an earlier test lost keeps that step's attempt folder,
+    # as a real one does until clean's hour: each test starts without them, and checks only its own.
+    for leftover in sshd_cluster.homes.glob("*/tmp/*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
     def configure(count: int = 3, local: int = 0) -> Path:
         path = Path("workers.cfg")

@@ -139,13 +139,13 @@ def freeze_mid_map(c, freezer, which, capsys) -> str:
 def test_a_host_whose_sshd_froze_is_lost_within_dead_after_while_another_stays_chatty(frozen_job, capsys):
     c, freezer = frozen_job
     message = freeze_mid_map(c, freezer, is_sshd, capsys)
-    assert "(dead_after)" in message, message
+    assert "dead_after" in message, message  # the watchdog, or the kernel (TCP_USER_TIMEOUT) just before it
 
 
 def test_a_host_frozen_whole_is_lost_within_dead_after(frozen_job, capsys):
     c, freezer = frozen_job
     message = freeze_mid_map(c, freezer, lambda command: True, capsys)
-    assert "(dead_after)" in message, message
+    assert "dead_after" in message, message  # the watchdog, or the kernel (TCP_USER_TIMEOUT) just before it
 
 
 def test_a_worker_process_stopped_while_its_sshd_answers_is_lost_as_stuck_after_stuck_after(frozen_job, capsys):
