@@ -170,8 +170,9 @@ def command_lines() -> list:
 
 
 def ps_as_another_account() -> str:
-    """``ps -eo args`` as the account ``nobody`` sees it."""
-    done = subprocess.run(["runuser", "-u", "nobody", "--", "ps", "-eo", "args"], capture_output=True, text=True,
+    """``ps -ww -eo args`` as the account ``nobody`` sees it: every command line whole (piped, ps cuts them at 80
+    columns, and a long secret or step name would pass unseen)."""
+    done = subprocess.run(["runuser", "-u", "nobody", "--", "ps", "-ww", "-eo", "args"], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stderr
     return done.stdout
