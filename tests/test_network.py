@@ -127,7 +127,9 @@ class OnlyReceiving:
 
     def cut(self, host) -> None:
         host.cut()
-        host.signal(signal.SIGCONT, "reductio.gate")
+        # Every process of the host, not only the gates: a gate's login shell forks for its .bashrc (pyenv init
+        # here), and a child stopped while it still bore the gate's command line may since have exec'd another.
+        host.signal(signal.SIGCONT, "")
 
 
 def cut_during(network, job, host: int, moment, target: str, capsys, before=None):
