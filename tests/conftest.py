@@ -79,6 +79,20 @@ def reductio_program(*args: str) -> list:
     return [sys.executable, "-c", start, *args]
 
 
+def gather_pipeline(c, source: Path, run, output: Path) -> Path:
+    """load -> map (identity) -> scatter -> sort -> reduce (wordjobs.gather) -> merge into ``output``, the datasets
+    named after ``run`` so hypothesis examples in one home do not meet."""
+    from reductio import tasks
+
+    tasks.load(c, str(source), f"in-{run}")
+    tasks.map(c, "wordjobs.identity", f"in-{run}", f"pairs-{run}")
+    tasks.scatter(c, f"pairs-{run}", f"here-{run}")
+    tasks.sort(c, f"here-{run}", f"sorted-{run}")
+    tasks.reduce(c, "wordjobs.gather", f"sorted-{run}", f"out-{run}")
+    tasks.merge(c, f"out-{run}", str(output))
+    return output
+
+
 def write_lines(path: Path, lines) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_context
+from conftest import gather_pipeline, make_context
 from reductio import tasks
 from reductio.errors import InputError
 from reductio.shares import cut
@@ -101,13 +101,7 @@ def test_the_reducer_gets_each_key_s_values_in_one_call_through_the_real_steps(r
         groups.setdefault(key, []).append(value)
     c = make_context(2, processes=3)
     tasks.setup(c)
-    tasks.load(c, str(source), f"in-{run}")
-    tasks.map(c, "wordjobs.identity", f"in-{run}", f"pairs-{run}")
-    tasks.scatter(c, f"pairs-{run}", f"here-{run}")
-    tasks.sort(c, f"here-{run}", f"sorted-{run}")
-    tasks.reduce(c, "wordjobs.gather", f"sorted-{run}", f"out-{run}")
-    output = tmp_path / f"out-{run}.tsv"
-    tasks.merge(c, f"out-{run}", str(output))
+    output = gather_pipeline(c, source, run, tmp_path / f"out-{run}.tsv")
     got = {}
     for line in output.read_bytes().decode("utf-8").split("\n")[:-1]:
         key, count, *vals = line.split("\t")

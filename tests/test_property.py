@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_context
+from conftest import gather_pipeline, make_context
 from reductio import tasks
 from reductio.sorting import sort_key
 
@@ -39,11 +39,5 @@ def test_the_pipeline_equals_a_single_process_reference_on_one_two_and_three_wor
             {"name": f"w{i}", "local": "yes", "home": str(tmp_path / f"cluster-{count}" / f"w{i}")}
             for i in range(count)])
         tasks.setup(c)
-        tasks.load(c, str(source), f"in-{run}")
-        tasks.map(c, "wordjobs.identity", f"in-{run}", f"pairs-{run}")
-        tasks.scatter(c, f"pairs-{run}", f"here-{run}")
-        tasks.sort(c, f"here-{run}", f"sorted-{run}")
-        tasks.reduce(c, "wordjobs.gather", f"sorted-{run}", f"out-{run}")
-        output = tmp_path / f"out-{run}-{count}.tsv"
-        tasks.merge(c, f"out-{run}", str(output))
+        output = gather_pipeline(c, source, run, tmp_path / f"out-{run}-{count}.tsv")
         assert Path(output).read_bytes() == expected, f"{count} worker(s)"
