@@ -100,14 +100,15 @@ def write_lines(path: Path, lines) -> Path:
 
 @pytest.fixture(scope="session")
 def sshd_cluster(tmp_path_factory):
-    """Three real sshd daemons on 127.0.0.1 for the whole run, stopped by pid at the end."""
+    """Three real sshd daemons on 127.0.0.1 for the whole run, stopped by pid at the end (tests/sshd.py)."""
     from sshd import SshCluster
 
     cluster = SshCluster(tmp_path_factory.mktemp("sshd"), 3)
-    cluster.homes = tmp_path_factory.mktemp("homes")
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

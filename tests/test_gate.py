@@ -126,13 +126,13 @@ def test_with_the_cluster_key_no_command_shell_pty_forward_or_other_home_is_gran
     assert forward.returncode != 0, forward.stderr  # restrict: no port forwarding, so ssh gives up at once
     log = (sshd_cluster.homes / "ssh-1" / "logs" / "gate.log").read_text()
     assert "gate refused a request from 127.0.0.1: not a receive" in log
-    mine = ssh(sshd_cluster.user_key, port, user, "id -u")  # the user's own login is as it was
-    assert mine.returncode == 0 and mine.stdout.strip() == str(os.getuid())
+    mine = ssh(sshd_cluster.user_key, port, user, "id -un")  # the user's own login is as it was
+    assert mine.returncode == 0 and mine.stdout.strip() == sshd_cluster.user
 
 
 def test_a_receive_naming_a_file_outside_its_attempt_is_refused_by_the_gated_receive(gated, sshd_cluster):
     c, key = gated
-    with opened(sshd_cluster.homes / "ssh-1", ATTEMPT, 1):
+    with opened(sshd_cluster, sshd_cluster.homes / "ssh-1", ATTEMPT, 1):
         done = deliver(key, sshd_cluster, 1, request(ATTEMPT, 30, str(sshd_cluster.homes / "ssh-1"), 1),
                        b"file ../escaped 1\nx")
     assert done.returncode != 0 and b"escaped" in done.stderr, done.stderr
@@ -179,14 +179,13 @@ def test_removing_the_head_key_and_running_setup_rotates_it_everywhere(gated, ss
 
 
 @contextlib.contextmanager
-def opened(home: Path, attempt: str, partition: int):
-    """A process holding ``attempt`` open to senders for ``partition``, as a running scatter step does."""
-    root = str(Path(__file__).resolve().parent.parent)
+def opened(sshd_cluster, home: Path, attempt: str, partition: int):
+    """A process holding ``attempt`` open to senders for ``partition``, as a running scatter step does: the
+    worker's own Python and account."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); from reductio.receiving import"
-                               f" open_to_senders; open_to_senders({str(home)!r}, {attempt!r}, {partition});"
-                               " print('open', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [str(home / "venv" / "bin" / "python"), "-c", "import sys; from reductio.receiving import open_to_senders;"
+         f" open_to_senders({str(home)!r}, {attempt!r}, {partition}); print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **sshd_cluster.as_workers())
     try:
         assert holder.stdout.readline() == "open\n"
         yield holder
@@ -222,6 +221,7 @@ def test_the_cluster_key_delivers_nothing_into_an_attempt_no_running_scatter_ope
     assert b"Traceback" not in done.stderr and str(home).encode() not in done.stderr
     assert not (home / "tmp" / PLANTED).exists()
     (home / "tmp" / PLANTED).mkdir(mode=0o700)  # a map's attempt: its folder held by the running step
+    sshd_cluster.give(home / "tmp" / PLANTED)
     holder = os.open(home / "tmp" / PLANTED, os.O_RDONLY)
     fcntl.flock(holder, fcntl.LOCK_SH)
     try:
@@ -230,7 +230,7 @@ def test_the_cluster_key_delivers_nothing_into_an_attempt_no_running_scatter_ope
         os.close(holder)
     assert done.returncode == 1 and b"not open to senders" in done.stderr, done.stderr
     assert list((home / "tmp" / PLANTED).iterdir()) == []
-    with opened(home, PLANTED, 1):
+    with opened(sshd_cluster, home, PLANTED, 1):
         pass  # the scatter step ended: its opening went with it
     done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), len(planted)), planted)
     assert done.returncode == 1 and b"not open to senders" in done.stderr, done.stderr
@@ -244,7 +244,7 @@ def test_an_open_attempt_takes_only_its_partitions_files_only_as_many_bytes_as_a
     c, key = gated
     home = sshd_cluster.homes / "ssh-1"
     ok = frame("p00001.w00000", b"a\t1\n")
-    with opened(home, PLANTED, 1):
+    with opened(sshd_cluster, home, PLANTED, 1):
         for frames, size, why in [
             (frame("p00000.w00000", b"a\t1\n"), 100, b"is not a file this worker expects"),
             (frame("s00000.w00000", b"a\t1\n"), 100, b"is not a file this worker expects"),
@@ -273,10 +273,12 @@ def test_no_more_than_max_sessions_gates_receive_into_a_home_at_once(gated, sshd
     home = sshd_cluster.homes / "ssh-1"
     folder = home / "logs" / "gate-sessions"
     folder.mkdir(mode=0o700, exist_ok=True)
+    sshd_cluster.give(folder)
     held = []
     try:
-        for place in range(MAX_SESSIONS):
+        for place in range(MAX_SESSIONS):  # each place held, as MAX_SESSIONS gates of the account hold them
             held.append(os.open(folder / str(place), os.O_RDWR | os.O_CREAT, 0o600))
+            sshd_cluster.give(folder / str(place))
             fcntl.flock(held[-1], fcntl.LOCK_EX)
         done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 0), b"")
         assert done.returncode == 1 and f"{MAX_SESSIONS} gates already receive".encode() in done.stderr, done.stderr

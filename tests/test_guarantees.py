@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,22 +57,25 @@ def kill_when_paused(pause: Path) -> int:
 
 @pytest.fixture(params=["local", "ssh"])
 def cluster(request, tmp_path):
-    """A set-up context and its worker homes: two local workers, or two SSH workers."""
+    """A set-up context, its worker homes, and where a pause file goes that its workers can see and mark: two
+    local workers, or two SSH workers (another account as root: not in the test's own private tmp_path)."""
     if request.param == "local":
         c = make_context(2)
         tasks.setup(c)
-        return c, local_homes
+        return c, local_homes, tmp_path / "pause"
     configure = request.getfixturevalue("ssh_workers")
     sshd = request.getfixturevalue("sshd_cluster")
     configure(2)
     c = make_context(project=WORDJOBS, retries=0)
     tasks.setup(c)
-    return c, lambda: [sshd.homes / "ssh-0", sshd.homes / "ssh-1"]
+    shared = sshd.homes / f"shared-{tmp_path.name}"
+    shared.mkdir()
+    shutil.chown(shared, sshd.user, sshd.user)
+    return c, lambda: [sshd.homes / "ssh-0", sshd.homes / "ssh-1"], shared / "pause"
 
 
 def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean_run(cluster, tmp_path):
-    c, homes = cluster
-    pause = tmp_path / "pause"
+    c, homes, pause = cluster
     tasks.load(c, str(pause_input(tmp_path, pause)), "input")
     tasks.map(c, "wordjobs.pausing", "input", "clean")
     tasks.merge(c, "clean", str(tmp_path / "clean.tsv"))
@@ -92,8 +96,7 @@ def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean
 
 
 def test_killing_a_reducer_mid_step_keeps_the_old_target_and_a_rerun_matches(cluster, tmp_path):
-    c, homes = cluster
-    pause = tmp_path / "pause"
+    c, homes, pause = cluster
     tasks.load(c, str(pause_input(tmp_path, pause)), "input")
     tasks.map(c, "wordjobs.identity", "input", "pairs")
     tasks.scatter(c, "pairs", "here")
@@ -116,7 +119,7 @@ def test_killing_a_reducer_mid_step_keeps_the_old_target_and_a_rerun_matches(clu
 
 
 def test_killing_a_scatter_sender_publishes_nothing_and_a_rerun_matches(cluster, tmp_path):
-    c, homes = cluster
+    c, homes, _ = cluster
     lines = [f"key{i:07d}\t{'v' * 200}" for i in range(60000)]
     tasks.load(c, str(write_lines(tmp_path / "big.txt", lines)), "input")
     tasks.map(c, "wordjobs.identity", "input", "pairs")

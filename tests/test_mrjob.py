@@ -280,8 +280,9 @@ def test_phone_to_url_reads_a_wet_file_whole_with_warcio(tmp_path):
 
 def test_examples_run_on_ssh_workers_with_python_3_13_and_no_mrjob(sshd_cluster, ssh_workers, inputs, tmp_path):
     """Python 3.13 has neither pipes nor distutils, which mrjob 0.7.4 imports; the workers have no mrjob."""
-    ssh_workers(2)  # the daemons' host keys in known_hosts; the workers.cfg is ours:
-    Path("workers.cfg").write_text(sshd_cluster.workers_cfg(sshd_cluster.homes, count=2, python=newest_python()))
+    ssh_workers(2)  # the daemons' host keys in known_hosts; the workers.cfg is ours, with a 3.13 they can run:
+    python = sshd_cluster.python(newest_python())
+    Path("workers.cfg").write_text(sshd_cluster.workers_cfg(sshd_cluster.homes, count=2, python=python))
     c = make_context()
     tasks.setup(c)
     for example, args in [CASES[0], CASES[8]]:  # combiner; mapreduce_map_input_file

@@ -87,7 +87,7 @@ def scatter_job(c, tmp_path: Path, tag: str) -> None:
 def test_two_projects_on_one_account_alternate_scatters_with_no_setup_between(ssh_workers, sshd_cluster, tmp_path):
     ssh_workers(2)
     project_a = Path("workers.cfg").read_text()
-    project_b = sshd_cluster.workers_cfg(tmp_path / "homes-b", count=2)
+    project_b = sshd_cluster.workers_cfg(sshd_cluster.homes / f"b-{tmp_path.name}", count=2)  # the account's
     c = make_context(project=WORDJOBS)
     tasks.setup(c)
     Path("workers.cfg").write_text(project_b)
