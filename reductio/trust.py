@@ -72,8 +72,9 @@ def install_trust(cluster) -> None:
 
 def _account(worker) -> tuple:
     """Workers whose homes one authorized_keys file may serve: the same user and file, on any machine,
-    since homes are often shared between machines."""
-    return (worker.spec.username, worker.spec.authorized_keys or DEFAULT_AUTHORIZED_KEYS)
+    since homes are often shared between machines. The user is the one the head logged in as, ~/.ssh/config's
+    User included: workers.cfg may name none."""
+    return (worker.resolved()[2], worker.spec.authorized_keys or DEFAULT_AUTHORIZED_KEYS)
 
 
 def _authorize(worker, public: str, workers: list) -> None:
