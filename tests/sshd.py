@@ -140,8 +140,11 @@ class Account:
 
     def runs(self, python: str) -> bool:
         """Whether this account can run ``python`` and make a venv with it."""
-        done = subprocess.run([python, "-c", "import venv"], user=self.name, group=self.name, extra_groups=[],
-                              cwd="/", capture_output=True, timeout=60)
+        try:
+            done = subprocess.run([python, "-c", "import venv"], user=self.name, group=self.name, extra_groups=[],
+                                  cwd="/", capture_output=True, timeout=60)
+        except PermissionError:  # a folder on its path is closed to the account
+            return False
         return done.returncode == 0
 
     def python(self, python: str) -> str:
@@ -154,17 +157,18 @@ class Account:
                                 " sys.version_info[1])"], capture_output=True, text=True, timeout=60, check=True)
         prefix, major, minor = asked.stdout.split()
         copy = self.home / "pythons" / Path(prefix).name
-        copy.parent.mkdir(exist_ok=True)
-        subprocess.run(["cp", "-al", prefix, str(copy)], check=True, capture_output=True, timeout=120)
         interpreter = copy / "bin" / f"python{major}.{minor}"
-        code = interpreter.read_bytes()
-        interpreter.unlink()  # a hard link to the original: never write through it
-        old = f"{prefix}/lib".encode() + b"\0"
-        new = b"$ORIGIN/../lib\0"
-        if len(new) <= len(old) and code.count(b"\0" + old) == 1:
-            code = code.replace(b"\0" + old, b"\0" + new.ljust(len(old), b"\0"))
-        interpreter.write_bytes(code)
-        interpreter.chmod(0o755)
+        if not copy.exists():
+            copy.parent.mkdir(exist_ok=True)
+            subprocess.run(["cp", "-al", prefix, str(copy)], check=True, capture_output=True, timeout=120)
+            code = interpreter.read_bytes()
+            interpreter.unlink()  # a hard link to the original: never write through it
+            old = f"{prefix}/lib".encode() + b"\0"
+            new = b"$ORIGIN/../lib\0"
+            if len(new) <= len(old) and code.count(b"\0" + old) == 1:
+                code = code.replace(b"\0" + old, b"\0" + new.ljust(len(old), b"\0"))
+            interpreter.write_bytes(code)
+            interpreter.chmod(0o755)
         if not self.runs(str(interpreter)):
             raise RuntimeError(f"{self.name} cannot run {python}, nor a copy of it in {copy}")
         return str(interpreter)

@@ -278,6 +278,7 @@ def test_phone_to_url_reads_a_wet_file_whole_with_warcio(tmp_path):
     assert reductio_run(c, "mr_phone_to_url", [], inputs, tmp_path / "out") == expected
 
 
+@pytest.mark.timeout(900)  # a venv with 3.13 on each worker, then three jobs: over 300 s on a loaded machine
 def test_examples_run_on_ssh_workers_with_python_3_13_and_no_mrjob(sshd_cluster, ssh_workers, inputs, tmp_path):
     """Python 3.13 has neither pipes nor distutils, which mrjob 0.7.4 imports; the workers have no mrjob."""
     ssh_workers(2)  # the daemons' host keys in known_hosts; the workers.cfg is ours, with a 3.13 they can run:

@@ -134,7 +134,9 @@ def test_every_command_from_an_empty_folder_on_twelve_stock_sshds_of_three_accou
     run("-H", hosts, "map", "| tr -s ' ' '\\n'", "input", "pairs")
     logs = {daemon.port: (daemon.root / "sshd.log").stat().st_size for daemon in daemons}
     scatter = run("-H", hosts, "scatter", "pairs", "here")
-    assert connections_counted(scatter.stdout) == 12 * 11 + dropped(daemons, logs), scatter.stdout
+    drops = dropped(daemons, logs)
+    print(f"{drops} scatter connection(s) dropped past MaxStartups, each tried again")
+    assert connections_counted(scatter.stdout) == 12 * 11 + drops, scatter.stdout
     run("-H", hosts, "merge", "here", str(tmp_path / "here.txt"))
     assert Counter((tmp_path / "here.txt").read_text().splitlines()) == Counter(words)
 
