@@ -187,7 +187,10 @@ class Account:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
-        subprocess.run(["userdel", "-f", "-r", self.name], capture_output=True, timeout=60)
+        # The login first, then its files by ourselves: userdel -r removes the home before the login, and once,
+        # on a busy machine, it left both behind with the home half removed (under a 60 s timeout, likely hit).
+        subprocess.run(["userdel", "-f", self.name], capture_output=True, timeout=300, check=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _pids() -> List[int]:
