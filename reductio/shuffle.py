@@ -5,8 +5,8 @@ then opens one connection per destination, a few at a time: delivery.py),
 relays the few files an SSH worker cannot deliver to a local one, and
 publishes what arrived everywhere or nowhere.
 
-Before any sender starts, the head reads every sender's published marker
-(the version its survey saw): each file's size and SHA-256. Each sender
+Before any sender starts, the head has every sender's published marker
+from its survey (the version it saw): each file's size and SHA-256. Each sender
 gets a random token of its own on its stdin; each receiver's step opens
 its attempt with a permit naming, per other sender, that token's SHA-256
 and the files it sends there (receiving.py), so a receiver's gate takes
@@ -28,9 +28,10 @@ from reductio.receiving import TOKEN_HEX, token_digest
 from reductio.store import partition_of_file, total
 
 
-def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
-    """Move every partition of ``source`` to its owner as ``target``; per-worker counters."""
-    plan = _plan(cluster, source, target, facts["source_attempt"])
+def scatter(cluster, source: str, target: str, facts: dict, checks: Dict[str, dict]) -> Dict[str, dict]:
+    """Move every partition of ``source`` to its owner as ``target``; per-worker counters. ``checks`` are the
+    workers' answers to the survey, made with ``source_files`` (job.Survey)."""
+    plan = _plan(checks)
     tokens = {w.name: secrets.token_hex(TOKEN_HEX // 2) for w in cluster.workers}
     attempt = new_attempt()
     held = {}
@@ -71,15 +72,11 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
     }} for w in cluster.workers}
 
 
-def _plan(cluster, source: str, target: str, version: str) -> Dict[str, dict]:
-    """Per sender, the files of its partitions (name: facts) in ``version`` of ``source``, from its marker."""
-    checks = cluster.each("scatter (plan)", lambda w: w.step(
-        "check", {"target": target, "source": source, "source_files": True}))
+def _plan(checks: Dict[str, dict]) -> Dict[str, dict]:
+    """Per sender, the files of its partitions (name: facts) in the version its survey saw, from its marker."""
     plan = {}
     for name, check in checks.items():
         found = check["source"] or {}
-        if found.get("attempt") != version:
-            raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         if "files" not in found:
             raise DatasetError(f"{name} runs an older reductio, which cannot say what it will send; run setup")
         plan[name] = {file: facts for file, facts in found["files"].items() if partition_of_file(file) is not None}
