@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -146,3 +148,61 @@ def test_a_delivery_the_head_did_not_plan_is_refused_in_one_line_and_the_scatter
     assert (published / name).read_bytes() == real
     tasks.merge(c, "here", str(tmp_path / "here.tsv"))
     assert sorted((tmp_path / "here.tsv").read_text().splitlines()) == sorted(LINES)
+
+
+def gate(home: Path, attempt: str, dead_after: float = 1, **popen) -> subprocess.Popen:
+    """The gate as sshd runs it for the cluster key, asked for a receive into ``attempt`` of ``home``."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, SSH_ORIGINAL_COMMAND=request(attempt, dead_after, str(home), 0),
+               SSH_CLIENT="127.0.0.9 1 22")
+    return subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r});"
+                             f" from reductio.gate import main; sys.exit(main([{str(home)!r}]))"],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+
+
+def test_one_delivery_per_token_at_a_time_and_a_retry_brings_only_the_same_bytes(tmp_path):
+    home, attempt, token = tmp_path / "home", "20261207T170000-0000cafe", secrets.token_hex(32)
+    for folder in ("data", "tmp"):
+        (home / folder).mkdir(parents=True)
+    data = b"a\t1\n" * 1000
+    sha256 = hashlib.sha256(data).hexdigest()
+    permit = [[hashlib.sha256(token.encode()).hexdigest(), "p00001.w00000", len(data), sha256]]
+    root = str(Path(__file__).resolve().parent.parent)
+    holder = subprocess.Popen(  # a running scatter step holding its attempt open with the head's permit
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); from reductio.receiving import"
+                               f" open_to_senders; open_to_senders({str(home)!r}, {attempt!r}, {permit!r});"
+                               " print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    first = None
+    try:
+        assert holder.stdout.readline() == "open\n"
+        first = gate(home, attempt, dead_after=120)  # a sender still sending; the second waits 5 s for it
+        first.stdin.write(token_line(token) + f"file p00001.w00000 {len(data)}\n".encode() + data[:100])
+        first.stdin.flush()
+        partial = home / "tmp" / attempt / ".p00001.w00000.part"
+        deadline = time.monotonic() + 30
+        while not partial.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert partial.exists(), first.stderr.read()
+        second = gate(home, attempt)
+        _, said = second.communicate(token_line(token) + frame("p00001.w00000", data), timeout=60)
+        assert second.returncode == 1 and b"another delivery with this sender's token is running" in said, said
+        first.stdin.write(data[100:] + f"end p00001.w00000 {len(data)} {sha256} unsorted\n".encode())
+        _, said = first.communicate(timeout=60)
+        assert first.returncode == 0, said
+        retry = gate(home, attempt)  # the sender's retry after a cut: the same bytes, taken again
+        _, said = retry.communicate(token_line(token) + frame("p00001.w00000", data), timeout=60)
+        assert retry.returncode == 0, said
+        other = gate(home, attempt)
+        _, said = other.communicate(token_line(token) + frame("p00001.w00000", data[::-1]), timeout=60)
+        assert other.returncode == 1 and b"is not the file the head expects" in said, said
+        assert (home / "tmp" / attempt / "p00001.w00000").read_bytes() == data
+        assert [p.name for p in (home / "tmp" / attempt).iterdir()] == ["p00001.w00000"]
+        assert (home / "logs" / "gate.log").read_text().count("from 127.0.0.9 failed") == 2
+    finally:
+        if first is not None and first.poll() is None:
+            first.kill()
+            first.wait(30)
+        holder.stdin.close()
+        holder.wait(30)
+        holder.stdout.close()
