@@ -166,9 +166,12 @@ class _Permit:
         if len(text) > MAX_PERMIT:
             raise DatasetError(f"a permit of more than {MAX_PERMIT:,} bytes")
         for line in text.decode("ascii", "replace").splitlines(keepends=True):
-            digest, name, size, sha256 = line.split()
+            try:
+                digest, name, size, sha256 = line.split()
+                self.files.setdefault(digest, {})[name] = (int(size), sha256)
+            except ValueError:
+                raise DatasetError("the attempt's permit is damaged") from None
             self.offsets.setdefault(digest, offset)
-            self.files.setdefault(digest, {})[name] = (int(size), sha256)
             offset += len(line)
 
     def allowed(self, token: str, dead_after: float) -> dict:
