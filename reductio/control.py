@@ -43,6 +43,8 @@ def step_check(params: dict) -> dict:
             marker = home.marker(check_name(params["source"]))
             # and before a step, the step that made it and the cluster it was made on (job.check_shape)
             source = dict(source_facts(marker), step=marker.get("step"), cluster=marker.get("cluster"))
+            if params.get("source_files"):  # scatter's plan: what each sender will send (shuffle.py)
+                source["files"] = marker["files"]
         except DatasetError as err:
             source = {"missing": str(err)}
         source["state"] = home.state(params["source"])

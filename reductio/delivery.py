@@ -26,7 +26,7 @@ from reductio.errors import DatasetError, ReductioError
 from reductio.layout import CLUSTER_KEY, KNOWN_HOSTS
 from reductio.machine import cores_each
 from reductio.protocol import Reply
-from reductio.receiving import open_to_senders
+from reductio.receiving import open_to_senders, token_line
 from reductio.store import Home, check_name, partition_of_file
 
 DEFAULT_STREAMS = 4
@@ -58,16 +58,19 @@ _SSH_FAILED = 255
 def step_send(params: dict) -> dict:
     """Scatter's sender: partition i of the source goes to destination i.
 
+    It first opens its own attempt to the other senders' gates with the
+    head's ``permit`` for this worker (receiving.open_to_senders); its own
+    deliveries through their gates start with its ``gate_token``. It reads
+    the version of the source the head planned with (``source_attempt``).
     Returns, per destination index, the files it now holds for this attempt;
     the files left for the head to relay; how many connections were opened;
     and the sender's seconds and CPU seconds (``clock``).
     """
     clock = Clock()
-    open_to_senders(params["home"], params["attempt"], int(params["self"]))  # first: the others' gates wait for it
+    open_to_senders(params["home"], params["attempt"], params.get("permit") or [])  # first: the others' gates wait
     home = Home(params["home"])
     source = check_name(params["source"])
-    marker = home.marker(source)
-    files = home.files(source, marker)
+    marker, files = home.version(source, params.get("source_attempt"))
     destinations = params["destinations"]
     if marker.get("partitions") != len(destinations):
         raise DatasetError(
@@ -88,7 +91,7 @@ def step_send(params: dict) -> dict:
             relay[str(index)] = {path.name: marker["files"][path.name] for path in by_index.pop(index)}
     order = send_order(own, by_index, len(destinations))
     sender = _Sender(home, attempt, marker, _streams(params), int(params.get("retries") or 0),
-                     float(params.get("retry_delay") or 0))
+                     float(params.get("retry_delay") or 0), params.get("gate_token"))
     for index, facts in zip(order, sender.send([(destinations[i], by_index[i]) for i in order])):
         sent[str(index)] = facts
     return {"sent": sent, "relay": relay, "connections": sender.connections,
@@ -123,8 +126,9 @@ def _link(home: Home, paths: list[Path], attempt: str, marker: dict) -> dict[str
 class _Sender:
     """Sends each destination its files, ``streams`` destinations at a time."""
 
-    def __init__(self, home: Home, attempt: str, marker: dict, streams: int, retries: int, delay: float) -> None:
-        self.home, self.attempt, self.marker = home, attempt, marker
+    def __init__(self, home: Home, attempt: str, marker: dict, streams: int, retries: int, delay: float,
+                 token: str | None) -> None:
+        self.home, self.attempt, self.marker, self.token = home, attempt, marker, token
         self.streams, self.retries, self.delay = max(1, streams), retries, delay
         self.connections = 0
         self._running: list[subprocess.Popen] = []
@@ -185,6 +189,7 @@ class _Sender:
     def _connect_and_send(self, destination: dict, paths: list[Path], facts: dict[str, dict]):
         remote = gate.request(self.attempt, destination.get("dead_after") or 30, destination["home"],
                               sum(facts[path.name]["bytes"] for path in paths))
+        token = token_line(self.token or "")  # the gate takes nothing without it; never on ssh's command line
         reply = Reply()
         process = subprocess.Popen(ssh_argv(self.home, destination) + [remote], stdin=subprocess.PIPE,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -194,6 +199,7 @@ class _Sender:
         reader = threading.Thread(target=_read_all, args=(process.stderr, reply), daemon=True)
         reader.start()
         try:
+            process.stdin.write(token)
             for path in paths:
                 for piece in framing.frames(path, facts[path.name]):
                     process.stdin.write(piece)

@@ -12,14 +12,21 @@ request granted is the one scatter's sender makes (delivery.py):
 
 with HOME one of the homes on the authorized line (the rest of the line,
 spaces and all), ATTEMPT an attempt id, DEAD_AFTER the seconds of silence
-after which the sender counts as gone and BYTES what it will send. The
-stream on stdin is then received (receiving.py) in this process, with this
-interpreter, and its result written as ``python -m reductio.worker
-receive`` would: only into an attempt this worker's running scatter step
-opened, only files of its partition, at most BYTES, with at most
-MAX_SESSIONS gates at once per home. Anything else gets one line on
-stderr, exit 1, and a line in the home's logs/gate.log, which stops
-growing when full rather than rotating earlier lines away (steplog.py).
+after which the sender counts as gone and BYTES what it says it will send
+(a figure the gate does not go by). The stream on stdin is then received
+(receiving.py) in this process, with this interpreter, and its result
+written as ``python -m reductio.worker receive`` would: only into an
+attempt this worker's running scatter step opened, with the permit the
+head wrote through that step (tmp/ATTEMPT.gate/expect). The stream's
+first line is its sender's token, which the head gave that sender alone:
+the gate takes only the files the permit lists for that token, each at
+most the size the head read from the sender's published marker, each kept
+only if its bytes have that marker's SHA-256, each once per delivery, one
+delivery per token at a time, with at most MAX_SESSIONS gates at once per
+home. Anything else (another sender's token or none, a file of another
+sender or of no sender, more bytes, other bytes) gets one line on stderr,
+exit 1, and a line in the home's logs/gate.log, which stops growing when
+full rather than rotating earlier lines away (steplog.py).
 
 Every scatter connection starts this module, N x (N - 1) per scatter, so
 it and what it imports keep clear of json, re, shlex and pathlib: their
@@ -58,7 +65,8 @@ class Refused(ReductioError):
 
 
 def request(attempt: str, dead_after: float, home: str, size: int = 0) -> str:
-    """What scatter's sender asks of another worker's gate: to deliver ``size`` bytes into ``attempt``."""
+    """What scatter's sender asks of another worker's gate: to deliver ``size`` bytes into ``attempt``; its
+    token and files follow on the connection's stdin, never on a command line."""
     return f"{REQUEST} {attempt} {float(dead_after):g} {int(size)} {home}"
 
 
@@ -136,8 +144,7 @@ def _receive(params: dict) -> int:
     started = time.time()
     try:
         try:
-            files = receiving.receive_expected(params["home"], params["attempt"], params["dead_after"],
-                                               params["bytes"])["files"]
+            files = receiving.receive_expected(params["home"], params["attempt"], params["dead_after"])["files"]
         except OSError as err:  # one line to the key holder, without the home's path
             reason = "no space left on the device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror
             raise ReductioError(f"cannot receive: {reason}", f"{err}") from err

@@ -26,15 +26,18 @@ def new_attempt() -> str:
 
 
 class Survey:
-    """What every worker says before a step: its target's marker, its source's version, the code,
-    the shipped files it lacks (``shipped``: their digests).
+    """What every worker says before a step: its target's marker, its source's version (with
+    ``source_files``, its files too), the code, the shipped files it lacks (``shipped``: their digests).
 
     The source must have been made on this cluster (check_shape), and a
     publish of the source or the target left half-done is settled first.
     """
 
-    def __init__(self, cluster: Cluster, what: str, target: str, source: str = None, functions=(), shipped=()):
+    def __init__(self, cluster: Cluster, what: str, target: str, source: str = None, functions=(), shipped=(),
+                 source_files: bool = False):
         params = {"target": target, "source": source, "functions": list(functions), "shipped": list(shipped)}
+        if source_files:  # and each worker's source files, as its marker lists them (scatter's plan)
+            params["source_files"] = True
         self.cluster = cluster
         self.checks = cluster.each(f"{what} (check)", lambda w: w.step("check", params))
         for _ in range(3):  # a half-switch completed or undone, then the version it kept dropped

@@ -357,7 +357,7 @@ def scatter(c, source, target, force=False):
     cluster = Cluster.from_context(c)
     if _dry(c, cluster, "send", lambda w: shuffle.send_params(cluster, w, source)):
         return
-    survey = Survey(cluster, "scatter", target, source)
+    survey = Survey(cluster, "scatter", target, source, source_files=True)  # what each sender will send
     if not survey.source["partitions"] or survey.source.get("step") in ("sort", "sort_unique", "load", "initialize"):
         made = f" (made by {survey.source['step']})" if survey.source.get("step") else ""
         raise DatasetError(f"dataset {source!r} is not partitioned{made}; scatter moves what map, transform or"
@@ -367,7 +367,7 @@ def scatter(c, source, target, force=False):
     if _up_to_date(c, survey, facts, target, force):
         return
     started = time.time()
-    results = shuffle.scatter(cluster, source, target, facts)
+    results = shuffle.scatter(cluster, source, target, facts, survey.checks)
     placed = sum(r["counters"]["bytes in"] for r in results.values())
     crossed = sum(r["counters"]["bytes crossed"] for r in results.values())
     report_step(c.config, f"scatter: {source} -> {target}: {placed:,} bytes placed, {crossed:,} of them crossing"
