@@ -19,9 +19,11 @@ from conftest import WORDJOBS, Background, make_context, write_lines
 from reductio import steplog, tasks
 from reductio.gate import COMMENT, MAX_SESSIONS, Refused, _granted, request, result_line
 from reductio.protocol import RESULT, Reply
+from reductio.receiving import token_digest, token_line
 
 HOMES = ["/srv/reductio/a", "/srv/reductio/b", "/srv/reductio/with space"]
 ATTEMPT = "20261202T040135-2f3c96b7"
+TOKEN = "5e" * 32  # a sender's token, as the head makes them
 RECEIVE = {"attempt": ATTEMPT, "dead_after": 30.0, "home": "/srv/reductio/b", "bytes": 0}
 
 
@@ -132,9 +134,9 @@ def test_with_the_cluster_key_no_command_shell_pty_forward_or_other_home_is_gran
 
 def test_a_receive_naming_a_file_outside_its_attempt_is_refused_by_the_gated_receive(gated, sshd_cluster):
     c, key = gated
-    with opened(sshd_cluster, sshd_cluster.homes / "ssh-1", ATTEMPT, 1):
+    with opened(sshd_cluster, sshd_cluster.homes / "ssh-1", ATTEMPT, [permitted(TOKEN, "p00001.w00000", b"x")]):
         done = deliver(key, sshd_cluster, 1, request(ATTEMPT, 30, str(sshd_cluster.homes / "ssh-1"), 1),
-                       b"file ../escaped 1\nx")
+                       token_line(TOKEN) + b"file ../escaped 1\nx")
     assert done.returncode != 0 and b"escaped" in done.stderr, done.stderr
     assert not list(sshd_cluster.homes.glob("ssh-1/**/escaped"))
     shutil.rmtree(sshd_cluster.homes / "ssh-1" / "tmp" / ATTEMPT)  # as the head's discard would
@@ -179,12 +181,13 @@ def test_removing_the_head_key_and_running_setup_rotates_it_everywhere(gated, ss
 
 
 @contextlib.contextmanager
-def opened(sshd_cluster, home: Path, attempt: str, partition: int):
-    """A process holding ``attempt`` open to senders for ``partition``, as a running scatter step does: the
-    worker's own Python and account."""
+def opened(sshd_cluster, home: Path, attempt: str, permit: list):
+    """A process holding ``attempt`` open to senders for what ``permit`` lists (``[TOKEN_SHA256, NAME, BYTES,
+    SHA256]`` per file, as the head writes it), as a running scatter step does: the worker's own Python and
+    account."""
     holder = subprocess.Popen(
         [str(home / "venv" / "bin" / "python"), "-c", "import sys; from reductio.receiving import open_to_senders;"
-         f" open_to_senders({str(home)!r}, {attempt!r}, {partition}); print('open', flush=True); sys.stdin.read()"],
+         f" open_to_senders({str(home)!r}, {attempt!r}, {permit!r}); print('open', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **sshd_cluster.as_workers())
     try:
         assert holder.stdout.readline() == "open\n"
@@ -193,6 +196,11 @@ def opened(sshd_cluster, home: Path, attempt: str, partition: int):
         holder.stdin.close()
         holder.wait(30)
         holder.stdout.close()
+
+
+def permitted(token: str, name: str, data: bytes) -> list:
+    """A permit's line for one file the sender holding ``token`` may deliver: what the head writes."""
+    return [token_digest(token), name, len(data), hashlib.sha256(data).hexdigest()]
 
 
 def deliver(key: Path, sshd_cluster, worker: int, asked: str, frames: bytes) -> subprocess.CompletedProcess:
@@ -230,7 +238,7 @@ def test_the_cluster_key_delivers_nothing_into_an_attempt_no_running_scatter_ope
         os.close(holder)
     assert done.returncode == 1 and b"not open to senders" in done.stderr, done.stderr
     assert list((home / "tmp" / PLANTED).iterdir()) == []
-    with opened(sshd_cluster, home, PLANTED, 1):
+    with opened(sshd_cluster, home, PLANTED, [permitted(TOKEN, "p00001.w00000", b"planted\tline\n")]):
         pass  # the scatter step ended: its opening went with it
     done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), len(planted)), planted)
     assert done.returncode == 1 and b"not open to senders" in done.stderr, done.stderr
@@ -240,31 +248,35 @@ def test_the_cluster_key_delivers_nothing_into_an_attempt_no_running_scatter_ope
     assert f"{PLANTED} gate receive from 127.0.0.1 failed" in log and "not open to senders" in log
 
 
-def test_an_open_attempt_takes_only_its_partitions_files_only_as_many_bytes_as_announced(gated, sshd_cluster):
+def test_an_open_attempt_takes_only_the_files_the_head_permitted_that_sender_only_as_many_bytes(gated,
+                                                                                                sshd_cluster):
     c, key = gated
     home = sshd_cluster.homes / "ssh-1"
-    ok = frame("p00001.w00000", b"a\t1\n")
-    with opened(sshd_cluster, home, PLANTED, 1):
-        for frames, size, why in [
-            (frame("p00000.w00000", b"a\t1\n"), 100, b"is not a file this worker expects"),
-            (frame("s00000.w00000", b"a\t1\n"), 100, b"is not a file this worker expects"),
-            (ok + frame("p00001.w00002", b"more\n"), 4, b"more bytes than the 4"),
-            (frame("p00001." + "x" * 248, b"a\t1\n"), 100, b"a file name of 255 characters"),
+    data = b"a\t1\n"
+    ok = token_line(TOKEN) + frame("p00001.w00000", data)
+    with opened(sshd_cluster, home, PLANTED, [permitted(TOKEN, "p00001.w00000", data)]):
+        for frames, why in [
+            (frame("p00001.w00000", data), b"a delivery without a sender's token"),
+            (token_line("0" * 64) + frame("p00001.w00000", data), b"a token this attempt's permit does not hold"),
+            (token_line(TOKEN) + frame("p00000.w00000", data), b"is not a file this worker expects"),
+            (token_line(TOKEN) + frame("s00000.w00000", data), b"is not a file this worker expects"),
+            (token_line(TOKEN) + frame("p00001.w00000", data + b"more\n"), b"more bytes of p00001.w00000 than the 4"),
+            (token_line(TOKEN) + frame("p00001." + "x" * 248, data), b"a file name of 255 characters"),
         ]:
-            done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), size), frames)
+            done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), frames)
             assert done.returncode == 1 and why in done.stderr, done.stderr
             assert b"Traceback" not in done.stderr and str(home).encode() not in done.stderr
             assert [p.name for p in (home / "tmp" / PLANTED).iterdir()] in ([], ["p00001.w00000"])
         done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), ok)
         assert done.returncode == 0 and b'"p00001.w00000": {"bytes": 4' in done.stderr, done.stderr
-        assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == b"a\t1\n"
-        planted = frame("p00001.w00000", b"b\t9\n")  # same name, same size: as a key holder would plant it
+        assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == data
+        planted = token_line(TOKEN) + frame("p00001.w00000", b"b\t9\n")  # same name, same size: as a key holder
         done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), planted)
-        assert done.returncode == 1 and b"arrived whole already, with other bytes" in done.stderr, done.stderr
+        assert done.returncode == 1 and b"is not the file the head expects" in done.stderr, done.stderr
         done = deliver(key, sshd_cluster, 1, request(PLANTED, 1, str(home), 100), ok)  # a sender's retry
         assert done.returncode == 0, done.stderr
         assert [p.name for p in (home / "tmp" / PLANTED).iterdir()] == ["p00001.w00000"]
-        assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == b"a\t1\n"
+        assert (home / "tmp" / PLANTED / "p00001.w00000").read_bytes() == data
     shutil.rmtree(home / "tmp" / PLANTED)
 
 
