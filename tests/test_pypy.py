@@ -26,7 +26,8 @@ from reductio import tasks
 
 pytestmark = pytest.mark.timeout(600)  # the module's PyPy venvs are made in the first test's setup
 
-TEXT = [f"w{i % 37} W{i % 11} pypy{i % 5} it's" for i in range(2000)]
+TEXT = [f"w{i % 37} W{i % 11} pypy{i % 5} it's ünï{i % 3}" for i in range(2000)]
+INPUT = "dönnées.txt"  # a name PyPy could not encode in the C locale
 WORDS = Counter(word for line in TEXT for word in line.split())
 
 # The project the jobs' functions come from, installed on the SSH workers by setup's distribute.
@@ -59,9 +60,10 @@ PROJECT = {
 
 # A Hadoop Streaming mapper and reducer: python3 on a command's PATH is the worker's own Python.
 MAPPER = """\
-import platform, sys
+import os, platform, sys
 for line in sys.stdin:
     print("python:" + platform.python_implementation() + "\\t1")
+    print("file:" + os.path.basename(os.environ["mapreduce_map_input_file"]) + "\\t1")
     for word in line.split():
         print(word + "\\t1")
 """
@@ -85,7 +87,7 @@ for line in sys.stdin:
 """
 SUM_BY_KEY = "| awk -F '\\t' '{n[$1] += $2} END {for (k in n) print k \"\\t\" n[k]}'"
 MRJOB_SCRIPT = """\
-import platform, re
+import os, platform, re
 from mrjob.job import MRJob
 WORD = re.compile(r"[\\w']+")
 
@@ -93,6 +95,7 @@ WORD = re.compile(r"[\\w']+")
 class MRWordsAndPython(MRJob):
     def mapper(self, _, line):
         yield "python:" + platform.python_implementation(), 1
+        yield "file:" + os.path.basename(os.environ["mapreduce_map_input_file"]), 1
         for word in WORD.findall(line):
             yield word.lower(), 1
 
@@ -170,6 +173,9 @@ def c(head, request, monkeypatch):
     """A Context on the module's PyPy workers; SSH connections closed after the test (the ssh_workers fixture)."""
     if head.kind == "ssh":
         request.getfixturevalue("ssh_workers")
+    for name in ("LC_ALL", "LC_CTYPE"):  # the C locale, as in an SSH session without LANG or a bare container
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "C")
     return head.context(monkeypatch)
 
 
@@ -220,12 +226,13 @@ def test_a_streaming_job_runs_its_python_commands_on_pypy(c, tmp_path):
     """A Python mapper command, a Python combiner function over its output, a Python reducer command."""
     scripts = [str(write_lines(tmp_path / "mapper.py", MAPPER.splitlines())),
                str(write_lines(tmp_path / "reducer.py", REDUCER.splitlines()))]
-    tasks.load(c, str(write_lines(tmp_path / "text.txt", TEXT)), "s-text")
+    tasks.load(c, str(write_lines(tmp_path / INPUT, TEXT)), "s-text")
     tasks.map(c, "| python3 mapper.py", "s-text", "s-pairs", combine="reductio.reducers.sum", files=scripts)
     tasks.scatter(c, "s-pairs", "s-here")
     tasks.sort(c, "s-here", "s-sorted")
     tasks.reduce(c, "| python3 reducer.py", "s-sorted", "s-counts", files=scripts)
-    expected = {key: f"{count} PyPy" for key, count in (WORDS + Counter({"python:PyPy": len(TEXT)})).items()}
+    runs = Counter({"python:PyPy": len(TEXT), f"file:{INPUT}": len(TEXT)})
+    expected = {key: f"{count} PyPy" for key, count in (WORDS + runs).items()}
     assert dict(merged(c, "s-counts", tmp_path / "counts.tsv")) == expected
 
 
@@ -258,10 +265,10 @@ def test_a_job_with_files_archives_and_env_runs_on_pypy(c, tmp_path):
 
 def test_an_mrjob_job_runs_its_tasks_on_pypy(c, tmp_path):
     script = write_lines(tmp_path / "mr_words_and_python.py", MRJOB_SCRIPT.splitlines())
-    text = write_lines(tmp_path / "text.txt", TEXT)
+    text = write_lines(tmp_path / INPUT, TEXT)
     tasks.mrjob(c, f"{script} {text}", output=str(tmp_path / "out"))
     got = {json.loads(key): json.loads(value) for part in sorted((tmp_path / "out").glob("part-*"))
            for key, value in (line.split("\t") for line in part.read_text().splitlines())}
     expected = Counter(word.lower() for line in TEXT for word in re.findall(r"[\w']+", line))
-    expected["python:PyPy"] = len(TEXT)
+    expected.update({"python:PyPy": len(TEXT), f"file:{INPUT}": len(TEXT)})
     assert got == {key: [n, "PyPy"] for key, n in expected.items()}
