@@ -12,6 +12,8 @@ Layout, the only place it is spelled out::
     HOME/shipped/SHA256                           a file shipped with a command step, named by its content
     HOME/shipped/SHA256.size                      its size, written once it arrived whole (packaging.push)
     HOME/shipped/SHA256.unpacked/                 that file unpacked, when it was shipped as an archive
+    HOME/bin/python3, HOME/bin/python             links to a local worker's Python when its folder's python3
+                                                  is another (python = pypy3): first on a command's PATH
 
 What publishing does with them is store.py's. This module imports nothing
 but ``os`` and ``fcntl``: scatter's gate (gate.py) uses it on every
@@ -27,6 +29,7 @@ import os
 from reductio.errors import DatasetError
 
 DATA, STORE, TMP, SHIPPED, LOGS = "data", "store", "tmp", "shipped", "logs"
+BIN = "bin"  # streaming.py
 GATE_OPENING = ".gate"  # tmp/ATTEMPT.gate/ (receiving.py); no attempt id holds a '.'
 WHOLE = ".size"  # beside a shipped file: its size, written only once it arrived whole
 CLUSTER_KEY = "cluster_key"

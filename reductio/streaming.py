@@ -3,8 +3,8 @@
 Where a step takes a function, ``"| COMMAND"`` names a shell command
 instead (``/bin/sh -c COMMAND``). It runs in a working folder of its own
 holding the files shipped with it (and the archives shipped with it,
-unpacked: archives.py), its PATH starting with the folder of the
-worker's Python (as in an activated environment), and reads the step's
+unpacked: archives.py), its PATH starting with a folder whose python3 is
+the worker's Python (as in an activated environment), and reads the step's
 input lines on stdin. Over input that ``load`` made it runs once per input
 file it has lines of, with ``mapreduce_map_input_file`` (and the older
 ``map_input_file``) naming that file, as Hadoop's map tasks do; over whole
@@ -37,6 +37,7 @@ from pathlib import Path
 from reductio import archives
 from reductio.counters import increment
 from reductio.errors import UserCodeError
+from reductio.layout import BIN
 from reductio.records import record_limit, too_long
 from reductio.sorting import sort_argv, sort_env
 from reductio.store import FILES
@@ -71,6 +72,29 @@ def check_env(pairs) -> dict[str, str]:
     return env
 
 
+def _python_folder(home: Path) -> str:
+    """A folder whose ``python3`` and ``python`` are this worker's Python, to put first on a command's PATH.
+
+    The Python's own folder when its ``python3`` is that Python (a venv, as on SSH workers); else HOME/bin,
+    holding links to it: a local worker with ``python = pypy3`` runs /usr/bin/pypy3, beside a python3 that
+    is CPython, and its commands and mrjob tasks would run on that.
+    """
+    own = os.path.dirname(sys.executable)
+    target = os.path.realpath(sys.executable)
+    if os.path.realpath(os.path.join(own, "python3")) == target:
+        return own
+    folder = home / BIN
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for name in ("python3", "python"):
+        link = folder / name
+        if os.path.realpath(link) != target:
+            made = folder / f".{name}.{os.getpid()}.{threading.get_ident()}"
+            made.unlink(missing_ok=True)
+            os.symlink(sys.executable, made)
+            os.replace(made, link)  # atomic: another process of the step may be making the same link
+    return str(folder)
+
+
 def check_file_name(name: str) -> str:
     """Refuse a shipped file's name that could leave the working folder."""
     if not _FILE_NAME.fullmatch(name) or ".." in name:
@@ -86,7 +110,7 @@ class Command:
         self.source = source or {}  # the marker of what it reads: the format, each file's input
         self.name = f"command {self.text!r}"
         self.env = dict(os.environ, **(params.get("env") or {}))
-        self.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", os.defpath)
+        self.env["PATH"] = _python_folder(shipped.parent) + os.pathsep + self.env.get("PATH", os.defpath)
         self.files = {check_file_name(name): shipped / digest for name, digest in (params.get("files") or {}).items()}
         self.archives = {check_file_name(name): shipped / digest
                          for name, digest in (params.get("archives") or {}).items()}

@@ -114,5 +114,20 @@ def _verdict(params: dict) -> int:
         message = heartbeat.message()
 
 
+def _utf8_file_names() -> None:
+    """Run again in the C.UTF-8 locale when this Python would name files in ASCII, as CPython never does.
+
+    PyPy 3.9 in the C locale (an SSH session without LANG, a bare container) encodes file names, arguments
+    and the environment in ASCII, where CPython switches that locale to UTF-8 (PEP 538, and LC_CTYPE for
+    its children): a step over an input file or home whose name is not ASCII stopped with a
+    UnicodeEncodeError. A locale set on purpose (LC_ALL) is left as it is.
+    """
+    if sys.getfilesystemencoding() == "ascii" and not os.environ.get("LC_ALL") \
+            and os.environ.get("LC_CTYPE") != "C.UTF-8":  # once: a system without C.UTF-8 stays as it was
+        os.environ["LC_CTYPE"] = "C.UTF-8"
+        os.execv(sys.executable, [sys.executable, "-m", "reductio.worker", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
+    _utf8_file_names()
     sys.exit(main())
