@@ -66,8 +66,7 @@ def step_send(params: dict) -> dict:
     open_to_senders(params["home"], params["attempt"], int(params["self"]))  # first: the others' gates wait for it
     home = Home(params["home"])
     source = check_name(params["source"])
-    marker = home.marker(source)
-    files = home.files(source, marker)
+    marker, files = home.version(source, params.get("source_attempt"))  # the version the head's survey saw
     destinations = params["destinations"]
     if marker.get("partitions") != len(destinations):
         raise DatasetError(

@@ -27,7 +27,8 @@ def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:
             # not progress.reporting: a worker done sending still receives, so its part ends with the step's,
             # and until then its held command's beats say it is there (or, missing, that it is quiet)
             results = cluster.each("scatter", lambda w: w.step(
-                "send", dict(send_params(cluster, w, source), attempt=attempt), progress.progress_of(w.name), held))
+                "send", dict(send_params(cluster, w, source), attempt=attempt, source_attempt=facts["source_attempt"]),
+                progress.progress_of(w.name), held))
         if common_source(results, source)["attempt"] != facts["source_attempt"]:
             raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         arrived = {w.name: {} for w in cluster.workers}

@@ -309,6 +309,49 @@ def test_a_source_republished_while_a_step_reads_it_is_not_seen_or_stops_the_ste
     assert merged(c, source) == Counter(new)
 
 
+def test_a_source_republished_after_one_sender_took_it_and_before_the_other_did_stops_scatter_saying_so(
+        tmp_path, project):
+    c = make_context(2, project=project, processes=1, dead_after=120)
+    tasks.setup(c)
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    old = _make_source(c, folder, "old", "pairs")
+    scattering = Background(lambda: tasks.scatter(c, "pairs", "out"))
+    senders = []
+
+    def pause_senders() -> bool:
+        for pid, command in processes_with("reductio.worker send").items():
+            if pid not in senders and not command.startswith("/bin/sh"):
+                os.kill(pid, signal.SIGSTOP)
+                senders.append(pid)
+        return len(senders) == 2 or not scattering.is_alive()
+
+    def took(pid: int) -> bool:
+        return any(holds(pid, f"{home}/store/pairs.") for home in homes())
+
+    try:
+        wait_until(pause_senders, 60, "both workers' senders to start", every=0.002)
+        assert scattering.is_alive(), scattering.error
+        assert not any(took(pid) for pid in senders), "caught the senders after they took the source"
+        early, late = senders
+        os.kill(early, signal.SIGCONT)
+        wait_until(lambda: took(early), 60, "the first sender to take the source")
+        os.kill(early, signal.SIGSTOP)
+        new = _make_source(make_context(2, project=project), folder, "new", "pairs")  # the second head
+    finally:
+        for pid in senders:
+            os.kill(pid, signal.SIGCONT)
+    scattering.join(120)
+    assert not scattering.is_alive(), "scatter still runs 120 s after its senders went on"
+    # the late sender looks for the version the survey saw, which nothing held on its worker: gone, and it says so
+    assert isinstance(scattering.error, Exit), scattering.error
+    message = scattering.error.message
+    assert "dataset 'pairs' was replaced after this step looked at it" in message, message
+    assert "run the step again" in message and "differs between workers" not in message, message
+    assert "out" not in [name for home in homes() for name in os.listdir(home / "data")]
+    assert merged(c, "pairs") == Counter(new) != Counter(old)
+
+
 # -- publishing is all-or-nothing across workers ----------------------------------------------------------
 
 
@@ -551,25 +594,36 @@ def test_a_head_killed_with_an_ssh_cluster_prepared_everywhere_leaves_the_old_ve
         return [pid for pid, command in tree(sshd_cluster.daemons[index].process.pid).items()
                 if "reductio.worker session" in command and not command.startswith(("/bin/sh", "bash"))]
 
+    def hidden(root: Path) -> set:
+        return {entry for entry in os.listdir(root / "data") if entry.startswith(".killed-input.")}
+
     ours = {pid for index in range(2) for pid in sessions(index)}  # this process's own, from setup and load
+    before = [hidden(root) for root in roots]
     write_lines(source, lines["new"])
     head = subprocess.Popen(reductio_program("-f", str(WORDJOBS / "fabfile.py"), "load", str(source),
                                              "killed-input"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    paused = {}
+    paused = set()
+    theirs = {}
+
+    def the_heads_sessions() -> bool:
+        """The killed head's own control sessions (where its publish moves will run), one per worker."""
+        for index in range(2):
+            theirs[index] = [pid for pid in sessions(index) if pid not in ours]
+        return all(theirs.values()) or head.poll() is not None
 
     def pause_the_prepared() -> bool:
-        """Pause each worker's control session (where its publish moves run) once its new version is prepared."""
+        """Pause each worker's session the moment its new version is prepared: only known pids, so it is quick."""
         for index, root in enumerate(roots):
-            if index not in paused and [e for e in os.listdir(root / "data") if e.startswith(".killed-input.")]:
-                theirs = [pid for pid in sessions(index) if pid not in ours]
-                for pid in theirs:
+            if index not in paused and hidden(root) - before[index]:
+                for pid in theirs[index]:
                     os.kill(pid, signal.SIGSTOP)
-                paused[index] = theirs
+                paused.add(index)
         return len(paused) == len(roots) or head.poll() is not None
 
     try:
-        wait_until(pause_the_prepared, 120, "a new version prepared on both SSH workers", every=0.002)
+        wait_until(the_heads_sessions, 120, "the head's control session on each SSH worker")
+        wait_until(pause_the_prepared, 120, "a new version prepared on both SSH workers", every=0.0005)
         assert head.poll() is None, f"the head ended first: {head.stderr.read()[-2000:]}"
         assert [linked(root, "killed-input") for root in roots] == old  # switched nowhere
         head.kill()
@@ -578,7 +632,7 @@ def test_a_head_killed_with_an_ssh_cluster_prepared_everywhere_leaves_the_old_ve
         if head.poll() is None:
             head.kill()
             head.wait(60)
-        for pid in [pid for sessions in paused.values() for pid in sessions]:
+        for pid in [pid for index in paused for pid in theirs[index]]:
             os.kill(pid, signal.SIGKILL)  # with their head: the moves it sent never ran
         head.stderr.close()
     assert merged(c, "killed-input") == Counter(lines["old"])
