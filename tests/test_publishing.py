@@ -7,6 +7,7 @@ import inspect
 import os
 import signal
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -269,9 +270,14 @@ def _make_source(c, folder: Path, version: str, source: str) -> list:
 def _readers(process: str, source: str, found: dict) -> dict:
     """Add to ``found`` (home -> pid) each worker's ``process`` of this run once it holds a version of ``source``
     open, pausing it (SIGSTOP) at once: a paused reader is one no head can publish past."""
-    for pid, command in processes_with(f"reductio.worker {process}").items():
+    for pid in children(os.getpid()):  # local workers' commands are this process's own children: a quick look
+        try:
+            command = command_line(Path(f"/proc/{pid}"))
+        except OSError:  # it ended meanwhile
+            continue
         for home in homes():
-            if home not in found and not command.startswith("/bin/sh") and holds(pid, f"{home}/store/{source}."):
+            if (home not in found and f"reductio.worker {process}" in command and not command.startswith("/bin/sh")
+                    and holds(pid, f"{home}/store/{source}.")):
                 os.kill(pid, signal.SIGSTOP)
                 found[home] = pid
     return found
@@ -472,39 +478,41 @@ def test_the_version_a_publish_replaced_stays_until_every_worker_switched_then_g
 # -- a real head killed at each moment of publishing -----------------------------------------------------------
 
 
+# The local workers' python (workers.cfg's ``python``): a publish move waits at this gate, as FOLDER/PID.waiting, until
+# the test lets it go (FOLDER/PID.go; a minute at most); then it is the interpreter the suite runs on.
+GATED_PYTHON = """#!/bin/sh
+if [ "$2 $3" = "reductio.worker publish" ]; then
+    touch "{folder}/$$.waiting"
+    i=0
+    while [ ! -e "{folder}/$$.go" ] && [ $i -lt 12000 ]; do sleep 0.005; i=$((i + 1)); done
+    [ -e "{folder}/$$.go" ] || exit 1
+fi
+exec {python} "$@"
+"""
+
+
 class Moves:
-    """The moves of a publish that a head runs as processes of their own (load's: one per worker and move), each
-    paused (SIGSTOP) as it appears, so that the test lets them go one at a time."""
+    """The moves of a publish that a head runs as commands of their own (load's: one per worker and move), each
+    held at the workers' gated python (GATED_PYTHON) so that the test lets them go one at a time."""
 
-    def __init__(self) -> None:
-        self.paused, self.seen = [], set()
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.done = folder, set()
 
-    def _pause_new(self, head: int) -> list:
-        """Pause each publish move the head started since the last look: its own children (a shell that execs the
-        worker), read from /proc at little cost so that a move is caught before it gets to its work."""
-        for pid in children(head):
-            try:
-                move = pid not in self.seen and "reductio.worker publish" in command_line(Path(f"/proc/{pid}"))
-            except OSError:  # it ended meanwhile: too quick to be a move caught in time, or not one
-                continue
-            if move:
-                os.kill(pid, signal.SIGSTOP)
-                self.seen.add(pid)
-                self.paused.append(pid)
-        return self.paused
+    def waiting(self) -> list:
+        return sorted(int(path.stem) for path in self.folder.glob("*.waiting") if int(path.stem) not in self.done)
 
     def let_one_go(self, head: subprocess.Popen, what: str) -> None:
-        """Let the next paused move run to its end (waiting for the head to start one if none is paused)."""
-        wait_until(lambda: self._pause_new(head.pid) or head.poll() is not None, 60, f"the head's next move ({what})",
-                   every=0.002)
-        assert self.paused, f"the head ended ({head.returncode}) before {what}: {head.stderr.read()[-2000:]}"
-        pid = self.paused.pop(0)
-        os.kill(pid, signal.SIGCONT)
-        wait_until(lambda: _ended(pid), 60, f"publish move {pid} to end", every=0.002)
+        """Let the next waiting move run to its end (waiting for the head to start one if none waits)."""
+        wait_until(lambda: self.waiting() or head.poll() is not None, 60, f"the head's next move ({what})")
+        assert self.waiting(), f"the head ended ({head.returncode}) before {what}: {head.stderr.read()[-2000:]}"
+        pid = self.waiting()[0]
+        self.done.add(pid)
+        (self.folder / f"{pid}.go").touch()
+        wait_until(lambda: _ended(pid), 60, f"publish move {pid} to end")
 
     def end(self) -> None:
         """The head is dead: the moves it started that never ran go too, as they were (SIGKILL)."""
-        for pid in self.paused:
+        for pid in self.waiting():
             os.kill(pid, signal.SIGKILL)
 
 
@@ -538,9 +546,19 @@ KILLED_WHEN = {
 @pytest.mark.parametrize("moment", list(KILLED_WHEN))
 def test_a_head_killed_at_a_moment_of_publishing_leaves_one_version_the_next_run_settles(tmp_path, moment):
     reached, settles_on = KILLED_WHEN[moment]
-    Path("workers.cfg").write_text("".join(
-        f"[local-{i}]\nlocal = yes\nhome = {Path(os.environ['HOME'], '.reductio', 'local', f'worker-{i}')}\n"
-        for i in range(2)))  # the head's cluster, and this process's: the same two local workers
+    gate = tmp_path / "moves"
+    gate.mkdir()
+    python = tmp_path / "python"
+    python.write_text(GATED_PYTHON.format(folder=gate, python=sys.executable))
+    python.chmod(0o755)
+
+    def workers_cfg(python: str = None) -> None:
+        """The head's cluster, and this process's: the same two local workers (the killed head's, gated)."""
+        Path("workers.cfg").write_text("".join(
+            f"[local-{i}]\nlocal = yes\nhome = {Path(os.environ['HOME'], '.reductio', 'local', f'worker-{i}')}\n"
+            + (f"python = {python}\n" if python else "") for i in range(2)))
+
+    workers_cfg()
     c = make_context(2)
     tasks.setup(c)
     lines = {version: [f"k{i}\t{version}{i}" for i in range(3000)] for version in ("old", "new")}
@@ -549,10 +567,10 @@ def test_a_head_killed_at_a_moment_of_publishing_leaves_one_version_the_next_run
     old = linked(homes()[0], "input")
 
     write_lines(source, lines["new"])
+    workers_cfg(python)
     head = subprocess.Popen(reductio_program("-f", str(WORDJOBS / "fabfile.py"), "load", str(source), "input"),
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    moves = Moves()
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    moves = Moves(gate)
     try:
         seen = []
         for _ in range(6):  # prepare, switch and drop on two workers, one at a time
@@ -569,6 +587,7 @@ def test_a_head_killed_at_a_moment_of_publishing_leaves_one_version_the_next_run
             head.wait(60)
         moves.end()
         head.stderr.close()
+        workers_cfg()
 
     assert merged(c, "input") == Counter(lines[settles_on])  # the next run: one version, never a mix
     assert len({linked(home, "input") for home in homes()}) == 1
