@@ -70,7 +70,7 @@ def step_send(params: dict) -> dict:
     open_to_senders(params["home"], params["attempt"], params.get("permit") or [])  # first: the others' gates wait
     home = Home(params["home"])
     source = check_name(params["source"])
-    marker, files = home.version(source, params.get("source_attempt"))
+    marker, files = home.version(source, params.get("source_attempt"))  # the version the head's survey saw
     destinations = params["destinations"]
     if marker.get("partitions") != len(destinations):
         raise DatasetError(

@@ -78,6 +78,26 @@ def processes_named(*names: str) -> Dict[int, str]:
     return _own(lambda entry: command_line(entry) if (entry / "comm").read_text().strip() in names else None)
 
 
+def held_paths(pid="self") -> list:
+    """The paths process ``pid`` holds open (files, and folders it locks), read from /proc; [] once it ended."""
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # it ended meanwhile
+        return []
+    paths = []
+    for descriptor in descriptors:
+        try:
+            paths.append(os.readlink(f"/proc/{pid}/fd/{descriptor}"))
+        except OSError:  # closed meanwhile
+            continue
+    return paths
+
+
+def holds(pid, prefix: str) -> bool:
+    """Whether process ``pid`` holds open a path starting with ``prefix`` (a folder of a home, a store version)."""
+    return any(path.startswith(prefix) for path in held_paths(pid))
+
+
 def still_running(text: str, within: float) -> dict:
     """This run's processes whose command line holds ``text`` after ``within`` seconds: a killed process group
     takes a moment to go."""

@@ -17,6 +17,7 @@ from invoke import Exit
 
 from conftest import Background, make_context, write_lines
 from netns import wait_until
+from ownership import holds
 from reductio import tasks
 from reductio.cluster import Cluster
 from test_freeze import tree
@@ -38,21 +39,7 @@ def receivers_of(home: str) -> list:
     parameters come on stdin, so a receiver is known by the folder it holds open in that home."""
     return [pid for pid, command in tree(os.getpid()).items()
             if "reductio.worker receive" in command and not command.startswith(("/bin/sh", "bash"))
-            and _holds_a_folder_in(pid, os.path.expanduser(home))]
-
-
-def _holds_a_folder_in(pid: int, home: str) -> bool:
-    try:
-        descriptors = os.listdir(f"/proc/{pid}/fd")
-    except OSError:  # it ended meanwhile
-        return False
-    for descriptor in descriptors:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{descriptor}").startswith(home.rstrip("/") + "/"):
-                return True
-        except OSError:
-            continue
-    return False
+            and holds(pid, os.path.expanduser(home).rstrip("/") + "/")]
 
 
 def freeze_a_receiver(c, step) -> None:
