@@ -74,8 +74,8 @@ def _sorted_to(out, argv: list) -> str:
 def step_read(params: dict) -> dict:
     """Write one data file of a dataset to stdout: the head relays it to a worker we cannot reach."""
     home = Home(params["home"])
-    marker = home.marker(check_name(params["source"]))
-    (path,) = [p for p in home.files(params["source"], marker) if p.name == params["name"]] or [None]
+    marker, files = home.version(check_name(params["source"]), params.get("source_attempt"))  # the senders' version
+    (path,) = [p for p in files if p.name == params["name"]] or [None]
     if path is None:
         raise DatasetError(f"dataset {params['source']!r} has no file {params['name']!r}")
     with open(path, "rb") as data:

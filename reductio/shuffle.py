@@ -47,8 +47,9 @@ def scatter(cluster, source: str, target: str, facts: dict, checks: Dict[str, di
             raise DatasetError(f"dataset {source!r} changed while scatter was reading it; run it again")
         relaying = [w for w in cluster.workers if results[w.name]["relay"]]
         relayed = cluster.each("scatter (relay)", lambda w: _relay(
-            cluster, w, source, attempt, {index: {name: plan[w.name][name] for name in files}
-                                          for index, files in results[w.name]["relay"].items()}), relaying)
+            cluster, w, source, facts["source_attempt"], attempt,
+            {index: {name: plan[w.name][name] for name in files} for index, files in results[w.name]["relay"].items()}),
+            relaying)
         delivered = {w.name: {} for w in cluster.workers}
         for sender, result in results.items():
             for files in [*result["sent"].values(), *relayed.get(sender, {}).values()]:
@@ -114,8 +115,9 @@ def destinations(cluster, sender) -> list:
     ]
 
 
-def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
-    """Carry files from an SSH worker to local workers through the head, streaming: one stream per destination."""
+def _relay(cluster, sender, source: str, source_attempt: str, attempt: str, relay: dict) -> dict:
+    """Carry files from an SSH worker to local workers through the head, streaming: one stream per destination,
+    read from the version of ``source`` the senders read (the survey's)."""
     received = {}
     for index, files in relay.items():
         destination = cluster.workers[int(index)]
@@ -123,7 +125,8 @@ def _relay(cluster, sender, source: str, attempt: str, relay: dict) -> dict:
         try:
             for name, expected in files.items():
                 outgoing.write(framing.file_header(name, expected["bytes"]))
-                incoming = sender.open("read", {"source": source, "name": name}, "r")
+                incoming = sender.open("read", {"source": source, "source_attempt": source_attempt,
+                                                "name": name}, "r")
                 try:
                     copied = 0
                     for block in iter(lambda incoming=incoming: incoming.read(1 << 20), b""):
