@@ -49,7 +49,7 @@ def step_check(params: dict) -> dict:
     functions = params.get("functions") or []
     code = None
     if functions:
-        from reductio.steps import code_digest  # imports the user's code: only checks that name functions pay
+        from reductio.usercode import code_digest  # imports the user's code: only checks that name functions pay
         code = code_digest(functions)
     missing = [digest for digest in params.get("shipped") or [] if not shipped_whole(home.root, digest)]
     return {"target": target, "target_state": target_state, "source": source, "code": code, "missing": missing}

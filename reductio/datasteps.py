@@ -28,7 +28,6 @@ from reductio.sorting import sort_argv, sort_env, sort_key
 from reductio.steps import (
     check_sorted,
     combine_into,
-    load_function,
     map_into,
     reduce_into,
     sum_into,
@@ -37,6 +36,7 @@ from reductio.steps import (
     unsorted,
 )
 from reductio.store import FILES, TEXT, Home, check_name, file_facts, total
+from reductio.usercode import load_function
 
 
 class _Position:
