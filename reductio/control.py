@@ -15,10 +15,11 @@ import sys
 import time
 
 from reductio import heartbeat, steplog
+from reductio.datasets import total
 from reductio.errors import DatasetError, ReductioError, environment_error
 from reductio.layout import shipped_whole
 from reductio.protocol import ANSWER, emit
-from reductio.store import Home, check_name, total
+from reductio.store import Home, check_name
 
 
 def step_check(params: dict) -> dict:

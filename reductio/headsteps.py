@@ -12,14 +12,14 @@ import re
 import sys
 import time
 
-from reductio import gather, shipping, shuffle, spread, streaming
+from reductio import gather, shipping, shuffle, spread, streamspec
 from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
+from reductio.datasets import FILES, RECORDS, TEXT, check_name
 from reductio.errors import DatasetError, ReductioError, UserCodeError
 from reductio.feedback import log_step, report_step
 from reductio.job import Survey, digest_of, run_and_publish
 from reductio.records import record_limit
-from reductio.store import FILES, RECORDS, TEXT, check_name
 from reductio.usercode import code_digest, load_function, unknown_code, user_error
 
 _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -60,7 +60,7 @@ def _skipped(c, step: str, target: str, source: str = None) -> None:
 
 
 def _check_function(path: str) -> str:
-    if streaming.command_of(path):
+    if streamspec.command_of(path):
         return path
     if not isinstance(path, str) or not _FUNCTION.fullmatch(path):
         raise UserCodeError(f"bad function path {path!r}: give package.module.function, or | COMMAND")
@@ -129,14 +129,14 @@ def function_step(c, step: str, function: str, source: str, target: str, force: 
 
     Returns each worker's result, or None when the step was up to date."""
     functions = [_check_function(function)] + ([_check_function(combine)] if combine else [])
-    commands = [spec for spec in functions if streaming.command_of(spec) is not None]
+    commands = [spec for spec in functions if streamspec.command_of(spec) is not None]
     if (files or archives or env) and not commands:
         raise UserCodeError("files, archives and env are for a command (| COMMAND), not a Python function")
-    if combine and streaming.command_of(combine) is not None and streaming.command_of(function) is None:
+    if combine and streamspec.command_of(combine) is not None and streamspec.command_of(function) is None:
         raise UserCodeError("a combiner command needs a mapper command; give the combiner as a Python function")
     shipped = shipping.digests(files)
     unpacked = shipping.digests(archives, taken=shipped, unpack=True)
-    variables = streaming.check_env(env)
+    variables = streamspec.check_env(env)
     check_name(source)
     check_name(target)
     cluster = Cluster.from_context(c)
@@ -162,14 +162,14 @@ def function_step(c, step: str, function: str, source: str, target: str, force: 
     started = time.time()
     survey = Survey(cluster, step, target, source, [f for f in functions if f not in commands],
                     [digest for _, digest in [*shipped.values(), *unpacked.values()]])
-    if step != "map" or streaming.command_of(function) is None:
+    if step != "map" or streamspec.command_of(function) is None:
         _refuse_whole_files(survey, source, f"{step} with a function")
     code = survey.code
     if commands:  # what a command runs is its text, its files, archives and environment
         code = "-".join(filter(None, [code, digest_of([*commands, *sorted(f"{n}={d}" for n, (_, d) in shipped.items()),
                                                        *sorted(f"archive {n}={d}" for n, (_, d) in unpacked.items()),
                                                        *sorted(f"{k}={v}" for k, v in variables.items())])]))
-    text = step == "transform" or streaming.command_of(function) is not None
+    text = step == "transform" or streamspec.command_of(function) is not None
     facts = {"step": step, "function": function, "code": code, "source": source,
              "source_attempt": survey.source["attempt"], "format": TEXT if text else RECORDS,
              "partitions": len(cluster), "max_record": record_limit(found.get("max_record"))}

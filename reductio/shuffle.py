@@ -12,10 +12,10 @@ from typing import Dict
 
 from reductio import framing
 from reductio.config import settings
+from reductio.datasets import total
 from reductio.errors import DatasetError
 from reductio.feedback import display
 from reductio.job import common_source, discard, new_attempt, publish
-from reductio.store import total
 
 
 def scatter(cluster, source: str, target: str, facts: dict) -> Dict[str, dict]:

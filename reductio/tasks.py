@@ -17,14 +17,14 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from reductio import headsteps, packaging, shellcost, spread, streaming
+from reductio import headsteps, packaging, shellcost, spread, streamspec
 from reductio.cluster import Cluster, project_folder
 from reductio.config import settings
+from reductio.datasets import check_name
 from reductio.errors import ReductioError, UserCodeError, printable
 from reductio.headsteps import dry, say
 from reductio.job import shape
 from reductio.report import read_log, render, write_report
-from reductio.store import check_name
 from reductio.trust import install_trust, revoke_trust
 
 __all__ = [
@@ -172,7 +172,7 @@ def map(c, function, source, target, force=False, combine="", files=None, env=No
 @_reported
 def transform(c, function, source, target, force=False):
     """Call function(line, out) on every raw line; out.write_pair(k, v) and out.write(line) add output."""
-    if streaming.command_of(function) is not None:
+    if streamspec.command_of(function) is not None:
         raise UserCodeError("transform takes a Python function; to run a command over raw lines, use map")
     headsteps.function_step(c, "transform", function, source, target, force)
 
