@@ -35,7 +35,8 @@ from reductio import gather, headsteps, spread
 from reductio.cluster import Cluster
 from reductio.errors import ReductioError, UserCodeError, printable
 from reductio.feedback import user_totals
-from reductio.mrjob_task import COMBINE_IN_MAPPER, supply_removed_modules
+from reductio.mrjob_modules import supply_removed_modules
+from reductio.mrjob_task import COMBINE_IN_MAPPER
 
 
 def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
