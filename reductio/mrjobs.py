@@ -207,10 +207,7 @@ def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, ship
         target = f"{here}.reduced"
         counted.append(headsteps.function_step(c, "reduce", command("reducer"), f"{here}.sorted", target, env=env,
                                                **shipped))
-    totals: Dict[str, int] = {}
-    for results in filter(None, counted):  # None: skipped, up to date
-        for name, count in user_totals(results).items():
-            totals[name] = totals.get(name, 0) + count
+    totals = user_totals(*filter(None, counted))  # None: skipped, up to date
     if totals:
         print(counter_lines(totals), flush=True)
     return target
