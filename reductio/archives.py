@@ -41,12 +41,6 @@ MAX_MEMBERS = 200_000  # the max_members setting's default
 _LINK_DEPTH = 40  # links followed resolving one path, as Linux allows
 
 
-def check(path: Path) -> None:
-    """Refuse, on the head before shipping, a file that is neither a tar nor a zip archive."""
-    if not (tarfile.is_tarfile(path) or zipfile.is_zipfile(path)):
-        raise UserCodeError(f"{path} is not a tar or zip archive; ship it as a file instead")
-
-
 def unpacked(archive: Path, name: str, max_unpacked: int = None, max_members: int = None) -> Path:
     """The folder holding ``archive``'s contents, unpacked on first use; ``name`` is how errors call it.
 

@@ -15,10 +15,11 @@ import sys
 import time
 
 from reductio import heartbeat, steplog
+from reductio.datasets import total
 from reductio.errors import DatasetError, ReductioError, environment_error
 from reductio.layout import shipped_whole
 from reductio.protocol import ANSWER, emit
-from reductio.store import Home, check_name, total
+from reductio.store import Home, check_name
 
 
 def step_check(params: dict) -> dict:
@@ -51,7 +52,7 @@ def step_check(params: dict) -> dict:
     functions = params.get("functions") or []
     code = None
     if functions:
-        from reductio.steps import code_digest  # imports the user's code: only checks that name functions pay
+        from reductio.usercode import code_digest  # imports the user's code: only checks that name functions pay
         code = code_digest(functions)
     missing = [digest for digest in params.get("shipped") or [] if not shipped_whole(home.root, digest)]
     return {"target": target, "target_state": target_state, "source": source, "code": code, "missing": missing}

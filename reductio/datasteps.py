@@ -19,6 +19,7 @@ from reductio import heartbeat, reducers, shares, streaming
 from reductio.clock import Clock
 from reductio.control import source_facts
 from reductio.counters import snapshot
+from reductio.datasets import FILES, TEXT, total
 from reductio.errors import DatasetError, InputError, ReductioError, UserCodeError
 from reductio.machine import cores_each
 from reductio.output import PartitionedOutput
@@ -28,7 +29,6 @@ from reductio.sorting import sort_argv, sort_env, sort_key
 from reductio.steps import (
     check_sorted,
     combine_into,
-    load_function,
     map_into,
     reduce_into,
     sum_into,
@@ -36,7 +36,8 @@ from reductio.steps import (
     transform_lines,
     unsorted,
 )
-from reductio.store import FILES, TEXT, Home, check_name, file_facts, total
+from reductio.store import Home, check_name, file_facts
+from reductio.usercode import load_function
 
 
 class _Position:

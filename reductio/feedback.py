@@ -170,10 +170,10 @@ def summary(step: str, results: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def user_totals(results: Dict[str, dict]) -> Dict[str, int]:
-    """User counters summed over the workers."""
+def user_totals(*steps: Dict[str, dict]) -> Dict[str, int]:
+    """User counters summed over the workers, of one step's results or of several steps'."""
     totals: Dict[str, int] = {}
-    for result in results.values():
+    for result in (result for results in steps for result in results.values()):
         for key, value in (result.get("counters") or {}).items():
             if key.startswith("user: "):
                 totals[key[len("user: "):]] = totals.get(key[len("user: "):], 0) + value

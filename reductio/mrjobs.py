@@ -31,11 +31,12 @@ import warnings
 from pathlib import Path
 from typing import Dict, List
 
-from reductio import gather, spread, tasks
+from reductio import gather, headsteps, spread
 from reductio.cluster import Cluster
 from reductio.errors import ReductioError, UserCodeError, printable
 from reductio.feedback import user_totals
-from reductio.mrjob_task import COMBINE_IN_MAPPER, supply_removed_modules
+from reductio.mrjob_modules import supply_removed_modules
+from reductio.mrjob_task import COMBINE_IN_MAPPER
 
 
 def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
@@ -57,8 +58,8 @@ def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
         prefix = _prefix(Path(argv[0]), argv[1:])
         source = f"{prefix}.input"
         inputs = _inputs(runner)  # named as given, as mrjob's local runner names them: file://docs/a.txt
-        tasks.load_files(c, inputs, source, whole=runner._uses_input_manifest(),  # mapper_raw: whole
-                         names=[str(path) for path in inputs])
+        headsteps.load_files(c, inputs, source, whole=runner._uses_input_manifest(),  # mapper_raw: whole
+                             names=[str(path) for path in inputs])
         for number, step in enumerate(runner._get_steps()):
             source = _run_step(c, runner, number, step, source, prefix, shipped, python_path)
     finally:
@@ -98,7 +99,7 @@ def _runner(script: Path, args: List[str]):
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        from reductio.steps import user_error
+        from reductio.usercode import user_error
 
         raise user_error(f"{script} does not import, raising", exc) from None
     finally:
@@ -197,17 +198,16 @@ def _run_step(c, runner, number: int, step: dict, source: str, prefix: str, ship
     here = f"{prefix}.{number}"
     mapper = command("mapper") if "mapper" in step else "| cat"
     combine = command("combiner") if "combiner" in step and not in_mapper else ""
-    counted = [tasks.map(c, mapper, source, f"{here}.mapped", combine=combine, env=env, **shipped)]
+    counted = [headsteps.function_step(c, "map", mapper, source, f"{here}.mapped", combine=combine, env=env,
+                                       **shipped)]
     target = f"{here}.mapped"
     if "reducer" in step:
-        tasks.scatter(c, target, f"{here}.here")
-        tasks.sort(c, f"{here}.here", f"{here}.sorted")
+        headsteps.scatter(c, target, f"{here}.here")
+        headsteps.sort(c, f"{here}.here", f"{here}.sorted")
         target = f"{here}.reduced"
-        counted.append(tasks.reduce(c, command("reducer"), f"{here}.sorted", target, env=env, **shipped))
-    totals: Dict[str, int] = {}
-    for results in filter(None, counted):  # None: skipped, up to date
-        for name, count in user_totals(results).items():
-            totals[name] = totals.get(name, 0) + count
+        counted.append(headsteps.function_step(c, "reduce", command("reducer"), f"{here}.sorted", target, env=env,
+                                               **shipped))
+    totals = user_totals(*filter(None, counted))  # None: skipped, up to date
     if totals:
         print(counter_lines(totals), flush=True)
     return target

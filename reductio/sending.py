@@ -16,9 +16,10 @@ import subprocess
 import sys
 
 from reductio.control import source_facts
+from reductio.datasets import total
 from reductio.errors import DatasetError, ReductioError
 from reductio.sorting import sort_argv, sort_env
-from reductio.store import Home, check_name, scan, total
+from reductio.store import Home, check_name, scan
 
 _CHUNK = 1 << 20
 

@@ -12,14 +12,15 @@ unpacked on the worker (archives.py).
 
 from __future__ import annotations
 
+import tarfile
+import zipfile
 from pathlib import Path
 from typing import Dict, Tuple
 
-from reductio import archives
 from reductio.errors import UserCodeError
 from reductio.layout import SHIPPED, WHOLE
 from reductio.packaging import file_digest, push
-from reductio.streaming import check_file_name
+from reductio.streamspec import check_shipped_name
 
 
 def digests(paths, taken: Dict[str, Tuple[Path, str]] = None, unpack: bool = False) -> Dict[str, Tuple[Path, str]]:
@@ -31,13 +32,19 @@ def digests(paths, taken: Dict[str, Tuple[Path, str]] = None, unpack: bool = Fal
         path = Path(local).expanduser()
         if not path.is_file():
             raise UserCodeError(f"no file {local} to ship with the command")
-        name = check_file_name(rename or path.name)
+        name = check_shipped_name(rename or path.name)
         if name in found:
             raise UserCodeError(f"two files to ship are called {name!r}: {found[name][0]} and {path}")
         if unpack:
-            archives.check(path)
+            _check_archive(path)
         found[name] = (path, file_digest(path))
     return {name: found[name] for name in found if name not in (taken or {})}
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, on the head before shipping, a file that is neither a tar nor a zip archive."""
+    if not (tarfile.is_tarfile(path) or zipfile.is_zipfile(path)):
+        raise UserCodeError(f"{path} is not a tar or zip archive; ship it as a file instead")
 
 
 def ship(cluster, survey, files: Dict[str, Tuple[Path, str]]) -> None:

@@ -21,11 +21,12 @@ from typing import Dict
 
 from reductio import framing
 from reductio.config import settings
+from reductio.datasets import total
 from reductio.errors import DatasetError
 from reductio.feedback import display
 from reductio.job import common_source, discard, new_attempt, publish
 from reductio.receiving import TOKEN_HEX, token_digest
-from reductio.store import partition_of_file, total
+from reductio.store import partition_of_file
 
 
 def scatter(cluster, source: str, target: str, facts: dict, checks: Dict[str, dict]) -> Dict[str, dict]:

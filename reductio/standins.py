@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 
+import reductio
 from reductio.errors import UserCodeError
 
 _HEADS = ("fabric", "invoke")  # the head's libraries a task module imports
@@ -93,7 +94,7 @@ class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def _task_names() -> list:
     """reductio.tasks' ``__all__``, read from its source: the one list of the task library's names."""
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tasks.py")
+    source = os.path.join(os.path.dirname(os.path.abspath(reductio.__file__)), "tasks.py")  # the package root's
     with open(source, encoding="utf-8") as text:
         tree = ast.parse(text.read(), source)
     for node in tree.body:

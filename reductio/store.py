@@ -29,33 +29,17 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
+from reductio.datasets import check_name
 from reductio.errors import DatasetError
 from reductio.layout import DATA, GATE_OPENING, SHIPPED, STORE, TMP, attempt_folder, check_attempt, check_home, finished
 
 MARKER = "_SUCCESS"
 STALE_AFTER = 3600
-# A marker's "format": TEXT lines come from files or out.write and may lack a
-# tab (the whole line is then the key); RECORDS lines were all written as pairs;
-# FILES are whole input files as they were (``load --whole``), read only by a map command.
-TEXT, RECORDS, FILES = "text", "records", "files"
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _PARTITION_FILE = re.compile(r"p(\d{5})\.")
 _KEPT = ".kept"  # data/.NAME.ATTEMPT.kept -> the version ATTEMPT replaced, or _NONE: there was none
 _NONE = "-"
-_SHARD_FILE = "s{:05d}.{}"  # a worker's piece of load's input file number N, or initialize's lines (N = 0)
-
-
-def check_name(name: str) -> str:
-    """Refuse a dataset name that could leave its folder or need quoting."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise DatasetError(
-            f"bad dataset name {name!r}: use 1-100 ASCII letters, digits, '_', '.' and '-',"
-            " not starting with '.' or '-', and no '..'"
-        )
-    return name
 
 
 def partition_file(partition: int, origin: str) -> str:
@@ -67,11 +51,6 @@ def partition_of_file(name: str):
     """The partition a data file holds, or None for an unpartitioned shard."""
     match = _PARTITION_FILE.match(name)
     return int(match.group(1)) if match else None
-
-
-def shard_name(index: int, origin: str) -> str:
-    """The file name of a worker's shard of input ``index`` (load: one per input file it got lines of)."""
-    return _SHARD_FILE.format(index, origin)
 
 
 def scan(path: Path):
@@ -428,7 +407,3 @@ def file_facts(path: Path, lines: int = None, sha256: str = None, is_sorted: boo
     if lines is None or sha256 is None:
         lines, sha256 = scan(path)
     return {"bytes": path.stat().st_size, "lines": lines, "sha256": sha256, "sorted": is_sorted}
-
-
-def total(files: Iterable[dict], fact: str) -> int:
-    return sum(entry[fact] for entry in files)

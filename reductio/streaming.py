@@ -36,15 +36,13 @@ from pathlib import Path
 
 from reductio import archives
 from reductio.counters import increment
+from reductio.datasets import FILES
 from reductio.errors import UserCodeError
 from reductio.layout import BIN
 from reductio.records import record_limit, too_long
 from reductio.sorting import sort_argv, sort_env
-from reductio.store import FILES
+from reductio.streamspec import check_shipped_name, command_of
 
-PREFIX = "|"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
 _COUNTER = re.compile(rb"reporter:counter:([^,\n]*),([^,\n]*),(-?\d+)\s*")
 _STATUS = b"reporter:status:"
 _BLOCK = 1 << 20
@@ -52,24 +50,6 @@ _TAIL = 20
 _MAX_STDERR_LINE = 2000
 _NOT_FOUND = 127
 _COUNTING = threading.Lock()
-
-
-def command_of(spec) -> str | None:
-    """The command that ``spec`` names (``"| COMMAND"``), or None when it is a function's dotted path."""
-    if isinstance(spec, str) and spec.startswith(PREFIX):
-        return spec[len(PREFIX):].strip()
-    return None
-
-
-def check_env(pairs) -> dict[str, str]:
-    """``["NAME=VALUE", ...]`` as a dict, refusing what is not a variable assignment."""
-    env = {}
-    for pair in pairs or ():
-        name, equals, value = str(pair).partition("=")
-        if not equals or not _ENV_NAME.fullmatch(name):
-            raise UserCodeError(f"bad environment setting {pair!r}: write NAME=VALUE")
-        env[name] = value
-    return env
 
 
 def _python_folder(home: Path) -> str:
@@ -95,13 +75,6 @@ def _python_folder(home: Path) -> str:
     return str(folder)
 
 
-def check_file_name(name: str) -> str:
-    """Refuse a shipped file's name that could leave the working folder."""
-    if not _FILE_NAME.fullmatch(name) or ".." in name:
-        raise UserCodeError(f"bad name for a shipped file {name!r}: use letters, digits, '_', '.', '+' and '-'")
-    return name
-
-
 class Command:
     """One step's command on one worker: what it runs, with which files and environment, and where."""
 
@@ -111,8 +84,9 @@ class Command:
         self.name = f"command {self.text!r}"
         self.env = dict(os.environ, **(params.get("env") or {}))
         self.env["PATH"] = _python_folder(shipped.parent) + os.pathsep + self.env.get("PATH", os.defpath)
-        self.files = {check_file_name(name): shipped / digest for name, digest in (params.get("files") or {}).items()}
-        self.archives = {check_file_name(name): shipped / digest
+        self.files = {check_shipped_name(name): shipped / digest
+                      for name, digest in (params.get("files") or {}).items()}
+        self.archives = {check_shipped_name(name): shipped / digest
                          for name, digest in (params.get("archives") or {}).items()}
         self.folder = folder / f".work-{params['origin']}-{role}"
         self.sort_buffer = params.get("sort_buffer")

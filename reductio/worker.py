@@ -44,7 +44,8 @@ _USER_CODE = ("map", "transform", "reduce")  # their stdout is only what the use
 
 
 def step_function(step: str):
-    return getattr(importlib.import_module(f"reductio.{STEPS[step]}"), f"step_{step}")
+    # its package, not a spelt "reductio": the step modules sit beside this one wherever the package puts it
+    return getattr(importlib.import_module(f"{__package__}.{STEPS[step]}"), f"step_{step}")
 
 
 def main(argv: list = None) -> int:

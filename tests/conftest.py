@@ -138,9 +138,6 @@ def ssh_workers(sshd_cluster, isolated_home):
         return path
 
     yield configure
-    from reductio.cluster import SshWorker
+    from reductio.links import LINKS
 
-    for connection in SshWorker._connections.values():
-        connection.close()
-    SshWorker._connections.clear()
-    SshWorker._sessions.clear()
+    LINKS.close()

@@ -24,7 +24,7 @@ from invoke import Context, Exit
 from conftest import WORDJOBS, Background, write_lines
 from netns import wait_until
 from reductio import tasks
-from reductio.cluster import SshWorker
+from reductio.links import LINKS
 
 DEAD_AFTER = 3.0
 WITHIN = DEAD_AFTER + 8  # seconds from the freeze to the head's exit
@@ -38,10 +38,7 @@ def fabric_context(**settings) -> Context:
 
 
 def close_connections() -> None:
-    for link in SshWorker._connections.values():
-        link.close()
-    SshWorker._connections.clear()
-    SshWorker._sessions.clear()
+    LINKS.close()
 
 
 def tree(root: int) -> Dict[int, str]:

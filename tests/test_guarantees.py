@@ -364,11 +364,9 @@ def test_an_unreachable_worker_is_retried_and_the_step_succeeds_when_it_returns(
     c = make_context(project=WORDJOBS, retries=4, retry_delay=0.5)
     tasks.setup(c)
     tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(100)])), "input")
-    from reductio.cluster import SshWorker
+    from reductio.links import LINKS
 
-    for worker in list(SshWorker._connections.values()):
-        worker.close()
-    SshWorker._connections.clear()
+    LINKS.close()
     daemon = sshd_cluster.daemons[1]
     daemon.stop()
     threading.Timer(1.2, daemon.start).start()

@@ -66,12 +66,9 @@ def fabric_context(**settings) -> Context:
 
 
 def _close_connections():
-    from reductio.cluster import SshWorker
+    from reductio.links import LINKS
 
-    for connection in SshWorker._connections.values():
-        connection.close()
-    SshWorker._connections.clear()
-    SshWorker._sessions.clear()
+    LINKS.close()
 
 
 def run_job(c, data: Path, output: Path) -> None:

@@ -10,7 +10,7 @@ from collections import Counter
 
 from conftest import WORDJOBS, make_context, processes_with, write_lines
 from reductio import tasks
-from reductio.cluster import SshWorker
+from reductio.links import LINKS
 
 
 def commands_started(caplog) -> Counter:
@@ -21,10 +21,7 @@ def commands_started(caplog) -> Counter:
 
 def new_head() -> None:
     """What a new head process starts from: no connection, no session."""
-    for connection in SshWorker._connections.values():
-        connection.close()
-    SshWorker._connections.clear()
-    SshWorker._sessions.clear()
+    LINKS.close()
 
 
 def kill_all(word: str) -> int:
@@ -89,7 +86,7 @@ def test_a_session_that_died_is_replaced_by_commands_of_their_own_and_the_job_go
     caplog.clear()
     tasks.status(c)
     assert set(commands_started(caplog)) <= {"session"}  # from now on, sessions again
-    assert all(control.is_open() for control in SshWorker._sessions.values())
+    assert all(control.is_open() for control in LINKS.sessions().values())
     tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
     assert sorted((tmp_path / "pairs.tsv").read_text().split()) == sorted(
         [f"w{i % 7}" for i in range(100)] + ["1"] * 100)
@@ -102,13 +99,13 @@ def test_distribute_that_installs_new_code_ends_the_sessions_which_imported_the_
     c = make_context(project=project)
     tasks.setup(c)
     tasks.status(c)  # a session on each worker
-    first = dict(SshWorker._sessions)
+    first = LINKS.sessions()
     assert len(first) == 2 and all(control.is_open() for control in first.values())
     tasks.distribute(c)  # unchanged: nothing installed, the sessions stay
-    assert SshWorker._sessions == first and all(control.is_open() for control in first.values())
+    assert LINKS.sessions() == first and all(control.is_open() for control in first.values())
     module = project / "wordjobs" / "__init__.py"
     module.write_text(module.read_text() + "\n# a new version\n")
     tasks.distribute(c)
     assert not any(control.is_open() for control in first.values())
     tasks.status(c)
-    assert all(control.is_open() and control not in first.values() for control in SshWorker._sessions.values())
+    assert all(control.is_open() and control not in first.values() for control in LINKS.sessions().values())

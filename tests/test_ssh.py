@@ -127,11 +127,9 @@ def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds
     c = make_context(project=WORDJOBS)
     tasks.setup(c)
     tasks.load(c, str(words), "words")
-    from reductio.cluster import SshWorker
+    from reductio.links import LINKS
 
-    for connection in SshWorker._connections.values():
-        connection.close()
-    SshWorker._connections.clear()
+    LINKS.close()
     sshd_cluster.daemons[1].stop()
     with pytest.raises(Exit) as failure:
         tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs-down")

@@ -35,7 +35,7 @@ def show(c, top=10):
 # Run as a worker's Python is: no site-packages (so no Fabric, no invoke), reductio and the project importable.
 ON_A_WORKER = """\
 import sys
-from reductio.steps import load_function
+from reductio.usercode import load_function
 from reductio.errors import UserCodeError
 
 for name in ("fabric", "invoke"):

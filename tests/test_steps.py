@@ -14,17 +14,9 @@ from reductio.errors import InputError, UserCodeError
 from reductio.output import BATCH, LINE_COST, PartitionedOutput
 from reductio.reducers import sum as sum_reducer
 from reductio.sorting import sort_key
-from reductio.steps import (
-    Output,
-    check_sorted,
-    combine_into,
-    load_function,
-    map_into,
-    reduce_into,
-    sum_into,
-    transform_lines,
-)
+from reductio.steps import check_sorted, combine_into, map_into, reduce_into, sum_into, transform_lines
 from reductio.store import partition_file
+from reductio.usercode import Output, load_function
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
 PACKAGE_DIR = str(Path(reductio.__file__).resolve().parent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -214,3 +215,20 @@ def test_text_a_worker_sends_reaches_the_terminal_with_its_control_characters_es
     message = failure.value.message
     assert "screen \\x1b[2J cleared\\x0d" in message, message
     assert "\x1b" not in message and "\r" not in message and "\x07" not in message
+
+
+def test_a_users_exception_in_initialize_shows_only_the_users_frames(tmp_path):
+    package_root = str(Path(tasks.__file__).resolve().parent)  # reductio's own frames: its whole package
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "raisingjobs_init.py").write_text(
+        "def _divide(n):\n    return 1 / n\n\n\ndef generate(out):\n    out.write('a line')\n    _divide(0)\n")
+    c = make_context(1, project=project)
+    tasks.setup(c)
+    with pytest.raises(Exit) as failure:
+        tasks.initialize(c, "raisingjobs_init.generate", "generated")
+    message = failure.value.message
+    assert "raisingjobs_init.generate raised ZeroDivisionError" in message, message
+    frames = re.findall(r'File "([^"]+)", line \d+, in (\S+)', message)
+    assert [name for _, name in frames] == ["generate", "_divide"], message
+    assert not [path for path, _ in frames if str(Path(path).resolve()).startswith(package_root)], message
