@@ -1,0 +1,124 @@
+"""A worker's disk that fills during any step: one line saying so (which worker, which disk, what to do), nothing
+published, and the step run again once there is room gives the exact answer."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from invoke import Exit
+
+from conftest import WORDJOBS, make_context, write_lines
+from reductio import tasks
+
+LINES = [f"w{i % 301:03d}\t{'v' * 40}{i}" for i in range(40_000)]  # about 2 MB
+ROOM = 256 << 10  # bytes left free on the small disk when the step starts: far less than any step writes there
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs, unmounted at the end (mounting needs root: the CI runs as root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True,
+                             timeout=60)
+    assert mounted.returncode == 0, f"this test mounts a small tmpfs and needs root: {mounted.stderr!r}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True, timeout=60)
+
+
+class Filler:
+    """Fill a disk to ``ROOM`` bytes free, and empty it again."""
+
+    def __init__(self, mount: Path) -> None:
+        self.path = mount / "filler"
+
+    def fill(self, room: int = ROOM) -> None:
+        stat = os.statvfs(self.path.parent)
+        with open(self.path, "ab") as filler:
+            filler.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - room))
+
+    def empty(self) -> None:
+        self.path.unlink()
+
+
+def cluster(tmp_path: Path, mount: Path, small_first: bool = True, project: Path = WORDJOBS):
+    """Two local workers: ``small`` with its home on the small disk, ``roomy`` on the test's own."""
+    small = f"[small]\nlocal = yes\nhome = {mount / 'home'}\n"
+    roomy = f"[roomy]\nlocal = yes\nhome = {tmp_path / 'roomy'}\n"
+    Path("workers.cfg").write_text("\n".join([small, roomy] if small_first else [roomy, small]))
+    c = make_context(project=project, retries=0)
+    tasks.setup(c)
+    return c
+
+
+def assert_full_disk_said(failure, mount: Path, worker: str = "small"):
+    """One line of the failure says ``worker``'s disk is full: the worker failing, or the one a sender wrote to."""
+    message = failure.value.message
+    assert "Traceback" not in message, message
+    said = [line for line in message.splitlines() if "the disk is full" in line]
+    assert len(said) == 1, message
+    assert said[0].startswith(f"  {worker}: ") or f": sending to {worker} failed: " in said[0], message
+    assert f"mounted at {mount}, which holds {mount}" in said[0] and "free space there" in said[0], message
+
+
+def assert_nothing_left(mount: Path, tmp_path: Path, name: str):
+    for home in (mount / "home", tmp_path / "roomy"):
+        assert not (home / "data" / name).exists(), f"{name} published in {home}"
+        assert [p.name for p in (home / "tmp").iterdir()] == [], f"leftovers in {home}/tmp"
+
+
+def merged(c, name: str, tmp_path: Path) -> list:
+    out = tmp_path / f"{name}.tsv"
+    tasks.merge(c, name, str(out))
+    return out.read_text().splitlines()
+
+
+def pairs(lines) -> collections.Counter:
+    return collections.Counter(lines)
+
+
+@pytest.mark.parametrize("step", ["load", "map", "transform", "scatter-receiver", "scatter-sender", "sort",
+                                  "reduce"])
+def test_a_disk_that_fills_during_a_step_says_so_and_a_rerun_is_exact(step, tmp_path, small_disk):
+    c = cluster(tmp_path, small_disk, small_first=step != "scatter-sender")
+    filler = Filler(small_disk)
+    source = write_lines(tmp_path / "in.txt", LINES)
+    wanted = pairs(LINES)
+    run = {
+        "load": lambda: tasks.load(c, str(source), "target"),
+        "map": lambda: tasks.map(c, "wordjobs.identity", "input", "target"),
+        "transform": lambda: tasks.transform(c, "wordjobs.split_words", "input", "target"),
+        "scatter-receiver": lambda: tasks.scatter(c, "pairs", "target"),
+        "scatter-sender": lambda: tasks.scatter(c, "pairs", "target"),
+        "sort": lambda: tasks.sort(c, "here", "target"),
+        "reduce": lambda: tasks.reduce(c, "wordjobs.gather", "sorted", "target"),
+    }[step]
+    if step != "load":
+        tasks.load(c, str(source), "input")
+    if step not in ("load", "map", "transform"):
+        tasks.map(c, "wordjobs.identity", "input", "pairs")
+    if step in ("sort", "reduce"):
+        tasks.scatter(c, "pairs", "here")
+    if step == "reduce":
+        tasks.sort(c, "here", "sorted")
+    if step == "transform":
+        wanted = pairs(f"{word}\t1" for line in LINES for word in line.split())
+        wanted.update(f"raw:{line}" for line in LINES)
+    if step == "reduce":
+        values = collections.defaultdict(list)
+        for line in LINES:
+            key, value = line.split("\t")
+            values[key].append(value)
+        wanted = pairs(f"{key}\t{len(got)}\t" + "\t".join(sorted(got)) for key, got in values.items())
+    filler.fill()
+    with pytest.raises(Exit) as failure:
+        run()
+    assert_full_disk_said(failure, small_disk)
+    assert_nothing_left(small_disk, tmp_path, "target")
+    filler.empty()
+    run()
+    assert pairs(merged(c, "target", tmp_path)) == wanted
