@@ -122,3 +122,20 @@ def test_a_disk_that_fills_during_a_step_says_so_and_a_rerun_is_exact(step, tmp_
     filler.empty()
     run()
     assert pairs(merged(c, "target", tmp_path)) == wanted
+
+
+def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path, small_disk):
+    workers = [{"name": "small", "local": "yes", "home": str(small_disk / "home")}]
+    c = make_context(1, workers=workers)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(10)])), "input")
+    Filler(small_disk).fill(3 << 20)
+    with pytest.raises(Exit) as failure:
+        tasks.map(c, "wordjobs.big_output", "input", "huge")
+    assert "no space left on the device" in failure.value.message
+    assert "Traceback" not in failure.value.message
+    assert not (small_disk / "home" / "data" / "huge").exists()
+    assert list((small_disk / "home" / "tmp").iterdir()) == []
+    tasks.map(c, "wordjobs.identity", "input", "small-output")
+    tasks.merge(c, "input", str(tmp_path / "input.tsv"))
+    assert len((tmp_path / "input.tsv").read_text().splitlines()) == 10
