@@ -106,16 +106,20 @@ def environment_error(err: OSError, writing=None, home=None) -> Exception:
 DISK_FULL = ("No space left on device", "Disk quota exceeded")  # what C programs (sort, cat, ssh) say of it
 
 
-def disk_full(path=None, quota: bool = False, local: bool = True) -> ReductioError:
+def disk_full(path=None, quota: bool = False, local: bool = True, head: bool = False) -> ReductioError:
     """The one line for a disk that filled while ``path`` was being written: the filesystem holding it (its mount
-    point, when ``local``: the path is on this machine) and what to do."""
-    what = "the disk quota is used up" if quota else "the disk is full"
+    point, when ``local``: the path is on this machine) and what to do. ``head``: the disk is the head's own (merge's
+    output), not a worker's."""
+    what = "the disk is used up to its quota" if quota else "the disk is full"
     if path is None:
         where = "on the device holding the reductio home"
     else:
         mount = _mount_point(str(path)) if local else None
         where = (f"on the device holding {path}" if mount is None
                  else f"on the device mounted at {mount}, which holds {path}")
+    if head:
+        return ReductioError(f"the head's {what[4:]}: no space left {where}; free space there (or write into a"
+                             " folder on another disk) and run it again; nothing was written")
     return ReductioError(f"{what}: no space left {where}; free space there (or give the worker a home on a bigger"
                          " disk) and run the step again; nothing was published and earlier datasets are intact")
 

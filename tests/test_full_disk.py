@@ -139,3 +139,57 @@ def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path,
     tasks.map(c, "wordjobs.identity", "input", "small-output")
     tasks.merge(c, "input", str(tmp_path / "input.tsv"))
     assert len((tmp_path / "input.tsv").read_text().splitlines()) == 10
+
+
+
+def test_a_disk_that_fills_during_initialize_says_so_and_a_rerun_is_exact(tmp_path, small_disk):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "generating.py").write_text(
+        "def many(out):\n    for i in range(40_000):\n        out.write_pair(f'w{i % 301:03d}', 'v' * 40 + str(i))\n")
+    c = cluster(tmp_path, small_disk, project=project)
+    filler = Filler(small_disk)
+    filler.fill()
+    with pytest.raises(Exit) as failure:
+        tasks.initialize(c, "generating.many", "target")
+    assert_full_disk_said(failure, small_disk)
+    assert_nothing_left(small_disk, tmp_path, "target")
+    filler.empty()
+    tasks.initialize(c, "generating.many", "target")
+    assert pairs(merged(c, "target", tmp_path)) == pairs(LINES)
+
+
+def test_a_disk_that_fills_while_files_are_pushed_says_so_and_a_rerun_is_exact(tmp_path, small_disk):
+    c = cluster(tmp_path, small_disk)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", LINES)), "input")
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(1 << 20))
+    run = lambda: tasks.map(c, "| cat", "input", "target", files=[str(model)])  # noqa: E731
+    filler = Filler(small_disk)
+    filler.fill()
+    with pytest.raises(Exit) as failure:
+        run()
+    assert_full_disk_said(failure, small_disk)
+    assert "copying model.bin to the worker failed" in failure.value.message
+    assert_nothing_left(small_disk, tmp_path, "target")
+    assert [p.name for p in (small_disk / "home" / "shipped").iterdir()] == []
+    filler.empty()
+    run()
+    assert pairs(merged(c, "target", tmp_path)) == pairs(LINES)
+
+
+def test_the_heads_disk_that_fills_during_merge_says_so_and_a_rerun_is_exact(tmp_path, small_disk):
+    c = cluster(tmp_path, small_disk)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", LINES)), "input")
+    out = small_disk / "merged" / "out.tsv"
+    filler = Filler(small_disk)
+    filler.fill()
+    with pytest.raises(Exit) as failure:
+        tasks.merge(c, "input", str(out))
+    message = failure.value.message
+    assert "Traceback" not in message and "\n" not in message, message
+    assert f"the head's disk is full: no space left on the device mounted at {small_disk}" in message, message
+    assert not out.exists() and list(out.parent.iterdir()) == []
+    filler.empty()
+    tasks.merge(c, "input", str(out))
+    assert out.read_text().splitlines() == sorted(LINES, key=lambda line: (line.split("\t")[0], line))
