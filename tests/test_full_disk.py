@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -193,3 +194,74 @@ def test_the_heads_disk_that_fills_during_merge_says_so_and_a_rerun_is_exact(tmp
     filler.empty()
     tasks.merge(c, "input", str(out))
     assert out.read_text().splitlines() == sorted(LINES, key=lambda line: (line.split("\t")[0], line))
+
+
+def test_an_ssh_workers_disk_that_fills_says_so_at_distribute_scatter_and_sort(ssh_workers, sshd_cluster, tmp_path):
+    """ssh-0's home on a small disk: its receive (through the gate), its sort and the sdist pushed to it."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount)], capture_output=True,
+                             timeout=60)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs and needs root: {mounted.stderr!r}"
+    try:
+        ssh_workers(2)
+        cfg = Path("workers.cfg")
+        small_home = f"home = {mount / 'home'}\n"
+        cfg.write_text(cfg.read_text().replace(f"home = {sshd_cluster.homes / 'ssh-0'}\n", small_home))
+        project = tmp_path / "wordjobs"
+        shutil.copytree(WORDJOBS, project, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
+        c = make_context(project=project, retries=0)
+        tasks.setup(c)
+        tasks.load(c, str(write_lines(tmp_path / "in.txt", LINES)), "input")
+        tasks.map(c, "wordjobs.identity", "input", "pairs")
+        filler = Filler(mount)
+        homes = (mount / "home", sshd_cluster.homes / "ssh-1")
+
+        filler.fill()
+        with pytest.raises(Exit) as failure:
+            tasks.scatter(c, "pairs", "here")
+        said = one_line_saying(failure, "the disk is full")
+        assert said.startswith("  ssh-1: sending to ssh-0 (") and "cannot receive: the disk is full" in said, said
+        assert "free space there" in said, said
+        assert_left_nothing(homes, "here")
+        filler.empty()
+        tasks.scatter(c, "pairs", "here")
+
+        filler.fill()
+        with pytest.raises(Exit) as failure:
+            tasks.sort(c, "here", "sorted")
+        said = one_line_saying(failure, "the disk is full")
+        assert said.startswith(f"  ssh-0: the disk is full: no space left on the device mounted at {mount}"), said
+        assert_left_nothing(homes, "sorted")
+        filler.empty()
+        tasks.sort(c, "here", "sorted")
+        assert merged(c, "sorted", tmp_path) == sorted(LINES, key=lambda line: (line.split("\t")[0], line))
+
+        with open(project / "wordjobs" / "__init__.py", "a") as changed:
+            changed.write("\n# changed: distribute pushes a new sdist\n")
+        filler.fill(0)
+        with pytest.raises(Exit) as failure:
+            tasks.distribute(c)
+        said = one_line_saying(failure, "the disk is full")
+        assert said.startswith("  ssh-0: copying wordjobs-") and "to the worker failed: the disk is full" in said, said
+        assert f"on the device holding {mount / 'home'}" in said, said
+        filler.empty()
+        tasks.distribute(c)
+        tasks.map(c, "wordjobs.identity", "input", "again")
+        assert pairs(merged(c, "again", tmp_path)) == pairs(LINES)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True, timeout=60)
+
+
+def one_line_saying(failure, words: str) -> str:
+    message = failure.value.message
+    assert "Traceback" not in message, message
+    said = [line for line in message.splitlines() if words in line]
+    assert len(said) == 1, message
+    return said[0]
+
+
+def assert_left_nothing(homes, name: str):
+    for home in homes:
+        assert not (home / "data" / name).exists(), f"{name} published in {home}"
+        assert [p.name for p in (home / "tmp").iterdir() if not p.name.endswith(".gate")] == [], home
