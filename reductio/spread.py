@@ -160,10 +160,10 @@ def spread(cluster, target: str, origin: str, feed, facts: dict, inputs: List[st
             spreader = Spreader(cluster, attempt, origin, progress, inputs)
             try:
                 spreader.run(feed)
-            except BaseException:
+                received = spreader.finish()
+            except BaseException:  # the receivers not yet finished (after one that failed) are stopped too
                 spreader.abandon()
                 raise
-            received = spreader.finish()
         publish(cluster, attempt, target, received, facts, origin)
     except BaseException:
         discard(cluster, attempt)

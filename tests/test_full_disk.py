@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, make_context, write_lines
+from conftest import WORDJOBS, make_context, still_running, write_lines
 from reductio import tasks
 
 LINES = [f"w{i % 301:03d}\t{'v' * 40}{i}" for i in range(40_000)]  # about 2 MB
@@ -137,6 +137,7 @@ def test_a_disk_that_fills_during_a_step_says_so_and_a_rerun_is_exact(step, tmp_
         run()
     assert_full_disk_said(failure, small_disk)
     assert_nothing_left(small_disk, tmp_path, "target")
+    assert still_running("reductio.worker", 10) == {}, "the other worker's part of the step was left running"
     filler.empty()
     run()
     assert pairs(merged(c, "target", tmp_path)) == wanted
