@@ -142,7 +142,7 @@ def answer(request: dict, home: str) -> dict:
         try:
             reply["result"] = SERVED[step](params)
         except OSError as err:
-            raise environment_error(err) from err
+            raise environment_error(err, home=home) from err
     except ReductioError as err:
         reply["error"] = err.to_dict()
         steplog.log(params, f"{step} failed after {time.time() - started:.1f} s: {err}")

@@ -20,7 +20,7 @@ from reductio.clock import Clock
 from reductio.control import source_facts
 from reductio.counters import snapshot
 from reductio.datasets import FILES, TEXT, total
-from reductio.errors import DatasetError, InputError, ReductioError, UserCodeError
+from reductio.errors import DatasetError, InputError, ReductioError, UserCodeError, sort_failure
 from reductio.machine import cores_each
 from reductio.output import PartitionedOutput
 from reductio.records import decode_error, lines_before, open_slice, read_lines, record_limit, split_record
@@ -378,17 +378,16 @@ def step_sort(params: dict) -> dict:
                          buffer=params.get("buffer"), parallel=params.get("parallel"))
     except ValueError as err:
         raise ReductioError(str(err)) from None
-    _run_sort(argv)
+    _run_sort(argv, folder, total(marker["files"].values(), "bytes"), params["home"])
     sort_tmp.rmdir()
     written = {output.name: file_facts(output, is_sorted=True)}
     return {"files": written, "source": source_facts(marker),
             "counters": _counters(marker, written, total(marker["files"].values(), "lines"), started)}
 
 
-def _run_sort(argv: list[str], stdout=None) -> None:
-    """Run sort; its stdin is not ours (the head's beats): with no files (a worker with an empty part) it reads
-    nothing."""
-    done = subprocess.run(argv, env=sort_env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE)
+def _run_sort(argv: list[str], folder: Path, needed: int, home: str) -> None:
+    """Run sort, writing in ``folder`` what ``needed`` bytes of input make; its stdin is not ours (the head's
+    beats): with no files (a worker with an empty part) it reads nothing."""
+    done = subprocess.run(argv, env=sort_env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if done.returncode != 0:
-        message = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise ReductioError(f"sort failed (exit {done.returncode}): {message[-1] if message else 'no message'}")
+        raise sort_failure(done.returncode, done.stderr, folder, needed, home)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from reductio import framing, gate
 from reductio.clock import Clock
-from reductio.errors import DatasetError, ReductioError
+from reductio.errors import DatasetError, ReductioError, environment_error
 from reductio.layout import CLUSTER_KEY, KNOWN_HOSTS
 from reductio.machine import cores_each
 from reductio.protocol import Reply
@@ -159,7 +159,13 @@ class _Sender:
         if destination["kind"] == "local":
             pieces = (piece for path in paths for piece in framing.frames(path, facts[path.name]))
             folder = Home(destination["home"]).attempt_dir(self.attempt)
-            return framing.receive(framing.Reader.over(pieces), folder)
+            try:
+                return framing.receive(framing.Reader.over(pieces), folder)
+            except OSError as err:  # the destination's disk, not ours: name it
+                full = environment_error(err, home=destination["home"])
+                if not isinstance(full, ReductioError):
+                    raise
+                raise ReductioError(f"sending to {destination.get('name', 'a local worker')} failed: {full}") from err
         return self._over_ssh(destination, paths, facts)
 
     def _over_ssh(self, destination: dict, paths: list[Path], facts: dict[str, dict]) -> dict[str, dict]:

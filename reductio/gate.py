@@ -43,7 +43,7 @@ import sys
 import time
 
 from reductio import receiving, steplog
-from reductio.errors import ReductioError
+from reductio.errors import ReductioError, disk_full
 from reductio.layout import LOGS, check_attempt, check_home, finished
 
 MAX_REQUEST = 64 << 10  # bytes: what scatter sends is a few hundred
@@ -146,7 +146,8 @@ def _receive(params: dict) -> int:
         try:
             files = receiving.receive_expected(params["home"], params["attempt"], params["dead_after"])["files"]
         except OSError as err:  # one line to the key holder, without the home's path
-            reason = "no space left on the device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror
+            reason = (disk_full(quota=err.errno == errno.EDQUOT) if err.errno in (errno.ENOSPC, errno.EDQUOT)
+                      else err.strerror)
             raise ReductioError(f"cannot receive: {reason}", f"{err}") from err
     except ReductioError as err:
         from reductio.protocol import ERROR, emit

@@ -11,6 +11,8 @@ other step that is up to date.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +21,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from reductio.errors import ReductioError
+from reductio.errors import DISK_FULL, ReductioError, disk_full
 from reductio.feedback import display
 from reductio.job import common_source, new_attempt
 from reductio.sorting import sort_argv, sort_env
@@ -42,12 +44,15 @@ def merge_to_file(cluster, source: str, path: str) -> int:
     except OSError as err:
         raise ReductioError(f"cannot write the merge into {target.parent}: {err.strerror or err}") from None
     try:
-        results = _fetch_all(cluster, "merge", source, attempt, work)
+        with _on_the_head(target.parent):
+            results = _fetch_all(cluster, "merge", source, attempt, work)
         parts = sorted(work.glob("part-*"))
         partial = work / "merged"
         done = subprocess.run(
             sort_argv(parts, work, output=partial, merge_only=True), env=sort_env(), stderr=subprocess.PIPE
         )
+        if done.returncode != 0 and any(said in done.stderr.decode("utf-8", "replace") for said in DISK_FULL):
+            raise disk_full(target.parent, head=True)
         if done.returncode != 0:
             raise ReductioError(f"sort -m on the head failed: {done.stderr.decode('utf-8', 'replace').strip()}")
         os.chmod(partial, _mode(target))
@@ -74,7 +79,8 @@ def fetch_parts(cluster, source: str, folder: str) -> list:
     except OSError as err:
         raise ReductioError(f"cannot write the output into {target}: {err.strerror or err}") from None
     try:
-        _fetch_all(cluster, "output", source, attempt, work)
+        with _on_the_head(target):
+            _fetch_all(cluster, "output", source, attempt, work)
         for old in target.glob("part-*"):
             old.unlink()
         parts = []
@@ -85,6 +91,17 @@ def fetch_parts(cluster, source: str, folder: str) -> list:
         return parts
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _on_the_head(folder: Path):
+    """The parts arrive in ``folder`` on the head: a full disk there is the head's, said in one line."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise disk_full(folder, quota=err.errno == errno.EDQUOT, head=True) from None
 
 
 def _target(path: str) -> Path:

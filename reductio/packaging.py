@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import reductio
-from reductio.errors import ConfigError, ReductioError
+from reductio.errors import DISK_FULL, ConfigError, ReductioError, disk_full
 from reductio.protocol import shell_path
+from reductio.transport import StreamBroken
 
 _WORKER_SETUP = """from setuptools import setup
 setup(name="reductio", version={version!r}, packages=["reductio", "reductio.example"],
@@ -210,10 +211,15 @@ def push(worker, local: Path, remote: str, mode: str = "600", digest: str = None
         with open(local, "rb") as data:
             for block in iter(lambda: data.read(1 << 20), b""):
                 stream.write(block)
+    except StreamBroken:
+        pass  # the receiver stopped reading: its exit and its stderr say why
     except BaseException:
         stream.kill()
         raise
     done = stream.finished()
+    if done.exited != 0 and any(said in done.stderr for said in DISK_FULL):
+        full = disk_full(worker.home, local=worker.is_local)
+        raise ReductioError(f"copying {local.name} to the worker failed: {full}")
     if done.exited != 0:
         raise ReductioError(f"copying {local.name} to {remote} failed (exit {done.exited}):"
                             f" {done.stderr.strip()[-300:]}")

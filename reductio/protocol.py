@@ -242,14 +242,20 @@ class Reply:
         if self.on_result is not None:  # no result will count now: whoever waits for one may stop waiting
             self.on_result()
 
-    def outcome(self, exit_code: int) -> dict:
-        """The result the command reported, or its error raised as a ReductioError."""
+    def outcome(self, exit_code: int, ended: "str | None" = None) -> dict:
+        """The result the command reported, or its error raised as a ReductioError.
+
+        ``ended``: how the command ended when its exit code cannot say (an SSH command killed by a signal this
+        machine has no number for, or one that ended with no exit status at all).
+        """
         if self.error is not None:
             raise ReductioError.from_dict(self.error)
         if exit_code == 0 and self.result is not None:
             return self.result
         tail = list(self.tail)
         last = tail[-1] if tail else "no output"
+        if ended:
+            raise ReductioError(f"the worker process {ended}", "\n".join(tail))
         if exit_code == 127:
             raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))
         if exit_code < 0 or 128 < exit_code < 128 + signal.NSIG:  # a shell says 128 + N of a signal N

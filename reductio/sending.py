@@ -17,7 +17,7 @@ import sys
 
 from reductio.control import source_facts
 from reductio.datasets import total
-from reductio.errors import DatasetError, ReductioError
+from reductio.errors import DatasetError, sort_failure
 from reductio.sorting import sort_argv, sort_env
 from reductio.store import Home, check_name, scan
 
@@ -45,13 +45,15 @@ def step_cat(params: dict) -> dict:
     folder = home.attempt_dir(params["attempt"])
     already_sorted = all(entry["sorted"] for entry in marker["files"].values())
     try:
-        return dict(facts, sha256=_sorted_to(out, sort_argv(files, folder, merge_only=already_sorted)))
+        return dict(facts, sha256=_sorted_to(out, sort_argv(files, folder, merge_only=already_sorted), folder,
+                                             facts["bytes"], params["home"]))
     finally:
         home.discard(params["attempt"])
 
 
-def _sorted_to(out, argv: list) -> str:
-    """Run sort into ``out``, through a SHA-256 of what it wrote; its stdin is not ours (the head's beats)."""
+def _sorted_to(out, argv: list, folder, needed: int, home: str) -> str:
+    """Run sort into ``out``, through a SHA-256 of what it wrote, its temporary files in ``folder``; its stdin is
+    not ours (the head's beats)."""
     digest = hashlib.sha256()
     sort = subprocess.Popen(argv, env=sort_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -67,8 +69,7 @@ def _sorted_to(out, argv: list) -> str:
         sort.wait()
         raise
     if sort.returncode != 0:
-        message = error.decode("utf-8", "replace").strip().splitlines()
-        raise ReductioError(f"sort failed (exit {sort.returncode}): {message[-1] if message else 'no message'}")
+        raise sort_failure(sort.returncode, error, folder, needed, home)
     return digest.hexdigest()
 
 

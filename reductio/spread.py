@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -43,11 +44,20 @@ def input_files(path: str) -> List[Path]:
 
 
 def block_size(files: List[Path], workers: int) -> int:
-    """Blocks small enough that even a small input reaches every worker."""
-    total = sum(p.stat().st_size for p in files if not p.name.endswith(".gz"))
-    if any(p.name.endswith(".gz") for p in files):
-        return MAX_BLOCK
+    """Blocks small enough that even a small input reaches every worker (a .gz counted as it decompresses)."""
+    total = sum(_text_size(p) for p in files)
     return max(MIN_BLOCK, min(MAX_BLOCK, total // (workers * 4) or MIN_BLOCK))
+
+
+def _text_size(path: Path) -> int:
+    """A file's size in bytes of text: a .gz's as its gzip trailer gives it (the size modulo 4 GiB of its last
+    member), never less than the compressed size; only an estimate for cutting blocks."""
+    size = path.stat().st_size
+    if _opener(path) is not gzip.open or size < 18:  # 18: a gzip header and trailer
+        return size
+    with open(path, "rb") as data:
+        data.seek(-4, 2)
+        return max(size, int.from_bytes(data.read(4), "little"))
 
 
 def text_blocks(path: Path, size: int, max_record: int = MAX_RECORD) -> Iterator[bytes]:
@@ -71,8 +81,8 @@ def text_blocks(path: Path, size: int, max_record: int = MAX_RECORD) -> Iterator
                 if not block:
                     return
                 block += data.readline(max_record + 1)
-            except (OSError, EOFError) as err:
-                raise InputError(f"{path}: cannot read: {err}") from None
+            except (OSError, EOFError, zlib.error) as err:
+                raise _unreadable(path, err) from None
             if len(block) > max_record:
                 _refuse_long_lines(path, block, lines, max_record)
             lines += block.count(b"\n")
@@ -94,6 +104,14 @@ def _refuse_long_lines(path: Path, block: bytes, lines_before: int, max_record: 
             raise InputError(f"{path} line {number}: {too_long(max_record)}")
 
 
+def _unreadable(path: Path, err: Exception) -> InputError:
+    """The one line for an input file that cannot be read to its end: a .gz that is corrupt, cut short or not
+    gzip at all says it is that."""
+    if _opener(path) is gzip.open and not (isinstance(err, OSError) and err.errno is not None):
+        return InputError(f"{path}: not a whole gzip file ({err}); nothing was loaded")
+    return InputError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}")
+
+
 def _opener(path: Path):
     """How load opens an input file: a .gz decompressed as it is read."""
     return gzip.open if path.name.endswith(".gz") else open
@@ -104,8 +122,8 @@ def whole_blocks(path: Path) -> Iterator[bytes]:
     try:
         with _opener(path)(path, "rb") as data:
             yield from iter(lambda: data.read(MAX_BLOCK), b"")
-    except (OSError, EOFError) as err:
-        raise InputError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise _unreadable(path, err) from None
 
 
 def load_feed(files: List[Path], workers: int, whole: bool, max_record: int = MAX_RECORD):
@@ -142,10 +160,10 @@ def spread(cluster, target: str, origin: str, feed, facts: dict, inputs: List[st
             spreader = Spreader(cluster, attempt, origin, progress, inputs)
             try:
                 spreader.run(feed)
-            except BaseException:
+                received = spreader.finish()
+            except BaseException:  # the receivers not yet finished (after one that failed) are stopped too
                 spreader.abandon()
                 raise
-            received = spreader.finish()
         publish(cluster, attempt, target, received, facts, origin)
     except BaseException:
         discard(cluster, attempt)

@@ -23,10 +23,13 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
-from reductio.errors import ReductioError, WorkerSilent, WorkerUnreachable
+from paramiko.common import MSG_CHANNEL_REQUEST
+
+from reductio.errors import ReductioError, WorkerSilent, WorkerUnreachable, printable
 from reductio.protocol import Reply
 
 _CHUNK = 1 << 16
@@ -157,7 +160,7 @@ class Command:
     def finish(self) -> dict:
         """Close, and return the reply of a reductio.worker command, or raise its error."""
         code = self._ended_code()
-        return self.reply.outcome(code)
+        return self.reply.outcome(code, self._how_ended())
 
     def finished(self) -> Finished:
         """Close, and return a plain command's outcome."""
@@ -225,6 +228,10 @@ class Command:
 
     def _check_exit(self, code: int) -> None:
         """Raise if the command ended without an exit status because its connection went."""
+
+    def _how_ended(self) -> Optional[str]:
+        """How the command ended, when its exit code cannot say."""
+        return None
 
     # What each kind of worker provides.
     def _write(self, data: bytes) -> None:
@@ -309,7 +316,9 @@ class SshCommand(Command):
     def __init__(self, transport, command: str, mode: str, beat: float, timeout: float, on_progress=None) -> None:
         super().__init__(mode, beat, on_progress, command)
         self._transport, self._timeout = transport, timeout
+        _hear_exit_signals(transport)
         self._channel = transport.open_session(timeout=timeout)
+        self._signal: Optional[str] = None  # the name sshd gave the signal that killed the command, if one did
         self._channel.exec_command(command)
         self._start_threads()
 
@@ -329,7 +338,18 @@ class SshCommand(Command):
             pass
 
     def _wait(self) -> int:
-        return self._channel.recv_exit_status()
+        """The exit status; for a command killed by a signal, minus its number, as subprocess says it."""
+        code = self._channel.recv_exit_status()
+        self._signal = _EXIT_SIGNALS.pop(self._channel, None)
+        number = getattr(signal.Signals, f"SIG{self._signal}", None) if self._signal else None
+        return -number if code == -1 and number is not None else code
+
+    def _how_ended(self) -> Optional[str]:
+        if self._code != -1 or not self._transport.is_active():
+            return None
+        if self._signal:  # not a name this machine knows: OpenSSH says SIG@openssh.com for one it cannot name
+            return f"was killed by a signal its sshd calls {printable(self._signal[:40])}"
+        return "ended with no exit status (its sshd sent none)"
 
     def _kill(self) -> None:
         _close(self._channel)
@@ -347,6 +367,30 @@ class SshCommand(Command):
                 raise WorkerSilent(f"its connection dropped after {quiet:.0f} s without a word"
                                    f" (dead_after {self._timeout:g} s); it is lost")
             raise WorkerUnreachable("lost the connection during a command")
+
+
+# Per channel, the signal its command was killed by (RFC 4254 6.10 "exit-signal": the name without SIG).
+_EXIT_SIGNALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _hear_exit_signals(transport) -> None:
+    """Have ``transport`` keep each channel's exit-signal: paramiko drops it and leaves the exit status -1, which
+    read as minus a signal number was SIGHUP whatever the signal."""
+    if "_channel_handler_table" in vars(transport):
+        return
+    table = type(transport)._channel_handler_table
+    handle = table[MSG_CHANNEL_REQUEST]
+
+    def handle_request(channel, message) -> None:
+        start = message.packet.tell()
+        if message.get_text() == "exit-signal":
+            message.get_boolean()  # want_reply: always false for exit-signal
+            _EXIT_SIGNALS[channel] = message.get_text()
+            return
+        message.packet.seek(start)
+        handle(channel, message)
+
+    transport._channel_handler_table = {**table, MSG_CHANNEL_REQUEST: handle_request}
 
 
 def _close(channel) -> None:

@@ -71,7 +71,7 @@ def main(argv: list = None) -> int:
             with buffered_stdout() if step in _USER_CODE else contextlib.nullcontext():  # a stray print per record
                 result = step_function(step)(params)
         except OSError as err:
-            raise environment_error(err) from err
+            raise environment_error(err, home=params.get("home")) from err
     except ReductioError as err:
         emit(ERROR, err.to_dict())
         if "share" not in params:  # the worker that started the share logs its failure

@@ -195,7 +195,7 @@ class LocalWorker(Worker):
 
     def destination(self) -> dict:
         """How other workers reach this one during scatter."""
-        return {"kind": "local", "home": self.home}
+        return {"kind": "local", "name": self.name, "home": self.home}
 
 
 class SshWorker(Worker):
