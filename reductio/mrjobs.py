@@ -114,7 +114,9 @@ def _runner(script: Path, args: List[str]):
     except SystemExit as exit:  # argparse said what was wrong on stderr
         raise UserCodeError(f"{script}: the job refused its options (exit {exit.code})") from None
     _check(job._steps_desc())
-    return ReductioRunner(**job._runner_kwargs())
+    with warnings.catch_warnings():  # mrjob 0.7.4's runner calls datetime.utcnow, deprecated since Python 3.12
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ReductioRunner(**job._runner_kwargs())
 
 
 def _check(steps: List[dict]) -> None:

@@ -33,7 +33,7 @@ HOSTS_NET = "198.18.0.0/16"
 
 def ip(*args: str, namespace: str = None, check: bool = True) -> subprocess.CompletedProcess:
     argv = ["ip"] + (["-n", namespace] if namespace else []) + list(args)
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
     return done
@@ -68,7 +68,7 @@ class Host:
             for device, where in ((self.link, None), ("eth0", inside)):
                 bucket = ["tbf", "rate", rate, "burst", "64kb", "latency", "400ms"]
                 subprocess.run(["tc"] + (["-n", where] if where else []) + ["qdisc", "add", "dev", device, "root"]
-                               + bucket, check=True, capture_output=True)
+                               + bucket, check=True, capture_output=True, timeout=60)
 
     def cut(self) -> None:
         """Drop everything to and from this host, silently."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
+import programs
 from conftest import make_context, write_lines
 from reductio import archives, tasks
 from reductio.errors import UserCodeError
@@ -144,8 +145,7 @@ def test_the_command_line_takes_archives(tmp_path):
     tar_gz(tmp_path / "model.tar.gz", {"v.txt": "one\n"})
 
     def run(*argv):
-        return subprocess.run(["reductio", "-f", str(fabfile), *argv], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=120)
+        return programs.reductio("-f", str(fabfile), *argv, cwd=tmp_path, timeout=120)
 
     for argv in [["setup"], ["load", "in.txt", "words"],
                  ["map", '| while read w; do printf "%s\\t%s\\n" "$w" "$(cat model/v.txt)"; done', "words", "seen",

@@ -5,24 +5,22 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import write_lines
+import programs
+from conftest import reductio_program, write_lines
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.rst").read_text(encoding="utf-8")
-# The programs as the interpreter running the suite has them, not whatever is first on PATH.
-REDUCTIO = [sys.executable, "-m", "reductio"]
-FAB = [sys.executable, "-m", "fabric"]
 
 
 def reductio(*argv, cwd: Path, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``reductio ARGV`` run in ``cwd`` as a user whose HOME is ``home``."""
-    return subprocess.run([*REDUCTIO, *argv], cwd=cwd, env=dict(os.environ, HOME=str(home)), capture_output=True,
-                          text=True, timeout=timeout)
+    return programs.reductio(*argv, cwd=cwd, env=dict(os.environ, HOME=str(home)), timeout=timeout)
 
 
 def _readme_fabfile(folder: Path) -> Path:
@@ -39,33 +37,27 @@ def test_the_readme_job_runs_as_written_with_reductio_and_fab(tmp_path, isolated
     text = _readme_fabfile(folder).read_text()
     words = write_lines(tmp_path / "words", ["Abba", "cab", "éclair"])
     (folder / "mymodule.py").write_text(text.replace("/usr/share/dict/words", str(words)))
-    env = dict(os.environ, HOME=str(isolated_home))
-    first = subprocess.run([*REDUCTIO, "-f", "mymodule", "setup", "do_stuff"], cwd=folder, env=env,
-                           capture_output=True, text=True, timeout=300)
+    first = reductio("-f", "mymodule", "setup", "do_stuff", cwd=folder, home=isolated_home)
     assert first.returncode == 0, first.stderr
     table = dict(line.split("\t") for line in (folder / "bigrams.tsv").read_text().splitlines())
     assert table == {"ab": "2", "bb": "1", "ba": "1", "ca": "1", "éc": "1", "cl": "1", "la": "1", "ai": "1",
                      "ir": "1"}
-    again = subprocess.run([*FAB, "-c", "mymodule", "do-stuff"], cwd=folder, env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = programs.fab("-c", "mymodule", "do-stuff", cwd=folder, env=dict(os.environ, HOME=str(isolated_home)))
     assert again.returncode == 0, again.stderr
     assert "map: pairs is up to date from words; skipped" in again.stdout
-    forced = subprocess.run([*REDUCTIO, "-f", str(folder / "mymodule.py"), "--force", "do-stuff"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+    forced = reductio("-f", str(folder / "mymodule.py"), "--force", "do-stuff", cwd=tmp_path, home=isolated_home)
     assert forced.returncode == 0, forced.stderr
     assert "skipped" not in forced.stdout
 
 
 def test_list_shows_every_task_with_a_line_of_help_and_help_shows_a_tasks_arguments():
-    listing = subprocess.run([*REDUCTIO, "-f", str(REPO / "fabfile.py"), "--list"], capture_output=True, text=True,
-                             timeout=60)
+    listing = programs.reductio("-f", str(REPO / "fabfile.py"), "--list", timeout=60)
     assert listing.returncode == 0
     for name in ("setup", "distribute", "load", "initialize", "map", "transform", "scatter", "sort",
                  "sort-unique", "reduce", "merge", "delete", "status", "report", "bigrams"):
         line = [row for row in listing.stdout.splitlines() if row.strip().startswith(name + " ")]
         assert line and len(line[0].split()) > 1, name
-    help_map = subprocess.run([*REDUCTIO, "-f", str(REPO / "fabfile.py"), "--help", "map"],
-                              capture_output=True, text=True, timeout=60)
+    help_map = programs.reductio("-f", str(REPO / "fabfile.py"), "--help", "map", timeout=60)
     assert help_map.returncode == 0
     for flag, words in (("--function", "dotted path"), ("--source", "dataset to read"),
                         ("--target", "dataset to write"), ("--combine", "combiner"), ("--force", "up to date")):
@@ -75,8 +67,8 @@ def test_list_shows_every_task_with_a_line_of_help_and_help_shows_a_tasks_argume
 def test_an_option_value_of_the_wrong_kind_is_a_usage_error_not_a_traceback(isolated_home):
     for value, message in (("abc", "a task option's value is of the wrong kind (invalid literal for int()"),
                            ("-5", "bigrams: --top is how many bigrams to print, 0 or more, not -5")):
-        done = subprocess.run([*REDUCTIO, "-f", str(REPO / "fabfile.py"), "bigrams", "--top", value],
-                              capture_output=True, text=True, env=dict(os.environ, HOME=str(isolated_home)), timeout=60)
+        done = programs.reductio("-f", str(REPO / "fabfile.py"), "bigrams", "--top", value,
+                                 env=dict(os.environ, HOME=str(isolated_home)), timeout=60)
         assert done.returncode == 1
         assert message in done.stderr
         assert "Traceback" not in done.stderr
@@ -153,10 +145,11 @@ def test_python_m_reductio_is_the_program_setup_py_installs_as_reductio(tmp_path
     script = ("import sys, importlib; from functools import reduce\n"
               f"target = reduce(getattr, {entry[1]!r}.split('.'), importlib.import_module({entry[0]!r}))\n"
               "sys.argv[0] = 'reductio'; target()\n")  # what the console script does
+    env = programs.importing_the_suites_reductio(dict(os.environ, HOME=str(isolated_home)))
     for argv in (["--version"], ["--list"], ["--help", "report"]):
-        as_module = reductio(*argv, cwd=tmp_path, home=isolated_home, timeout=60)
-        as_script = subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, capture_output=True,
-                                   text=True, env=dict(os.environ, HOME=str(isolated_home)), timeout=60)
+        as_module = programs.run([sys.executable, "-m", "reductio", *argv], 60, cwd=tmp_path, text=True, env=env)
+        as_script = programs.run([sys.executable, "-c", script, *argv], 60, what="reductio's console script",
+                                 cwd=tmp_path, text=True, env=env)
         assert as_module.returncode == as_script.returncode == 0, as_module.stderr + as_script.stderr
         assert as_module.stdout == as_script.stdout and as_module.stdout
 
@@ -222,14 +215,14 @@ def test_a_reader_that_stops_reading_ends_the_program_quietly(tmp_path, isolated
     reading, writing = os.pipe()
     os.close(reading)  # as when head -1 has read its line and gone: the next write meets a pipe no one reads
     try:
-        done = subprocess.run([*REDUCTIO, "status"], stdout=writing, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                              env=dict(os.environ, HOME=str(isolated_home)), timeout=120)
+        done = programs.reductio("status", stdout=writing, stderr=subprocess.PIPE, cwd=tmp_path,
+                                 env=dict(os.environ, HOME=str(isolated_home)), timeout=120)
     finally:
         os.close(writing)
     assert done.stderr == ""
     assert done.returncode == 141  # 128 + SIGPIPE, as a shell reports cat | head -1 under pipefail
-    piped = subprocess.run(f"{' '.join(REDUCTIO)} status | head -1", shell=True, capture_output=True, text=True,
-                           cwd=tmp_path, env=dict(os.environ, HOME=str(isolated_home)), timeout=120)
+    piped = programs.run(f"{shlex.join(reductio_program('status'))} | head -1", 120, what="reductio status | head -1",
+                         shell=True, text=True, cwd=tmp_path, env=dict(os.environ, HOME=str(isolated_home)))
     assert (piped.returncode, piped.stdout, piped.stderr) == (0, "reductio: status: no datasets on any worker\n", "")
 
 
@@ -275,8 +268,8 @@ def test_the_readme_job_runs_as_written_on_ssh_workers_that_have_no_fabric(ssh_w
     text = _readme_fabfile(project).read_text()
     words = write_lines(tmp_path / "words", ["Abba", "cab", "éclair", "abba"])
     (project / "mymodule.py").write_text(text.replace("/usr/share/dict/words", str(words)))
-    done = subprocess.run([*REDUCTIO, "-f", str(project / "mymodule.py"), "setup", "do_stuff"], capture_output=True,
-                          text=True, env=dict(os.environ, HOME=str(isolated_home)), timeout=600)
+    done = programs.reductio("-f", str(project / "mymodule.py"), "setup", "do_stuff",
+                             env=dict(os.environ, HOME=str(isolated_home)), timeout=600)
     assert done.returncode == 0, done.stderr
     assert "installed mymodule-1.0.tar.gz on ssh-0, ssh-1" in done.stdout
     expected = Counter(a + b for word in ("abba", "cab", "éclair", "abba") for a, b in zip(word, word[1:]))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from invoke import Config
 
+import programs
 from reductio.cli import make_program
 from reductio.config import WorkerSpec, load_workers, settings, workers_from_hosts
 from reductio.errors import ConfigError
@@ -198,8 +197,8 @@ def test_one_machine_under_two_accounts_ports_or_homes_is_not_refused():
 
 
 def test_two_names_for_one_machine_are_refused_before_setup_does_anything(isolated_home):
-    done = subprocess.run([sys.executable, "-m", "reductio", "-H", "localhost,127.0.0.1", "setup"], capture_output=True,
-                          text=True, env=dict(os.environ, HOME=str(isolated_home)), timeout=120)
+    done = programs.reductio("-H", "localhost,127.0.0.1", "setup", env=dict(os.environ, HOME=str(isolated_home)),
+                             timeout=120)
     assert done.returncode == 1
     assert done.stderr.startswith("reductio: workers localhost and 127.0.0.1 are one machine (")
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
@@ -218,8 +217,7 @@ def test_reductio_config_key_is_read_from_a_runtime_config_file(tmp_path, isolat
     workers = _yaml(tmp_path / "cluster.yaml",
                     "reductio:\n  workers:\n    - {name: w0, local: yes, home: %s}\n" % (tmp_path / "w0"))
     env = dict(os.environ, HOME=str(isolated_home))
-    done = subprocess.run([sys.executable, "-m", "reductio", "-f", str(REPO / "fabfile.py"), "--config", str(workers),
-                           "setup", "status"], capture_output=True, text=True, env=env, timeout=300)
+    done = programs.reductio("-f", str(REPO / "fabfile.py"), "--config", str(workers), "setup", "status", env=env)
     assert done.returncode == 0, done.stderr
     assert "1 worker(s) ready: w0" in done.stdout
     assert (tmp_path / "w0" / "data").is_dir()
@@ -227,8 +225,7 @@ def test_reductio_config_key_is_read_from_a_runtime_config_file(tmp_path, isolat
 
 def test_fab_with_hosts_is_told_to_use_reductio_hosts_instead(isolated_home):
     env = dict(os.environ, HOME=str(isolated_home))
-    done = subprocess.run([sys.executable, "-m", "fabric", "-r", str(REPO), "-H", "127.0.0.1:1", "status"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = programs.fab("-r", str(REPO), "-H", "127.0.0.1:1", "status", env=env, timeout=120)
     assert done.returncode == 1
     assert "use reductio -H" in done.stderr
     assert "Traceback" not in done.stderr

@@ -19,6 +19,7 @@ import mrjob.examples
 import pytest
 from invoke import Exit
 
+import programs
 from conftest import make_context, write_lines
 from reductio import tasks
 
@@ -157,10 +158,9 @@ def test_the_command_line_runs_a_job_with_its_options_and_counters(inputs, tmp_p
         "if __name__ == '__main__':\n"
         "    MRCounting.run()\n")
     (tmp_path / "fabfile.py").write_text("from reductio.tasks import *\n")
-    run = ["reductio", "-f", "fabfile.py"]
-    assert subprocess.run([*run, "setup"], cwd=tmp_path, capture_output=True).returncode == 0
-    done = subprocess.run([*run, "mrjob", str(script), "--word", "dog", *inputs, "--output", "out", "--cat-output"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert programs.reductio("-f", "fabfile.py", "setup", cwd=tmp_path).returncode == 0
+    done = programs.reductio("-f", "fabfile.py", "mrjob", str(script), "--word", "dog", *inputs, "--output", "out",
+                             "--cat-output", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     dogs = sum(line.split().count("dog") > 0 for line in TEXT) * 2
     assert done.stdout.splitlines()[-1] == f'"dog"\t{dogs}'
@@ -216,7 +216,7 @@ def lexicon_job(folder: Path) -> tuple:
     (folder / "mr_unlisted_words.py").write_text(LEXICON_JOB)
     write_lines(folder / "verbs.txt", ["run", "runs", "jumps"])
     archive = folder / "verbs.tar.gz"
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "verbs.txt"], check=True)
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "verbs.txt"], check=True, timeout=60)
     return folder / "mr_unlisted_words.py", archive
 
 
@@ -297,7 +297,8 @@ def newest_python() -> str:
     """Python 3.13's interpreter, which the machine must have (pyenv on the machines this suite runs on)."""
     pyenv = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pyenv" / "versions"  # HOME is the test's own
     for candidate in [shutil.which("python3.13"), *sorted(pyenv.glob("3.13*/bin/python3.13"))]:
-        if candidate and subprocess.run([candidate, "-c", "import venv"], capture_output=True).returncode == 0:
+        if candidate and subprocess.run([candidate, "-c", "import venv"], capture_output=True,
+                                        timeout=60).returncode == 0:
             return str(candidate)
     raise AssertionError("this test needs Python 3.13 with venv (pyenv install 3.13, or Debian's python3.13-venv)")
 

@@ -31,7 +31,7 @@ def _partitions_in_child(seed: str):
     env = dict(os.environ, PYTHONHASHSEED=seed)
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(KEYS)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, capture_output=True, text=True, check=True, timeout=60,
     )
     return json.loads(done.stdout)
 

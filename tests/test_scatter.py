@@ -99,7 +99,8 @@ def test_a_sender_serves_fewer_destinations_at_once_when_other_workers_share_its
 
 
 def test_scatter_offers_every_key_exchange_of_its_ssh_cheapest_first():
-    defaults = subprocess.run(["ssh", "-G", "-F", "/dev/null", "x.invalid"], capture_output=True, text=True).stdout
+    defaults = subprocess.run(["ssh", "-G", "-F", "/dev/null", "x.invalid"], capture_output=True, text=True,
+                              timeout=60).stdout
     offered = next(line.split()[1] for line in defaults.splitlines() if line.startswith("kexalgorithms ")).split(",")
     options = _kex_options()
     if kex_order(offered) == offered:

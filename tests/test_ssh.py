@@ -12,6 +12,7 @@ import pytest
 from fabric import Config as FabricConfig
 from invoke import Context, Exit
 
+import programs
 from conftest import SUPPORT, WORDJOBS, make_context, write_lines
 from reductio import tasks
 from reductio.example.bigrams import letter_pairs
@@ -105,7 +106,7 @@ def test_distribute_installs_the_project_into_each_worker_venv_and_skips_it_when
     for worker in ("ssh-0", "ssh-1"):
         venv_python = sshd_cluster.homes / worker / "venv" / "bin" / "python"
         found = subprocess.run([str(venv_python), "-c", "import wordjobs, reductio.worker; print(wordjobs.__file__)"],
-                               capture_output=True, text=True, cwd="/")
+                               capture_output=True, text=True, cwd="/", timeout=60)
         assert found.returncode == 0, found.stderr
         assert "site-packages" in found.stdout
         assert (sshd_cluster.homes / worker / "dist" / "project.digest").read_text().strip()
@@ -241,12 +242,9 @@ def test_a_changed_host_key_is_refused_with_a_message_saying_so(ssh_workers, ssh
 
 def test_reductio_command_line_runs_the_example_on_the_ssh_cluster(ssh_workers, words, tmp_path, isolated_home):
     ssh_workers(2)
-    env = dict(os.environ, HOME=str(isolated_home))
-    done = subprocess.run(
-        ["reductio", "-f", str(REPO / "reductio" / "example" / "fabfile.py"),
-         "setup", "bigrams", "--words", str(words), "--output", str(tmp_path / "cli.tsv")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    done = programs.reductio("-f", str(REPO / "reductio" / "example" / "fabfile.py"), "setup", "bigrams", "--words",
+                             str(words), "--output", str(tmp_path / "cli.tsv"),
+                             env=dict(os.environ, HOME=str(isolated_home)))
     assert done.returncode == 0, done.stderr
     assert "ssh-0, ssh-1" in done.stdout
     assert read_table(tmp_path / "cli.tsv") == bigram_table(words)

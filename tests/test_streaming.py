@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import subprocess
+import secrets
 import sys
 import textwrap
 from collections import Counter
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
+import programs
 from conftest import Background, make_context, still_running, write_lines
 from reductio import tasks
 
@@ -154,11 +155,12 @@ def test_output_that_is_not_utf8_is_refused(c, tmp_path):
 def test_a_step_stopped_while_a_pipeline_runs_stops_every_process_of_it(c, tmp_path):
     """The shell's pipeline outlives the shell, holding the stderr the step waits for: it must be stopped too."""
     tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a"])), "text")
-    run = Background(lambda: tasks.map(c, "| printf '\\377\\n'; sleep 300 | cat", "text", "bad"))
+    sleep = f"sleep 300.{secrets.randbelow(10**9):09d}"  # this test's own: no other process of the run is found
+    run = Background(lambda: tasks.map(c, f"| printf '\\377\\n'; {sleep} | cat", "text", "bad"))
     run.join(timeout=60)
     assert not run.is_alive(), "the map step was still waiting for its command's pipeline after 60 s"
     assert isinstance(run.error, Exit) and "not UTF-8" in run.error.message
-    assert not still_running("sleep 300", within=10), "a process of the pipeline outlived the step by 10 s"
+    assert not still_running(sleep, within=10), "a process of the pipeline outlived the step by 10 s"
 
 
 def test_a_reducer_command_refuses_unsorted_input(c, tmp_path, scripts):
@@ -208,8 +210,7 @@ def test_the_command_line_takes_a_command_files_and_env(tmp_path, scripts):
         from reductio.tasks import *
     """))
     write_lines(tmp_path / "in.txt", WORDS)
-    run = lambda *argv: subprocess.run(["reductio", "-f", str(fabfile), *argv], cwd=tmp_path,  # noqa: E731
-                                       capture_output=True, text=True)
+    run = lambda *argv: programs.reductio("-f", str(fabfile), *argv, cwd=tmp_path)  # noqa: E731
     assert run("setup").returncode == 0
     assert run("load", "in.txt", "text").returncode == 0
     done = run("map", "| python3 mapper.py", "text", "pairs", "--files", scripts[0], "--env", "X=1")
