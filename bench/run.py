@@ -547,7 +547,9 @@ def targets(results: list) -> list:
         if pypy and dask:
             speedup = dask["wall"] / pypy["wall"]
             add(size, run, "bigrams +combiner on PyPy workers >= 1.5x faster than dask.bag",
-                f"{pypy['wall']} s vs {dask['wall']} s: reductio on PyPy {speedup:.2f}x as fast", speedup >= 1.5)
+                f"{pypy['wall']} s vs {dask['wall']} s: reductio on PyPy {speedup:.2f}x as fast (CPU s of the map"
+                f" step {pypy['steps'].get('map', {}).get('cpu seconds', '-')}, of the whole job: head"
+                f" {pypy['cpu']}; dask.bag {dask['cpu']})", speedup >= 1.5)
         for name, limit in (("reductio pypy +combiner", 1.2), ("reductio local +combiner", None)):
             ours, floor = row("bigrams", name), row("bigrams", bare_loop(name))
             ratio = over_floor(ours, floor)
@@ -586,11 +588,18 @@ def targets(results: list) -> list:
             if ssh and local:
                 extra = ssh["wall"] / local["wall"] - 1
                 add(size, run, f"{workload}: SSH workers at most 15% over local", f"{extra:+.0%}", extra <= 0.15)
-        ours = [r for r in ran if r["name"].startswith("reductio")]
+        ours = [r for r in ran if r["name"].startswith("reductio") and "pypy" not in r["name"]]
         if ours:
             worst = max(ours, key=lambda r: r["reductio_rss_mb"] or 0)
             add(size, run, "every reductio process <= 64 MB", f"largest {worst['reductio_rss_mb']} MB ({worst['name']},"
                 f" {worst['workload']})", (worst["reductio_rss_mb"] or 0) <= 64)
+        pypy = [r for r in ran if r["name"].startswith("reductio") and "pypy" in r["name"]]
+        if pypy:  # PyPy's own process is larger (its bare loop's too): shown beside, not held to CPython's 64 MB
+            worst = max(pypy, key=lambda r: r["reductio_rss_mb"] or 0)
+            floor = row(worst["workload"], "bare loop pypy")
+            add(size, run, "reductio processes on PyPy (not a target: 64 MB is for CPython workers)",
+                f"largest {worst['reductio_rss_mb']} MB ({worst['name']}, {worst['workload']}); PyPy's bare loop"
+                f" {floor['peak_rss_mb'] if floor else '-'} MB", None)
     latest = {}  # (size, workload, name) -> the latest run's row that finished
     for r in results:
         if r["status"] == "ok" and r["name"].startswith("reductio"):
