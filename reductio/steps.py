@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import types
 import zlib
 from collections import _count_elements  # the C loop of Counter.update
 from collections.abc import Callable, Iterable, Iterator
@@ -151,8 +152,12 @@ def sum_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], li
     newest entries of the dict), so errors still name the line. At
     ``limit`` distinct pairs (or HELD characters of them), or at the end,
     each key's values are summed, each distinct value converted once, and
-    one line per key is written.
+    one line per key is written. Where that loop is not in C (PyPy),
+    _sum_loop_into does the same in a loop the JIT compiles.
     """
+    if not _COUNTING_IN_C:
+        _sum_loop_into(mapper, name, records, limit, output)
+        return
     held: dict[tuple, int] = {}
     size = 0
     for key, value in records:
@@ -165,9 +170,7 @@ def sum_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], li
         except ReductioError:
             raise
         except Exception as exc:
-            if exc.__traceback__.tb_next is None:  # raised by the counting, not in the mapper: not pairs
-                raise UserCodeError(f"{name} must yield (key, value) pairs of str ({exc})") from None
-            raise user_error(f"{name} raised", exc) from None
+            raise _sum_error(name, exc) from None
         if len(held) > before:
             for pair in itertools.islice(reversed(held), len(held) - before):
                 out_key, out_value = check_pair(pair, name)  # refuses a bad pair, saying why
@@ -176,6 +179,84 @@ def sum_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], li
                 _flush_sums(held, output)
                 size = 0
     _flush_sums(held, output)
+
+
+_COUNTING_IN_C = isinstance(_count_elements, types.BuiltinFunctionType)  # CPython's; PyPy's is a Python function
+
+
+class _Sums:
+    """One key's pairs held by _sum_loop_into: its first value and how often it came; other values, if any."""
+
+    __slots__ = ("value", "times", "others")
+
+    def __init__(self, value: str) -> None:
+        self.value, self.times, self.others = value, 1, None
+
+
+def _sum_loop_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], limit: int, output) -> None:
+    """sum_into as a loop for PyPy's JIT: a pair whose key was held with the same value costs one dict lookup.
+
+    Counting (key, value) tuples, as the C loop does, hashes a new tuple per
+    pair; here a key's first value is counted in its _Sums, any other value
+    in a dict of its own. Pairs are checked and flushed as in sum_into.
+    """
+    held: dict[str, _Sums] = {}
+    distinct = size = 0
+    for key, value in records:
+        try:
+            pairs = mapper(key, value)
+            if pairs is None:
+                continue
+            for pair in pairs:
+                if type(pair) is tuple and len(pair) == 2:
+                    out_key, out_value = pair
+                    if type(out_key) is str and type(out_value) is str:
+                        sums = held.get(out_key)
+                        if sums is not None and sums.value == out_value:
+                            sums.times += 1
+                            continue
+                hash(pair)  # an unhashable pair is refused as the C loop refuses it
+                out_key, out_value = check_pair(pair, name)  # refuses a bad pair, saying why
+                sums = held.get(out_key)
+                if sums is None:
+                    held[out_key] = _Sums(out_value)
+                elif sums.value == out_value:
+                    sums.times += 1
+                    continue
+                elif sums.others is None:
+                    sums.others = {out_value: 1}
+                elif out_value in sums.others:
+                    sums.others[out_value] += 1
+                    continue
+                else:
+                    sums.others[out_value] = 1
+                distinct += 1  # a pair new since the last flush
+                size += LINE_COST + len(out_key) + len(out_value)
+        except ReductioError:
+            raise
+        except Exception as exc:
+            raise _sum_error(name, exc) from None
+        if distinct >= limit or size >= HELD:
+            _flush_sums(_held_pairs(held), output)
+            distinct = size = 0
+    _flush_sums(_held_pairs(held), output)
+
+
+def _held_pairs(held: dict[str, _Sums]) -> dict[tuple, int]:
+    """What _sum_loop_into holds as sum_into's C loop holds it, (key, value) -> times; ``held`` is emptied."""
+    pairs = {}
+    for key, sums in held.items():
+        pairs[key, sums.value] = sums.times
+        pairs.update(((key, value), times) for value, times in (sums.others or {}).items())
+    held.clear()
+    return pairs
+
+
+def _sum_error(name: str, exc: Exception) -> UserCodeError:
+    """What sum_into's loops say when counting stopped: the mapper raised, or what it gave is not pairs."""
+    if exc.__traceback__.tb_next is None:  # raised by the counting, not in the mapper: not pairs
+        return UserCodeError(f"{name} must yield (key, value) pairs of str ({exc})")
+    return user_error(f"{name} raised", exc)
 
 
 def _flush_sums(held: dict[tuple, int], output) -> None:

@@ -205,7 +205,8 @@ def test_a_combiner_runs_when_its_values_reach_held_characters_whatever_combine_
     assert len(held_at_calls) >= 5 and max(held_at_calls) <= 1_000_000, held_at_calls
 
 
-def test_the_built_in_sum_combiner_runs_when_its_pairs_reach_held_characters(tmp_path, monkeypatch):
+@pytest.mark.parametrize("loop", ["sum_into", "_sum_loop_into"])  # the C loop's, and PyPy's
+def test_the_built_in_sum_combiner_runs_when_its_pairs_reach_held_characters(tmp_path, monkeypatch, loop):
     monkeypatch.setattr(steps, "HELD", 1_000_000)
     held_at_calls = []
     flush_sums = steps._flush_sums
@@ -217,7 +218,7 @@ def test_the_built_in_sum_combiner_runs_when_its_pairs_reach_held_characters(tmp
     monkeypatch.setattr(steps, "_flush_sums", counted)
     output = PartitionedOutput(tmp_path, 1, "w00000")
     records = ((str(i), "1") for i in range(500))
-    steps.sum_into(lambda k, v: [(k + "k" * 10_000, "1")], "mapper", records, 10**9, output)
+    getattr(steps, loop)(lambda k, v: [(k + "k" * 10_000, "1")], "mapper", records, 10**9, output)
     facts = output.close()
     assert len(held_at_calls) >= 5 and max(held_at_calls) <= 1_000_000, held_at_calls
     written = (tmp_path / next(iter(facts))).read_text().splitlines()

@@ -15,10 +15,12 @@ from conftest import files_per_dataset, make_context, write_lines
 from reductio import reducers, tasks
 from reductio.errors import UserCodeError
 from reductio.output import PartitionedOutput
-from reductio.steps import combine_into, sum_into, sum_runs_into
+from reductio.steps import _sum_loop_into, combine_into, sum_into, sum_runs_into
 from reductio.store import partition_file
 
 SUM = reducers.SUM  # the dotted path users write
+# sum_into counts pairs in collections' C loop; where that loop is Python (PyPy), in a loop of its own: test both
+BOTH_SUM_LOOPS = pytest.mark.parametrize("sum_loop", [sum_into, _sum_loop_into], ids=["C loop", "PyPy loop"])
 
 
 def test_sum_totals_whole_numbers_and_names_a_value_that_is_not_one():
@@ -54,17 +56,18 @@ def _written(folder, step) -> list:
     return sorted((folder / partition_file(0, "test")).read_text(encoding="utf-8").splitlines())
 
 
+@BOTH_SUM_LOOPS
 @settings(max_examples=60, deadline=None)
 @given(pairs=st.lists(st.tuples(st.sampled_from(["a", "b", "ü", "", "a b"]), st.integers(-5, 1000).map(str)),
                       max_size=200),
        limit=st.integers(1, 8))
-def test_the_sum_combiner_gives_what_the_plain_combiner_gives(tmp_path_factory, pairs, limit):
+def test_the_sum_combiner_gives_what_the_plain_combiner_gives(tmp_path_factory, sum_loop, pairs, limit):
     def mapper(key, value):
         return [(key, value)]
 
     plain = _written(tmp_path_factory.mktemp("plain"), lambda out: combine_into(
         mapper, "m", iter(pairs), reducers.sum, SUM, limit, out))
-    fast = _written(tmp_path_factory.mktemp("fast"), lambda out: sum_into(mapper, "m", iter(pairs), limit, out))
+    fast = _written(tmp_path_factory.mktemp("fast"), lambda out: sum_loop(mapper, "m", iter(pairs), limit, out))
     totals = Counter()
     for key, value in pairs:
         totals[key] += int(value)
@@ -77,16 +80,17 @@ def test_the_sum_combiner_gives_what_the_plain_combiner_gives(tmp_path_factory, 
         assert summed == totals
 
 
+@BOTH_SUM_LOOPS
 @pytest.mark.parametrize("mapper, message", [
     (lambda k, v: [(k, 1)], "m yielded a value of type int"),
     (lambda k, v: [[k, v]], "m must yield (key, value) pairs of str (unhashable type: 'list')"),
     (lambda k, v: 7, "m must yield (key, value) pairs of str ('int' object is not iterable)"),
     (lambda k, v: [(k + "\t", v)], "m yielded a key holding a tab or newline"),
 ])
-def test_the_sum_combiner_refuses_what_the_plain_one_refuses(tmp_path, mapper, message):
+def test_the_sum_combiner_refuses_what_the_plain_one_refuses(tmp_path, sum_loop, mapper, message):
     output = PartitionedOutput(tmp_path, 1, "test")
     with pytest.raises(UserCodeError) as failure:
-        sum_into(mapper, "m", iter([("a", "1")]), 10, output)
+        sum_loop(mapper, "m", iter([("a", "1")]), 10, output)
     output.abandon()
     assert message in str(failure.value)
 
@@ -178,16 +182,17 @@ def _fast(folder, step):
     return [tuple(line.split("\t")) for line in sorted(text.split("\n")[:-1])]
 
 
+@BOTH_SUM_LOOPS
 @settings(max_examples=150, deadline=None)
 @given(pairs=st.lists(st.tuples(st.sampled_from(_FAST_SORTED_KEYS), values_any), max_size=12))
-def test_the_fast_paths_and_reductio_reducers_sum_agree_on_any_values(tmp_path_factory, pairs):
+def test_the_fast_paths_and_reductio_reducers_sum_agree_on_any_values(tmp_path_factory, sum_loop, pairs):
     """sum_runs_into (reduce) and sum_into (the combiner, limit above the pair count) give what sum gives, or
     stop with the same message."""
     expected = _plain(pairs)
     ordered = sorted(pairs, key=lambda pair: pair[0])
     runs = [(key, value, sum(1 for _ in group)) for (key, value), group in itertools.groupby(ordered)]
     reduced = _fast(tmp_path_factory.mktemp("runs"), lambda out: sum_runs_into(iter(runs), out))
-    combined = _fast(tmp_path_factory.mktemp("combined"), lambda out: sum_into(
+    combined = _fast(tmp_path_factory.mktemp("combined"), lambda out: sum_loop(
         lambda k, v: [(k, v)], "m", iter(ordered), 10_000, out))
     if isinstance(expected, str):  # the first bad value may differ: each path meets values in its own order
         assert isinstance(reduced, str) and isinstance(combined, str)

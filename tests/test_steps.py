@@ -14,7 +14,7 @@ from reductio.errors import InputError, UserCodeError
 from reductio.output import BATCH, LINE_COST, PartitionedOutput
 from reductio.reducers import sum as sum_reducer
 from reductio.sorting import sort_key
-from reductio.steps import check_sorted, combine_into, map_into, reduce_into, sum_into, transform_lines
+from reductio.steps import _sum_loop_into, check_sorted, combine_into, map_into, reduce_into, sum_into, transform_lines
 from reductio.store import partition_file
 from reductio.usercode import Output, load_function
 
@@ -116,7 +116,7 @@ def test_map_refuses_a_bad_yield_naming_the_function(wordjobs, function, message
     assert str(caught.value).startswith(message)
 
 
-@pytest.mark.parametrize("combiner", ["none", "sum", "any reducer"])
+@pytest.mark.parametrize("combiner", ["none", "sum", "sum, PyPy's loop", "any reducer"])
 @pytest.mark.parametrize("bad, message", [
     ("ab", "m yielded 'ab', not a (key, value) pair"),  # a mapper that forgot the value: never key 'a', value 'b'
     (("a", "1", "x"), "m yielded ('a', '1', 'x'), not a (key, value) pair (3 items)"),
@@ -129,6 +129,7 @@ def test_map_refuses_a_str_or_a_triple_for_a_pair_with_or_without_a_combiner(tmp
     records = [("k", ""), ("a", "")]
     steps = {"none": map_into,
              "sum": lambda m, n, r, out: sum_into(m, n, r, 100, out),
+             "sum, PyPy's loop": lambda m, n, r, out: _sum_loop_into(m, n, r, 100, out),
              "any reducer": lambda m, n, r, out: combine_into(m, n, r, sum_reducer, "sum", 100, out)}
     with pytest.raises(UserCodeError) as caught:
         mapped(tmp_path, mapper, "m", records, step=steps[combiner])
