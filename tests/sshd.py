@@ -256,6 +256,13 @@ class SshCluster:
             shutil.chown(path, self.user, self.user)
         return path
 
+    def shared(self, name: str) -> Path:
+        """A new folder that the workers' account can see and write and the test can too (a test's own
+        tmp_path is private to the tester's account): where a pause file goes that a worker marks."""
+        folder = self.homes / f"shared-{name}"
+        folder.mkdir()
+        return self.give(folder)
+
     def known_hosts(self) -> str:
         return "".join(daemon.known_hosts_line() for daemon in self.daemons)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -68,10 +67,7 @@ def cluster(request, tmp_path):
     configure(2)
     c = make_context(project=WORDJOBS, retries=0)
     tasks.setup(c)
-    shared = sshd.homes / f"shared-{tmp_path.name}"
-    shared.mkdir()
-    shutil.chown(shared, sshd.user, sshd.user)
-    return c, lambda: [sshd.homes / "ssh-0", sshd.homes / "ssh-1"], shared / "pause"
+    return c, lambda: [sshd.homes / "ssh-0", sshd.homes / "ssh-1"], sshd.shared(tmp_path.name) / "pause"
 
 
 def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean_run(cluster, tmp_path):

@@ -34,10 +34,11 @@ def test_a_step_killed_by_a_signal_names_that_signal(kind, sent, tmp_path, reque
         with open("workers.cfg", "a") as cfg:
             cfg.write("processes = 1\n")  # the mapper is the worker command itself, not a share of it
         c = make_context(project=WORDJOBS, retries=0)
+        pause = request.getfixturevalue("sshd_cluster").shared(tmp_path.name) / "pause"  # the workers' account's
     else:
         c = make_context(1, retries=0)
+        pause = tmp_path / "pause"
     tasks.setup(c)
-    pause = tmp_path / "pause"
     tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a\t1", f"pause\t{pause}", "b\t2"])), "input")
     pause.touch()
     run = Background(lambda: tasks.map(c, "wordjobs.pausing", "input", "mapped"))
