@@ -216,7 +216,8 @@ def test_the_heads_disk_that_fills_during_merge_says_so_and_a_rerun_is_exact(tmp
 
 def test_an_ssh_workers_disk_that_fills_says_so_at_distribute_scatter_and_sort(ssh_workers, sshd_cluster, tmp_path):
     """ssh-0's home on a small disk: its receive (through the gate), its sort and the sdist pushed to it."""
-    with tmpfs(tmp_path / "small", "96m") as mount:
+    with tmpfs(sshd_cluster.shared(tmp_path.name) / "small", "96m") as mount:  # where the workers' account reaches
+        sshd_cluster.give(mount)
         ssh_workers(2)
         cfg = Path("workers.cfg")
         small_home = f"home = {mount / 'home'}\n"
