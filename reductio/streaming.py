@@ -47,6 +47,7 @@ _COUNTER = re.compile(rb"reporter:counter:([^,\n]*),([^,\n]*),(-?\d+)\s*")
 _STATUS = b"reporter:status:"
 _BLOCK = 1 << 20
 _TAIL = 20
+_TRACEBACK = "Traceback (most recent call last):"
 _MAX_STDERR_LINE = 2000
 _NOT_FOUND = 127
 _COUNTING = threading.Lock()
@@ -345,7 +346,7 @@ def _feed(blocks: Iterator[bytes], stdin) -> None:
 def _failure(command: Command | None, process: subprocess.Popen, stderr: _Stderr) -> UserCodeError:
     """The error for a stage that exited non-zero: its command, exit code and last stderr lines."""
     code = process.returncode
-    tail = list(stderr.tail)
+    tail = stderr.lines()
     name = command.name if command is not None else "sort (before the combiner)"
     if code == _NOT_FOUND and command is not None:
         return UserCodeError(f"{name}: not found ({tail[-1] if tail else 'exit 127'})")
@@ -355,10 +356,13 @@ def _failure(command: Command | None, process: subprocess.Popen, stderr: _Stderr
 
 
 class _Stderr:
-    """A process's stderr, read as it comes: counters and status taken out, the last other lines kept."""
+    """A process's stderr, read as it comes: counters and status taken out, the last other lines kept, and
+    the header of the last Python traceback among them even when the traceback is longer than they are."""
 
     def __init__(self, stream, position) -> None:
         self.tail: deque[str] = deque(maxlen=_TAIL)
+        self._header = None  # the last traceback's header line, and how many lines had come before it
+        self._count = 0
         self._thread = threading.Thread(target=self._read, args=(stream, position), daemon=True)
         self._thread.start()
 
@@ -376,7 +380,22 @@ class _Stderr:
                 elif line.startswith(_STATUS):
                     position.status = line[len(_STATUS):].strip().decode("utf-8", "replace")[:_MAX_STDERR_LINE]
                 else:
-                    self.tail.append(line.rstrip(b"\n").decode("utf-8", "replace")[:_MAX_STDERR_LINE])
+                    text = line.rstrip(b"\n").decode("utf-8", "replace")[:_MAX_STDERR_LINE]
+                    if text.startswith(_TRACEBACK):
+                        self._header = (text, self._count)
+                    self.tail.append(text)
+                    self._count += 1
+
+    def lines(self) -> list[str]:
+        """The last lines, led by their traceback's header if it scrolled out of them (Python 3.13's
+        tracebacks mark each frame and run longer than the lines kept)."""
+        lines = list(self.tail)
+        if self._header is not None:
+            text, before = self._header
+            dropped = self._count - len(lines) - before  # lines after the header that scrolled out
+            if dropped > 0:
+                lines = [text, f"  ... ({dropped - 1} more lines)"] + lines if dropped > 1 else [text] + lines
+        return lines
 
     def join(self) -> None:
         self._thread.join()

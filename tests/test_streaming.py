@@ -131,6 +131,19 @@ def test_a_failing_command_names_worker_command_exit_code_and_stderr(c, tmp_path
     assert not any(list((home / "tmp").iterdir()) for home in homes())
 
 
+def test_a_python_traceback_longer_than_the_lines_kept_keeps_its_header(c, tmp_path):
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", WORDS)), "text")
+    frames = "".join(f"  File x.py, line {i}, in f{i}\\n    ^^^^\\n" for i in range(30))  # as 3.13 marks them
+    with pytest.raises(Exit) as failed:
+        tasks.map(c, f"| cat >/dev/null; printf 'early\\nTraceback (most recent call last):\\n{frames}"
+                     f"ValueError: BOOM\\n' >&2; exit 1", "text", "pairs")
+    message = str(failed.value.message)
+    assert "exited with code 1: ValueError: BOOM" in message, message
+    details = message[message.index("\n") + 1:]
+    assert "Traceback (most recent call last):\n  ... (41 more lines)\n" in details, details
+    assert "\nearly\n" not in details and "in f29\n    ^^^^\nValueError: BOOM" in details
+
+
 def test_a_command_that_is_not_found_is_one_clear_line(c, tmp_path):
     tasks.load(c, str(write_lines(tmp_path / "in.txt", WORDS)), "text")
     with pytest.raises(Exit) as failed:
