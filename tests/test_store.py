@@ -183,7 +183,7 @@ def test_a_version_being_read_is_kept_through_a_republish_and_cleaned_once_its_r
         assert out == "old\t1\n"
     finally:
         reader.kill()
-        reader.wait()
+        reader.wait(30)
     assert home.clean() == ["words.a1"]
     with pytest.raises(DatasetError, match="version a1 is gone"):
         home.version("words", "a1")
