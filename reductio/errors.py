@@ -166,3 +166,6 @@ def printable(text: str, lines: bool = False) -> str:
     table = {code: escape for code, escape in _CONTROL.items() if not (lines and code in (0x09, 0x0a))}
     return text.translate(table)
 
+
+class StreamBroken(ReductioError):
+    """A worker command's stdin or stdout closed under us; its ``finish()`` says why."""

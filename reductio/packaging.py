@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import reductio
-from reductio.errors import DISK_FULL, ConfigError, ReductioError, disk_full
+from reductio.errors import DISK_FULL, ConfigError, ReductioError, StreamBroken, disk_full
 from reductio.protocol import shell_path
-from reductio.transport import StreamBroken
 
 _WORKER_SETUP = """from setuptools import setup
 setup(name="reductio", version={version!r}, packages=["reductio", "reductio.example"],

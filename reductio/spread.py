@@ -22,11 +22,10 @@ from typing import Dict, Iterator, List, Optional
 
 from reductio import framing, liveness
 from reductio.datasets import shard_name
-from reductio.errors import InputError, ReductioError, StepFailed, UserCodeError
+from reductio.errors import InputError, ReductioError, StepFailed, StreamBroken, UserCodeError
 from reductio.feedback import display
 from reductio.job import discard, new_attempt, publish
 from reductio.records import MAX_RECORD, first_too_long, too_long
-from reductio.transport import StreamBroken
 from reductio.usercode import Output
 
 MAX_BLOCK = 1 << 20

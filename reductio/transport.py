@@ -29,7 +29,7 @@ from typing import Optional
 
 from paramiko.common import MSG_CHANNEL_REQUEST
 
-from reductio.errors import ReductioError, WorkerSilent, WorkerUnreachable, printable
+from reductio.errors import ReductioError, StreamBroken, WorkerSilent, WorkerUnreachable, printable
 from reductio.protocol import Reply
 
 _CHUNK = 1 << 16
@@ -43,10 +43,6 @@ class Finished:
     exited: int
     stdout: str
     stderr: str
-
-
-class StreamBroken(ReductioError):
-    """The command's stdin or stdout closed under us; ``finish()`` says why."""
 
 
 class Command:
