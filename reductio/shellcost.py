@@ -31,7 +31,7 @@ def measure(cluster, workers) -> Dict[str, float]:
 
 def advice(costs: Dict[str, float], size: int, limit: float = SLOW_COMMAND) -> List[str]:
     """One line per worker whose command costs more than ``limit`` seconds, saying what to do."""
-    return [f"{name}: one command costs {seconds:.2f} s there, most of it its login shell's start-up; scatter opens"
+    return [f"{name}: one command costs {seconds:.3f} s there, most of it its login shell's start-up; scatter opens"
             f" {max(size - 1, 1)} connection(s) per worker, each paying it: make ~/.bashrc return at once when the"
             " shell is not interactive (README \"Real clusters over SSH\"; slow_command sets this limit)"
             for name, seconds in sorted(costs.items()) if seconds > limit]
