@@ -31,9 +31,9 @@ from pathlib import Path
 
 import jobs
 
-from reductio import datasteps as worker
-from reductio.output import PartitionedOutput
-from reductio.steps import map_into, sum_into
+from reductio.worker import datasteps as worker
+from reductio.worker.output import PartitionedOutput
+from reductio.worker.steps import map_into, sum_into
 
 SLICE = Path(__file__).resolve().parent / "out" / "corpus-200M.txt"
 SLICE_BYTES = 10**6

@@ -11,7 +11,7 @@ median of ``--repeat`` tries taken in turns, and their ratio; the target
 (issue: the head against a bad worker) is at most 2x. The workers get this
 shell's environment: with PYTHONUNBUFFERED=1 every print would be a system
 call into the pipe the head reads, were the worker's stdout not buffered
-during user code (reductio.buffering).
+during user code (reductio.worker.buffering).
 """
 
 from __future__ import annotations

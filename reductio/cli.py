@@ -31,8 +31,8 @@ from invoke.exceptions import CollectionNotFound
 from invoke.parser import Parser, ParserContext
 
 from reductio import __version__, tasks
-from reductio.config import workers_from_hosts
 from reductio.errors import ConfigError
+from reductio.head.config import workers_from_hosts
 
 
 class Reductio(Fab):

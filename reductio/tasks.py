@@ -17,15 +17,17 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from reductio import headsteps, packaging, shellcost, spread, streamspec
-from reductio.cluster import Cluster, project_folder
-from reductio.config import settings
-from reductio.datasets import check_name
 from reductio.errors import ReductioError, UserCodeError, printable
-from reductio.headsteps import dry, say
-from reductio.job import shape
-from reductio.report import read_log, render, write_report
-from reductio.trust import install_trust, revoke_trust
+from reductio.head import packaging, shellcost, spread
+from reductio.head import steps as headsteps
+from reductio.head.cluster import Cluster, project_folder
+from reductio.head.config import settings
+from reductio.head.job import shape
+from reductio.head.report import read_log, render, write_report
+from reductio.head.steps import dry, say
+from reductio.head.trust import install_trust, revoke_trust
+from reductio.wire import streamspec
+from reductio.wire.datasets import check_name
 
 __all__ = [
     "setup", "distribute", "load", "initialize", "map", "transform", "scatter",
@@ -228,7 +230,7 @@ def mrjob(c, job, output, cat_output=False):
     ``mrjob(c, "mr_word_freq_count.py words.txt", output="counts")``; on the
     command line ``reductio mrjob mr_word_freq_count.py words.txt --output counts``.
     """
-    from reductio import mrjobs
+    from reductio.mrjob import runner as mrjobs
 
     mrjobs.run(c, shlex.split(job) if isinstance(job, str) else list(job), output, cat_output)
 

@@ -138,6 +138,6 @@ def ssh_workers(sshd_cluster, isolated_home):
         return path
 
     yield configure
-    from reductio.links import LINKS
+    from reductio.head.links import LINKS
 
     LINKS.close()

@@ -17,8 +17,9 @@ from invoke import Exit
 
 import programs
 from conftest import make_context, write_lines
-from reductio import archives, tasks
+from reductio import tasks
 from reductio.errors import UserCodeError
+from reductio.worker import archives
 
 # Prints each input word with the first line of every file under the folder named in $LOOK_IN.
 LOOKUP = '| while read w; do for f in $(find -L "$LOOK_IN" -type f | sort); do ' \
@@ -171,7 +172,7 @@ def test_archives_reach_ssh_workers_next_to_a_local_one(ssh_workers, tmp_path):
 UNPACK = """
 import sys
 from pathlib import Path
-from reductio import archives
+from reductio.worker import archives
 from reductio.errors import UserCodeError
 try:
     limits = {key: int(value) for key, value in zip(["max_unpacked", "max_members"], sys.argv[2:]) if int(value)}

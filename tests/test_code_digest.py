@@ -15,7 +15,7 @@ import pytest
 
 from conftest import make_context, write_lines
 from reductio import tasks
-from reductio.usercode import UNKNOWN, code_digest, unknown_code
+from reductio.wire.usercode import UNKNOWN, code_digest, unknown_code
 
 
 @pytest.fixture(autouse=True)
@@ -236,7 +236,7 @@ def test_python_s_own_functions_are_known_and_compiled_code_of_others_is_not(tmp
 def test_modules_of_other_installed_distributions_are_not_the_project_s(tmp_path, monkeypatch):
     """A dependency (here yaml, in site-packages) has its own version: a worker's copy of it is not the project's
     code, so it is neither read nor followed; the project's own helper is."""
-    from reductio.usercode import module_parts
+    from reductio.wire.usercode import module_parts
 
     project(tmp_path, depjobs="import yaml\nimport dephelper\n\ndef mapper(key, value):\n    yield key, value\n",
             dephelper="X = 1\n")

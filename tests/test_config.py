@@ -10,8 +10,8 @@ from invoke import Config
 
 import programs
 from reductio.cli import make_program
-from reductio.config import WorkerSpec, load_workers, settings, workers_from_hosts
 from reductio.errors import ConfigError
+from reductio.head.config import WorkerSpec, load_workers, settings, workers_from_hosts
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from invoke import Exit
 import programs
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.feedback import Display
+from reductio.head.feedback import Display
 
 REPO = Path(__file__).resolve().parent.parent
 

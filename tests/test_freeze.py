@@ -24,7 +24,7 @@ from invoke import Context, Exit
 from conftest import WORDJOBS, Background, write_lines
 from netns import wait_until
 from reductio import tasks
-from reductio.links import LINKS
+from reductio.head.links import LINKS
 
 DEAD_AFTER = 3.0
 WITHIN = DEAD_AFTER + 8  # seconds from the freeze to the head's exit

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import WORDJOBS, Background, make_context, write_lines
-from reductio import steplog, tasks
-from reductio.gate import COMMENT, MAX_SESSIONS, Refused, _granted, request, result_line
-from reductio.protocol import RESULT, Reply
-from reductio.receiving import token_digest, token_line
+from reductio import tasks
+from reductio.wire.protocol import RESULT, Reply
+from reductio.worker import steplog
+from reductio.worker.gate import COMMENT, MAX_SESSIONS, Refused, _granted, request, result_line
+from reductio.worker.receiving import token_digest, token_line
 
 HOMES = ["/srv/reductio/a", "/srv/reductio/b", "/srv/reductio/with space"]
 ATTEMPT = "20261202T040135-2f3c96b7"
@@ -81,7 +82,8 @@ def test_the_gate_and_its_receive_import_nothing_that_costs_more_than_the_receiv
     probe = (f"import sys; sys.path.append({root!r}); import reductio.gate;"
              " print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in"
              " ('json', 're', 'enum', 'pathlib', 'shlex', 'shutil', 'threading', 'queue', 'runpy')"
-             " or m in ('reductio.store', 'reductio.worker', 'reductio.protocol', 'reductio.heartbeat'))))")
+             " or m in ('reductio.worker.store', 'reductio.worker.__main__', 'reductio.wire.protocol',"
+             " 'reductio.worker.heartbeat'))))")
     done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []
@@ -186,7 +188,8 @@ def opened(sshd_cluster, home: Path, attempt: str, permit: list):
     SHA256]`` per file, as the head writes it), as a running scatter step does: the worker's own Python and
     account."""
     holder = subprocess.Popen(
-        [str(home / "venv" / "bin" / "python"), "-c", "import sys; from reductio.receiving import open_to_senders;"
+        [str(home / "venv" / "bin" / "python"), "-c",
+         "import sys; from reductio.worker.receiving import open_to_senders;"
          f" open_to_senders({str(home)!r}, {attempt!r}, {permit!r}); print('open', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **sshd_cluster.as_workers())
     try:

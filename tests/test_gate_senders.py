@@ -25,8 +25,9 @@ import pytest
 from test_gate import deliver, frame
 
 from conftest import WORDJOBS, Background, make_context, write_lines
-from reductio import shuffle, tasks
-from reductio.gate import request
+from reductio import tasks
+from reductio.head import shuffle
+from reductio.worker.gate import request
 
 LINES = [f"k{i:06d}\t{'v' * 40}" for i in range(30_000)]
 
@@ -169,7 +170,7 @@ def test_one_delivery_per_token_at_a_time_and_a_retry_brings_only_the_same_bytes
     permit = [[hashlib.sha256(token.encode()).hexdigest(), "p00001.w00000", len(data), sha256]]
     root = str(Path(__file__).resolve().parent.parent)
     holder = subprocess.Popen(  # a running scatter step holding its attempt open with the head's permit
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); from reductio.receiving import"
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); from reductio.worker.receiving import"
                                f" open_to_senders; open_to_senders({str(home)!r}, {attempt!r}, {permit!r});"
                                " print('open', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -360,7 +360,7 @@ def test_an_unreachable_worker_is_retried_and_the_step_succeeds_when_it_returns(
     c = make_context(project=WORDJOBS, retries=4, retry_delay=0.5)
     tasks.setup(c)
     tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(100)])), "input")
-    from reductio.links import LINKS
+    from reductio.head.links import LINKS
 
     LINKS.close()
     daemon = sshd_cluster.daemons[1]

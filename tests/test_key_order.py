@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from conftest import gather_pipeline, make_context
 from reductio import tasks
 from reductio.errors import InputError
-from reductio.shares import cut
-from reductio.sorting import sort_argv, sort_env, sort_key
-from reductio.steps import check_sorted
+from reductio.wire.sorting import sort_argv, sort_env, sort_key
+from reductio.worker.shares import cut
+from reductio.worker.steps import check_sorted
 
 _NEAR_TAB = "\x00\x01\x08\x0b\x0c\r a\x7f\u00e9\U0001F600"  # bytes below and just above TAB, multi-byte ones
 keys = st.text(st.sampled_from(_NEAR_TAB), max_size=3)

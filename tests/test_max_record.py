@@ -13,10 +13,11 @@ import pytest
 from invoke import Exit
 
 from conftest import make_context, still_running, write_lines
-from reductio import steps, tasks
-from reductio.config import settings
+from reductio import tasks
 from reductio.errors import ConfigError
-from reductio.output import BATCH, REMEMBERED_KEY, PartitionedOutput
+from reductio.head.config import settings
+from reductio.worker import steps
+from reductio.worker.output import BATCH, REMEMBERED_KEY, PartitionedOutput
 
 MB = 1 << 20
 

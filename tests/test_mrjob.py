@@ -361,7 +361,7 @@ def test_a_mapper_told_to_combine_runs_the_combiner_in_its_own_process_on_json_e
         assert done.returncode == 0, done.stderr
         return Counter(done.stdout.splitlines())
 
-    from reductio.mrjob_task import COMBINE_IN_MAPPER
+    from reductio.mrjob.task import COMBINE_IN_MAPPER
 
     assert mapped() == {'"a"\t1': 3, '"b"\t1': 2, '"pair:a"\t[1, "a"]': 3, '"pair:b"\t[1, "b"]': 2}
     assert mapped(**{COMBINE_IN_MAPPER: "1"}) == {'"a"\t3': 1, '"b"\t2': 1, '"pair:a"\t[1, "a"]': 3,
@@ -382,10 +382,10 @@ def test_a_mapper_combining_runs_its_combiner_when_the_held_text_reaches_its_bou
         "        yield key, sum(values)\n"
         "if __name__ == '__main__':\n"
         "    MRLongKeys.run()\n")
-    from reductio.mrjob_task import COMBINE_IN_MAPPER
+    from reductio.mrjob.task import COMBINE_IN_MAPPER
 
     def mapped(held: int) -> Counter:
-        run = f"import sys, reductio.mrjob_task as task; task._HELD = {held}; sys.argv[0] = task.__file__; task.main()"
+        run = f"import sys, reductio.mrjob.task as task; task._HELD = {held}; sys.argv[0] = task.__file__; task.main()"
         done = subprocess.run([sys.executable, "-c", run, str(script), "--step-num=0", "--mapper"],
                               input="a\nb\na\nb\n" * 5, capture_output=True, text=True, timeout=60, cwd=tmp_path,
                               env=dict(os.environ, **{COMBINE_IN_MAPPER: "1"}))

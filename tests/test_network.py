@@ -66,7 +66,7 @@ def fabric_context(**settings) -> Context:
 
 
 def _close_connections():
-    from reductio.links import LINKS
+    from reductio.head.links import LINKS
 
     LINKS.close()
 

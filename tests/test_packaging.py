@@ -14,7 +14,7 @@ import pytest
 
 import reductio
 from conftest import WORDJOBS
-from reductio import packaging
+from reductio.head import packaging
 from test_archives import PYTHONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def test_the_sdist_installs_in_a_clean_venv_and_runs_the_bundled_example(tmp_pat
     (sdist,) = dist.glob("reductio-*.tar.gz")
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
-    for needed in ("setup.py", "README.rst", "reductio/example/sample-words.txt", "reductio/worker.py",
+    for needed in ("setup.py", "README.rst", "reductio/example/sample-words.txt", "reductio/worker/__main__.py",
                    "tests/conftest.py"):
         assert any(name.endswith(needed) for name in names), needed
 
@@ -85,7 +85,7 @@ def test_the_worker_sdist_of_reductio_holds_the_package_and_no_dependencies(tmp_
 def test_an_sdist_is_unpacked_for_its_wheel_without_a_warning_on_every_python(tmp_path, python):
     """Python 3.12 and later warn when tarfile unpacks with no filter: under -W error, that warning fails."""
     sdist = packaging.build_sdist(WORDJOBS, tmp_path / "sdist")
-    unpack = ("import sys, tarfile; from pathlib import Path; from reductio import packaging;"
+    unpack = ("import sys, tarfile; from pathlib import Path; from reductio.head import packaging;"
               " packaging._safe_extract(tarfile.open(sys.argv[1]), Path(sys.argv[2]))")
     done = subprocess.run([python, "-W", "error", "-c", unpack, str(sdist), str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO)})

@@ -8,10 +8,10 @@ import subprocess
 import sys
 import zlib
 
-from reductio.output import PartitionedOutput
-from reductio.partition import partition_of
-from reductio.records import format_line, format_record, key_of, read_lines
-from reductio.store import partition_file
+from reductio.wire.partition import partition_of
+from reductio.wire.records import format_line, format_record, key_of, read_lines
+from reductio.worker.output import PartitionedOutput
+from reductio.worker.store import partition_file
 
 KEYS = [
     "", "a", "b", "ab", "a\x01", "the", "quick", "brown", "fox", "Word", "word",
@@ -21,7 +21,7 @@ COUNTS = [1, 2, 3, 5, 7, 16]
 
 _CHILD = """
 import json, sys
-from reductio.partition import partition_of
+from reductio.wire.partition import partition_of
 keys = json.loads(sys.argv[1])
 print(json.dumps([[partition_of(key, n) for n in %r] for key in keys]))
 """ % (COUNTS,)

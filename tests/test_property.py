@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from conftest import gather_pipeline, make_context
 from reductio import tasks
-from reductio.sorting import sort_key
+from reductio.wire.sorting import sort_key
 
 _TEXT = dict(blacklist_categories=("Cs",))
 keys = st.text(st.characters(blacklist_characters="\t\n\r", **_TEXT), max_size=5)

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from reductio.errors import ReductioError
-from reductio.protocol import MAX_REPLY_LINE, RESULT, Reply, WorkerCommand, params_frame, read_params
-from reductio.transport import LocalCommand
+from reductio.head.transport import LocalCommand
+from reductio.wire.protocol import MAX_REPLY_LINE, RESULT, Reply, WorkerCommand, params_frame, read_params
 
 
 def fake_worker(program: str) -> LocalCommand:

@@ -19,7 +19,7 @@ from conftest import WORDJOBS, Background, make_context, reductio_program, write
 from netns import wait_until
 from ownership import command_line, held_paths, holds, processes_with
 from reductio import tasks
-from reductio.store import Home, file_facts
+from reductio.worker.store import Home, file_facts
 from test_freeze import tree
 
 # A user's project with the faults these tests need, each written as user code could.

@@ -185,7 +185,7 @@ def merged(c, source: str, path: Path) -> list:
 
 
 def test_setup_makes_each_worker_run_pypy(head, c):
-    from reductio.cluster import Cluster
+    from reductio.head.cluster import Cluster
 
     versions = {w.step("prepare", {})["python"] for w in Cluster.from_context(c).workers}
     assert versions == {pypy_version()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reductio.errors import InputError, UserCodeError
-from reductio.records import format_line, format_record, key_of, read_lines, split_record
+from reductio.wire.records import format_line, format_record, key_of, read_lines, split_record
 
 
 def test_read_lines_splits_only_on_line_feed(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.delivery import _kex_options, _streams, kex_order, liveness_options, send_order
-from reductio.machine import cores_each
+from reductio.worker.delivery import _kex_options, _streams, kex_order, liveness_options, send_order
+from reductio.worker.machine import cores_each
 
 
 def scatter_counters(log: Path) -> dict:

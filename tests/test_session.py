@@ -10,7 +10,7 @@ from collections import Counter
 
 from conftest import WORDJOBS, make_context, processes_with, write_lines
 from reductio import tasks
-from reductio.links import LINKS
+from reductio.head.links import LINKS
 
 
 def commands_started(caplog) -> Counter:

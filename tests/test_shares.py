@@ -9,11 +9,11 @@ from invoke import Exit
 
 from conftest import files_per_dataset, make_context, write_lines
 from reductio import tasks
-from reductio.cluster import Cluster
-from reductio.config import read_workers_cfg
 from reductio.errors import ConfigError, InputError
-from reductio.records import read_lines
-from reductio.shares import MIN_SHARE, cut
+from reductio.head.cluster import Cluster
+from reductio.head.config import read_workers_cfg
+from reductio.wire.records import read_lines
+from reductio.worker.shares import MIN_SHARE, cut
 
 
 def _bytes_of(share):

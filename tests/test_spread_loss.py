@@ -19,7 +19,7 @@ from conftest import Background, make_context, write_lines
 from netns import wait_until
 from ownership import holds
 from reductio import tasks
-from reductio.cluster import Cluster
+from reductio.head.cluster import Cluster
 from test_freeze import tree
 
 DEAD_AFTER = 2.0

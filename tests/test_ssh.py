@@ -128,7 +128,7 @@ def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds
     c = make_context(project=WORDJOBS)
     tasks.setup(c)
     tasks.load(c, str(words), "words")
-    from reductio.links import LINKS
+    from reductio.head.links import LINKS
 
     LINKS.close()
     sshd_cluster.daemons[1].stop()
@@ -251,7 +251,7 @@ def test_reductio_command_line_runs_the_example_on_the_ssh_cluster(ssh_workers, 
 
 
 def test_distribute_installs_dependencies_from_a_wheelhouse_on_ssh_workers(ssh_workers, sshd_cluster, tmp_path):
-    from reductio import packaging
+    from reductio.head import packaging
 
     wheelhouse = tmp_path / "wheels"
     packaging.build_wheel(packaging.build_sdist(SUPPORT / "tinydep", tmp_path / "sdist"), wheelhouse)
@@ -296,7 +296,7 @@ def test_an_account_with_no_key_at_all_is_told_so_in_one_line(ssh_workers, monke
 
 def test_the_head_offers_aes_gcm_first_and_still_reaches_a_worker_without_it(ssh_workers, sshd_cluster, tmp_path,
                                                                              isolated_home):
-    from reductio.cluster import Cluster
+    from reductio.head.cluster import Cluster
     from sshd import Sshd
 
     ssh_workers(1)
@@ -323,7 +323,7 @@ def test_a_second_job_in_the_same_process_with_other_settings_gets_connections_a
         ssh_workers):
     import socket
 
-    from reductio.cluster import Cluster
+    from reductio.head.cluster import Cluster
 
     ssh_workers(1)
     first = make_context(project=WORDJOBS, dead_after=2, progress_interval=2)
@@ -340,7 +340,7 @@ def test_a_second_job_in_the_same_process_with_other_settings_gets_connections_a
 
 def test_workers_whose_port_and_user_come_only_from_ssh_config_are_pinned_and_scattered_to_as_reached(
         ssh_workers, sshd_cluster, isolated_home, words, tmp_path):
-    from reductio.cluster import Cluster
+    from reductio.head.cluster import Cluster
 
     ssh_workers(2)
     cfg, ssh_config = [], []

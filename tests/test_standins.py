@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reductio import standins, tasks
+from reductio import tasks
+from reductio.wire import standins
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +36,7 @@ def show(c, top=10):
 # Run as a worker's Python is: no site-packages (so no Fabric, no invoke), reductio and the project importable.
 ON_A_WORKER = """\
 import sys
-from reductio.usercode import load_function
+from reductio.wire.usercode import load_function
 from reductio.errors import UserCodeError
 
 for name in ("fabric", "invoke"):
@@ -56,7 +57,7 @@ for name in ("map", "setup", "Collection"):
     except UserCodeError as err:
         print(err)
 print(sorted(sys.modules["reductio.tasks"].__all__))
-print([name for name in ("paramiko", "cryptography", "reductio.cluster") if name in sys.modules])
+print([name for name in ("paramiko", "cryptography", "reductio.head.cluster") if name in sys.modules])
 """
 
 

@@ -11,12 +11,20 @@ import pytest
 
 import reductio
 from reductio.errors import InputError, UserCodeError
-from reductio.output import BATCH, LINE_COST, PartitionedOutput
 from reductio.reducers import sum as sum_reducer
-from reductio.sorting import sort_key
-from reductio.steps import _sum_loop_into, check_sorted, combine_into, map_into, reduce_into, sum_into, transform_lines
-from reductio.store import partition_file
-from reductio.usercode import Output, load_function
+from reductio.wire.sorting import sort_key
+from reductio.wire.usercode import Output, load_function
+from reductio.worker.output import BATCH, LINE_COST, PartitionedOutput
+from reductio.worker.steps import (
+    _sum_loop_into,
+    check_sorted,
+    combine_into,
+    map_into,
+    reduce_into,
+    sum_into,
+    transform_lines,
+)
+from reductio.worker.store import partition_file
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
 PACKAGE_DIR = str(Path(reductio.__file__).resolve().parent)

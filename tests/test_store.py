@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from reductio.errors import DatasetError
-from reductio.store import MARKER, Home, check_name, file_facts
+from reductio.worker.store import MARKER, Home, check_name, file_facts
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_publish_refuses_a_same_size_file_whose_sha256_is_not_what_the_step_repo
 def test_a_version_being_read_is_kept_through_a_republish_and_cleaned_once_its_reader_ended(home, tmp_path):
     home.publish("a1", "words", _stage(home, "a1", {"p00000.w0": b"old\t1\n"}), {"step": "map"})
     reader = subprocess.Popen(  # another process reads version a1, as a step does, until told to stop
-        [sys.executable, "-c", "import sys; from reductio.store import Home; home = Home(sys.argv[1]);"
+        [sys.executable, "-c", "import sys; from reductio.worker.store import Home; home = Home(sys.argv[1]);"
          " marker, files = home.version('words', 'a1'); print(files[0].read_text(), end='', flush=True);"
          " sys.stdin.read(); print(files[0].read_text(), end='')", str(home.root)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -98,7 +98,7 @@ def test_a_line_without_a_tab_is_all_key_and_kept_as_written(c, tmp_path):
     assert sorted((tmp_path / "upper.txt").read_text().splitlines()) == sorted(f"W{i}" for i in range(100))
     for home in homes():  # partitioned by the whole line: each line sits in its key's partition
         for part in (home / "data" / "upper").glob("p*"):
-            from reductio.partition import partition_of
+            from reductio.wire.partition import partition_of
             assert {partition_of(line, 2) for line in part.read_text().splitlines()} <= {int(part.name[1:6])}
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from reductio import framing
 from reductio.errors import DatasetError
-from reductio.partition import partition_of
-from reductio.protocol import params_frame
-from reductio.sorting import sort_key
-from reductio.store import MARKER, STALE_AFTER, Home, file_facts
+from reductio.wire import framing
+from reductio.wire.partition import partition_of
+from reductio.wire.protocol import params_frame
+from reductio.wire.sorting import sort_key
+from reductio.worker.store import MARKER, STALE_AFTER, Home, file_facts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -420,7 +420,7 @@ def test_receive_takes_several_files_on_one_stream_and_reports_bytes_lines_and_s
 
 
 def test_receive_widens_its_stdin_pipe_to_a_megabyte_and_leaves_other_files_alone(tmp_path):
-    from reductio.receiving import _F_SETPIPE_SZ, _widen_pipe
+    from reductio.worker.receiving import _F_SETPIPE_SZ, _widen_pipe
 
     read_end, write_end = os.pipe()
     try:
