@@ -27,7 +27,7 @@ from test_gate import deliver, frame
 from conftest import WORDJOBS, Background, make_context, write_lines
 from reductio import tasks
 from reductio.head import shuffle
-from reductio.worker.gate import request
+from reductio.wire.gate_request import request
 
 LINES = [f"k{i:06d}\t{'v' * 40}" for i in range(30_000)]
 

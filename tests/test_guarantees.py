@@ -26,8 +26,7 @@ def wait_for(path: Path, timeout: float = 60) -> Path:
         if time.time() > deadline:
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.02)
-    time.sleep(0.05)  # let the writer finish its line
-    return path
+    return path  # the writer renames it into place whole
 
 
 def worker_homes(root: Path):

@@ -16,7 +16,7 @@ import pytest
 from conftest import WORDJOBS, make_context, reductio_program, write_lines
 from ownership import TAG
 from reductio import tasks
-from reductio.worker.gate import COMMENT, _served
+from reductio.worker.authorized_keys import COMMENT, _served
 from sshd import STOCK_CONFIG, Account, Sshd, find_sshd
 
 EXAMPLES = Path(mrjob.examples.__file__).parent

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
-from reductio.worker.gate import COMMENT, _served, request, step_authorize
+from reductio.wire.gate_request import request
+from reductio.worker.authorized_keys import COMMENT, _served, step_authorize
 
 KEY_1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne reductio-cluster"
 KEY_2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITwo reductio-cluster"

@@ -9,7 +9,7 @@ The key is authorized restricted and forced to the gate (gate.py): with it,
 a worker can deliver scatter files into the homes of that account and do
 nothing else. Its line serves every home any setup authorized it for; a
 new key takes its homes from the lines of earlier ones, and ``revoke``
-takes the cluster's homes from every key (gate.step_authorize).
+takes the cluster's homes from every key (authorized_keys.py).
 """
 
 from __future__ import annotations

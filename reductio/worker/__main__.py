@@ -36,7 +36,7 @@ STEPS = {
     "receive": "receiving", "send": "delivery",
     "check": "control", "publish": "control", "discard": "control", "prepare": "control",
     "delete": "control", "status": "control", "session": "control",
-    "authorize": "gate",
+    "authorize": "authorized_keys",
 }
 
 _WRITING = ("map", "transform", "reduce", "sort", "receive", "send")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from reductio.errors import DatasetError, ReductioError, environment_error
 from reductio.wire import framing
+from reductio.wire.gate_request import request as gate_request
 from reductio.wire.layout import CLUSTER_KEY, KNOWN_HOSTS
 from reductio.wire.protocol import Reply
-from reductio.worker import gate
 from reductio.worker.clock import Clock
 from reductio.worker.machine import cores_each
 from reductio.worker.receiving import open_to_senders, token_line
@@ -194,7 +194,7 @@ class _Sender:
             raise ReductioError(f"sending to {where} failed: {err}", err.details) from None
 
     def _connect_and_send(self, destination: dict, paths: list[Path], facts: dict[str, dict]):
-        remote = gate.request(self.attempt, destination.get("dead_after") or 30, destination["home"],
+        remote = gate_request(self.attempt, destination.get("dead_after") or 30, destination["home"],
                               sum(facts[path.name]["bytes"] for path in paths))
         token = token_line(self.token or "")  # the gate takes nothing without it; never on ssh's command line
         reply = Reply()

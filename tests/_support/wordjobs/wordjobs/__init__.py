@@ -89,8 +89,9 @@ def _pause_if_asked(key, value):
     import time
 
     if key == "pause" and os.path.exists(value):
-        with open(value + ".reached", "w") as flag:
+        with open(value + ".reaching", "w") as flag:
             flag.write(str(os.getpid()))
+        os.replace(value + ".reaching", value + ".reached")  # whole or absent: a test reads it once it exists
         time.sleep(120)
 
 
