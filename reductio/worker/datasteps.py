@@ -211,7 +211,7 @@ def _run_function_step(step: str, params: dict, write, by_key: bool = False) -> 
         written = output.close()
     except UserCodeError as err:
         output.abandon()
-        if isinstance(function, streaming.Command):  # it reads ahead: where it failed is its own to say
+        if isinstance(function, streaming.UserCommand):  # it reads ahead: where it failed is its own to say
             raise
         raise UserCodeError(f"{_where(position, marker)}: {err}", err.details) from None
     except BaseException:
@@ -239,7 +239,7 @@ def _function(spec: str, params: dict, home: Home, folder: Path, role: str, sour
     """The function a step names, imported; or the command it names, ready to run over ``source`` (its marker:
     which input file each data file came from, whole files or lines; streaming.py)."""
     if streaming.command_of(spec) is not None:
-        return streaming.Command(spec, params, folder, home.shipped, role, source)
+        return streaming.UserCommand(spec, params, folder, home.shipped, role, source)
     return load_function(spec)
 
 
@@ -357,7 +357,7 @@ def step_reduce(params: dict) -> dict:
 
 
 def _reduce(function, name: str, ranges: list[Range], position: _Position, text: bool, output) -> None:
-    if isinstance(function, streaming.Command):
+    if isinstance(function, streaming.UserCommand):
         function.reduce(ranges, position, output)
     elif function is reducers.sum and len(ranges) == 1:  # the usual case: one file that sort made
         sum_runs_into(_sorted_runs(ranges[0], position, text), output)

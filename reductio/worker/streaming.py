@@ -76,7 +76,7 @@ def _python_folder(home: Path) -> str:
     return str(folder)
 
 
-class Command:
+class UserCommand:
     """One step's command on one worker: what it runs, with which files and environment, and where."""
 
     def __init__(self, spec: str, params: dict, folder: Path, shipped: Path, role: str, source: dict = None) -> None:
@@ -94,7 +94,7 @@ class Command:
         self.unpack_limits = params.get("max_unpacked"), params.get("max_members")  # archives.unpacked
         self.max_record = record_limit(params.get("max_record"))
 
-    def map(self, ranges, position, output, combine: Command | None = None) -> None:
+    def map(self, ranges, position, output, combine: UserCommand | None = None) -> None:
         """Pipe the input ``ranges`` through the command (and a combiner command) into ``output``."""
         for blocks, env, args in self._runs(ranges, position):
             with _Pipeline(self, blocks, position, combine, env, args) as pipeline:
@@ -171,10 +171,10 @@ class _Pipeline:
     process is in the worker's process group, so a lost head stops them all.
     """
 
-    def __init__(self, command: Command, blocks: Iterator[bytes], position, combine: Command | None = None,
+    def __init__(self, command: UserCommand, blocks: Iterator[bytes], position, combine: UserCommand | None = None,
                  env: dict = None, args: list = ()) -> None:
         self.command, self.position = command, position
-        self.stages: list[tuple[Command | None, subprocess.Popen, _Stderr]] = []
+        self.stages: list[tuple[UserCommand | None, subprocess.Popen, _Stderr]] = []
         folder = command.workdir()
         env = env or {}  # this run's own variables, on top of each command's
         argv = ["/bin/sh", "-c", f'{command.text} "$@"', "sh", *args] if args else None
@@ -343,7 +343,7 @@ def _feed(blocks: Iterator[bytes], stdin) -> None:
             pass
 
 
-def _failure(command: Command | None, process: subprocess.Popen, stderr: _Stderr) -> UserCodeError:
+def _failure(command: UserCommand | None, process: subprocess.Popen, stderr: _Stderr) -> UserCodeError:
     """The error for a stage that exited non-zero: its command, exit code and last stderr lines."""
     code = process.returncode
     tail = stderr.lines()
