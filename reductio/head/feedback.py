@@ -17,6 +17,7 @@ from typing import Dict, Optional
 
 from reductio.errors import ConfigError, printable
 from reductio.head.config import settings
+from reductio.wire import user_counters
 
 DEFAULT_INTERVAL = 2.0
 SKEW_RATIO = 1.5
@@ -172,12 +173,7 @@ def summary(step: str, results: Dict[str, dict]) -> str:
 
 def user_totals(*steps: Dict[str, dict]) -> Dict[str, int]:
     """User counters summed over the workers, of one step's results or of several steps'."""
-    totals: Dict[str, int] = {}
-    for result in (result for results in steps for result in results.values()):
-        for key, value in (result.get("counters") or {}).items():
-            if key.startswith("user: "):
-                totals[key[len("user: "):]] = totals.get(key[len("user: "):], 0) + value
-    return totals
+    return user_counters.totals((result.get("counters") or {}) for results in steps for result in results.values())
 
 
 def skew(step: str, results: Dict[str, dict]) -> Optional[str]:

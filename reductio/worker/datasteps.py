@@ -21,6 +21,7 @@ from reductio.errors import DatasetError, InputError, ReductioError, UserCodeErr
 from reductio.wire.datasets import FILES, TEXT, total
 from reductio.wire.records import decode_error, lines_before, open_slice, read_lines, record_limit, split_record
 from reductio.wire.sorting import sort_argv, sort_env, sort_key
+from reductio.wire.user_counters import labelled, totals
 from reductio.wire.usercode import load_function
 from reductio.worker import heartbeat, shares, streaming
 from reductio.worker.clock import Clock
@@ -278,11 +279,7 @@ def _run_shares(step: str, params: dict, marker: dict, cuts: list[list[Range]]) 
     _report_progress(done, marker)
     results = shares.run(step, dict(params, source_attempt=marker.get("attempt")), cuts, done)
     written = {name: facts for result in results for name, facts in result["files"].items()}
-    user: dict[str, int] = {}
-    for result in results:
-        for name, count in result["counters"].items():
-            if name.startswith("user: "):
-                user[name] = user.get(name, 0) + count
+    user = labelled(totals(result["counters"] for result in results))
     lines_in = sum(result["counters"]["lines in"] for result in results)
     return {"files": written, "source": source_facts(marker),
             "counters": _counters(marker, written, lines_in, started, user)}
@@ -298,7 +295,7 @@ def _counters(marker: dict, written: dict[str, dict], lines_in: int, started: Cl
         **started.counters(),
     }
     if user is None:
-        user = {f"user: {name}": count for name, count in snapshot().items()}
+        user = labelled(snapshot())
     return dict(counters, **user)
 
 
