@@ -30,11 +30,45 @@ def isolated_home(tmp_path, monkeypatch):
     return home
 
 
+RUNS: list = []  # the Configs the running test made: each is a run, whose connections end with the test
+
+
 def make_context(count: int = 2, project: Path = WORDJOBS, **settings) -> Context:
-    """A Context for ``count`` local workers whose project is ``project``, plus reductio ``settings``."""
-    config = Config(overrides={"reductio": dict(settings, local_workers=count)})
+    """A Context for ``count`` local workers whose project is ``project``, plus reductio ``settings``: a run of
+    its own (a head process), whose tasks share its connections."""
+    return _run(Config(overrides={"reductio": dict(settings, local_workers=count)}), project)
+
+
+def fabric_context(**settings) -> Context:
+    """A context on Fabric's own Config, as the reductio program makes it: every connection of the run shares it."""
+    from fabric import Config as FabricConfig
+
+    return _run(FabricConfig(overrides={"reductio": settings}), WORDJOBS)
+
+
+def _run(config, project: Path) -> Context:
     config.set_project_location(str(project))
+    RUNS.append(config)
     return Context(config=config)
+
+
+def end_run(c) -> None:
+    """What the head process's exit does to a run's SSH connections and control sessions: close them."""
+    from reductio.head import links
+
+    links.of(c.config).close()
+
+
+@pytest.fixture(autouse=True)
+def runs_end_with_the_test():
+    """Close the SSH connections of every run the test made, as its head's exit would."""
+    from reductio.head import links
+
+    yield
+    while RUNS:
+        made = links.opened(RUNS.pop())
+        if made is not None:
+            made.close()
 
 
 @pytest.fixture
@@ -138,6 +172,3 @@ def ssh_workers(sshd_cluster, isolated_home):
         return path
 
     yield configure
-    from reductio.head.links import LINKS
-
-    LINKS.close()

@@ -18,27 +18,14 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from fabric import Config as FabricConfig
-from invoke import Context, Exit
+from invoke import Exit
 
-from conftest import WORDJOBS, Background, write_lines
+from conftest import Background, end_run, fabric_context, write_lines
 from netns import wait_until
 from reductio import tasks
-from reductio.head.links import LINKS
 
 DEAD_AFTER = 3.0
 WITHIN = DEAD_AFTER + 8  # seconds from the freeze to the head's exit
-
-
-def fabric_context(**settings) -> Context:
-    """A context on Fabric's own Config, as the reductio program makes it: one Config for every connection."""
-    config = FabricConfig(overrides={"reductio": settings})
-    config.set_project_location(str(WORDJOBS))
-    return Context(config=config)
-
-
-def close_connections() -> None:
-    LINKS.close()
 
 
 def tree(root: int) -> Dict[int, str]:
@@ -104,7 +91,7 @@ def frozen_job(ssh_workers, sshd_cluster, tmp_path):
     ssh_workers(2)
     c = fabric_context(dead_after=DEAD_AFTER, progress_interval=0.5)
     tasks.setup(c)
-    close_connections()
+    end_run(c)
     ssh_workers(1)
     tasks.status(c)  # ssh-0's connection first ...
     ssh_workers(2)
@@ -113,7 +100,7 @@ def frozen_job(ssh_workers, sshd_cluster, tmp_path):
     freezer = Freezer(sshd_cluster.daemons[0])
     yield c, freezer
     freezer.thaw()
-    close_connections()
+    end_run(c)
 
 
 def freeze_mid_map(c, freezer, which, capsys) -> str:

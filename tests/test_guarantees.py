@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, Background, make_context, processes_named, processes_with, reductio_program, write_lines
+from conftest import (
+    WORDJOBS,
+    Background,
+    end_run,
+    make_context,
+    processes_named,
+    processes_with,
+    reductio_program,
+    write_lines,
+)
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -359,9 +368,7 @@ def test_an_unreachable_worker_is_retried_and_the_step_succeeds_when_it_returns(
     c = make_context(project=WORDJOBS, retries=4, retry_delay=0.5)
     tasks.setup(c)
     tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(100)])), "input")
-    from reductio.head.links import LINKS
-
-    LINKS.close()
+    end_run(c)
     daemon = sshd_cluster.daemons[1]
     daemon.stop()
     threading.Timer(1.2, daemon.start).start()

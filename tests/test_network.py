@@ -18,10 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fabric import Config as FabricConfig
-from invoke import Context, Exit
+from invoke import Exit
 
-from conftest import WORDJOBS, Background, write_lines
+from conftest import Background, end_run, fabric_context, write_lines
 from netns import Network, wait_until
 from reductio import tasks
 
@@ -55,20 +54,7 @@ def job(network, isolated_home, tmp_path):
     expected = "".join(f"{key}\t{n}\n" for key, n in sorted(Counter(keys).items())).encode()
     yield c, data, expected
     network.heal_all()
-    _close_connections()
-
-
-def fabric_context(**settings) -> Context:
-    """A context on Fabric's own Config, as the reductio program makes it: every connection of the run shares it."""
-    config = FabricConfig(overrides={"reductio": settings})
-    config.set_project_location(str(WORDJOBS))
-    return Context(config=config)
-
-
-def _close_connections():
-    from reductio.head.links import LINKS
-
-    LINKS.close()
+    end_run(c)
 
 
 def run_job(c, data: Path, output: Path) -> None:
@@ -160,7 +146,7 @@ def cut_during(network, job, host: int, moment, target: str, capsys, before=None
         wait_until(lambda each=each: not (each.processes() if each is victim else steps_running(each)),
                    DEAD_AFTER + 10,
                    f"the dead job's reductio processes on host{each.index} to stop ({each.processes()})", every=0.2)
-    _close_connections()  # as the head's exit does
+    end_run(c)  # as the head's exit does
     for each in network.hosts:
         wait_until(lambda each=each: not each.processes(), DEAD_AFTER + 10,
                    f"the head's sessions on host{each.index} to stop ({each.processes()})", every=0.2)
@@ -198,7 +184,7 @@ def test_a_head_that_loses_its_route_to_a_host_mid_merge_writes_no_output(networ
 def test_a_host_the_head_has_no_route_to_before_a_step_is_one_line_naming_it_never_retried(network, job, capsys):
     c, data, expected = job
     tasks.load(c, str(data), "input")
-    _close_connections()  # a new head: the step must connect
+    end_run(c)  # a new head: the step must connect
     network.hosts[1].cut_from_head()
     started = time.monotonic()
     with pytest.raises(Exit) as failure:
@@ -313,4 +299,4 @@ def test_a_proxyjump_gateway_cut_mid_load_loses_the_worker_behind_it_within_dead
         assert "retrying" not in capsys.readouterr().err
     finally:
         network.heal_all()
-        _close_connections()
+        end_run(c)

@@ -8,20 +8,15 @@ import shutil
 import signal
 from collections import Counter
 
-from conftest import WORDJOBS, make_context, processes_with, write_lines
+from conftest import WORDJOBS, end_run, make_context, processes_with, write_lines
 from reductio import tasks
-from reductio.head.links import LINKS
+from reductio.head import links
 
 
 def commands_started(caplog) -> Counter:
     """The reductio.worker steps the head started as commands of their own (its debug log names each)."""
     return Counter(record.getMessage().split(" -m reductio.worker ")[1].split()[0]
                    for record in caplog.records if " -m reductio.worker " in record.getMessage())
-
-
-def new_head() -> None:
-    """What a new head process starts from: no connection, no session."""
-    LINKS.close()
 
 
 def kill_all(word: str) -> int:
@@ -49,7 +44,7 @@ def test_a_rerun_with_every_step_up_to_date_starts_one_command_per_ssh_worker(ss
     tasks.setup(c)
     words = write_lines(tmp_path / "in.txt", [f"w{i % 97} w{i % 13}" for i in range(5000)])
     word_count(c, words)
-    new_head()
+    c = make_context(project=WORDJOBS)  # a new head: no connection, no session
     caplog.set_level(logging.DEBUG, logger="reductio")
     capsys.readouterr()
     word_count(c, words)
@@ -86,7 +81,7 @@ def test_a_session_that_died_is_replaced_by_commands_of_their_own_and_the_job_go
     caplog.clear()
     tasks.status(c)
     assert set(commands_started(caplog)) <= {"session"}  # from now on, sessions again
-    assert all(control.is_open() for control in LINKS.sessions().values())
+    assert all(control.is_open() for control in links.of(c.config).sessions().values())
     tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
     assert sorted((tmp_path / "pairs.tsv").read_text().split()) == sorted(
         [f"w{i % 7}" for i in range(100)] + ["1"] * 100)
@@ -99,13 +94,35 @@ def test_distribute_that_installs_new_code_ends_the_sessions_which_imported_the_
     c = make_context(project=project)
     tasks.setup(c)
     tasks.status(c)  # a session on each worker
-    first = LINKS.sessions()
+    first = links.of(c.config).sessions()
     assert len(first) == 2 and all(control.is_open() for control in first.values())
     tasks.distribute(c)  # unchanged: nothing installed, the sessions stay
-    assert LINKS.sessions() == first and all(control.is_open() for control in first.values())
+    assert links.of(c.config).sessions() == first and all(control.is_open() for control in first.values())
     module = project / "wordjobs" / "__init__.py"
     module.write_text(module.read_text() + "\n# a new version\n")
     tasks.distribute(c)
     assert not any(control.is_open() for control in first.values())
     tasks.status(c)
-    assert all(control.is_open() and control not in first.values() for control in LINKS.sessions().values())
+    now = links.of(c.config).sessions().values()
+    assert all(control.is_open() and control not in first.values() for control in now)
+
+
+def test_each_run_owns_its_connections_and_sessions_and_ending_one_leaves_the_other_working(ssh_workers, tmp_path):
+    """Two runs in one process (two Configs: two fabfile invocations, two notebooks' jobs) share nothing: each
+    task of a run reuses that run's sessions; ending a run ends its sessions alone."""
+    ssh_workers(2)
+    first = make_context(project=WORDJOBS)
+    tasks.setup(first)
+    tasks.status(first)
+    second = make_context(project=WORDJOBS)
+    tasks.status(second)
+    ones, twos = links.of(first.config).sessions(), links.of(second.config).sessions()
+    assert len(ones) == len(twos) == 2
+    assert not set(map(id, ones.values())) & set(map(id, twos.values())), "two runs share a session"
+    assert links.of(first.config.clone()).sessions() == {}, "a cloned Config is another run, with none yet"
+    end_run(first)
+    assert not any(control.is_open() for control in ones.values())
+    tasks.load(second, str(write_lines(tmp_path / "in.txt", ["a\t1", "b\t2"])), "text")
+    tasks.merge(second, "text", str(tmp_path / "out.tsv"))
+    assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == ["a\t1", "b\t2"]
+    assert links.of(second.config).sessions() == twos and all(control.is_open() for control in twos.values())

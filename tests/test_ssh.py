@@ -13,7 +13,7 @@ from fabric import Config as FabricConfig
 from invoke import Context, Exit
 
 import programs
-from conftest import SUPPORT, WORDJOBS, make_context, write_lines
+from conftest import SUPPORT, WORDJOBS, end_run, make_context, write_lines
 from reductio import tasks
 from reductio.example.bigrams import letter_pairs
 
@@ -128,9 +128,7 @@ def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds
     c = make_context(project=WORDJOBS)
     tasks.setup(c)
     tasks.load(c, str(words), "words")
-    from reductio.head.links import LINKS
-
-    LINKS.close()
+    end_run(c)
     sshd_cluster.daemons[1].stop()
     with pytest.raises(Exit) as failure:
         tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs-down")

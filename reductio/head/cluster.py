@@ -14,9 +14,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Dict, List, TypeVar
 
 from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerUnreachable
-from reductio.head import liveness
+from reductio.head import links, liveness
 from reductio.head.config import WorkerSpec, load_workers
-from reductio.head.links import LINKS
 from reductio.head.workers import LocalWorker, SshWorker, Worker
 
 T = TypeVar("T")
@@ -41,8 +40,9 @@ class Cluster:
             )
         specs = load_workers(c.config)
         project = project_folder(c)
+        run = links.of(c.config)  # the connections and sessions of every task sharing this Config
         return cls([
-            LocalWorker(spec, index, c.config, project) if spec.is_local else SshWorker(spec, index, c.config, LINKS)
+            LocalWorker(spec, index, c.config, project) if spec.is_local else SshWorker(spec, index, c.config, run)
             for index, spec in enumerate(specs)
         ], c.config)
 

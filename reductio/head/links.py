@@ -4,9 +4,11 @@ Every task of a head process (``reductio load ... map ...``, a fabfile
 calling tasks, the mrjob runner) reuses one connection per worker host and
 one control session per connection and home (session.py): a login and a
 Python cost 0.3 s there. They are kept by the liveness settings they were
-opened with too, so a job with other settings in the same process gets its
-own. One ``Links`` serves the head process (``LINKS``); Cluster.from_context
-hands it to the SSH workers, and ``close()`` is where a new head starts from.
+opened with too, so a job with other settings in the same run gets its own.
+A run owns its ``Links``: the invoke Config its tasks share (one program
+run, one fabfile's task calling others), handed by Cluster.from_context to
+the SSH workers (``of``). Another Config is another run, with connections
+of its own; ``close()`` ends a run's.
 """
 
 from __future__ import annotations
@@ -105,11 +107,24 @@ class Links:
         return dict(self._sessions)
 
     def close(self) -> None:
-        """Close every link and forget every session: what a new head process starts from."""
+        """Close every link and forget every session: the end of the run."""
         for link in list(self._links.values()):
             link.close()
         self._links.clear()
         self._sessions.clear()
 
 
-LINKS = Links()  # the head process's
+def of(config) -> Links:
+    """The links of the run whose tasks share ``config`` (an invoke Config), made on first use."""
+    links = vars(config).get("_reductio_links")
+    if links is None:
+        links = Links()
+        # a plain attribute, not a config key: a Config turns attribute writes into settings, and a clone
+        # (another run) must not share it
+        object.__setattr__(config, "_reductio_links", links)
+    return links
+
+
+def opened(config) -> Optional[Links]:
+    """The run's links if any task of it needed them, without making them."""
+    return vars(config).get("_reductio_links")

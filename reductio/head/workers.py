@@ -25,7 +25,7 @@ from reductio.errors import ReductioError, WorkerRefused, WorkerSilent, WorkerUn
 from reductio.head import liveness, session
 from reductio.head.ciphers import gcm_first
 from reductio.head.config import WorkerSpec, settings
-from reductio.head.links import LINKS, Link, Links, hops
+from reductio.head.links import Link, Links, hops
 from reductio.head.reaching import Reaching, keys_offered
 from reductio.head.transport import Command, Finished, LocalCommand, SshCommand
 from reductio.wire.protocol import shell_path, worker_command
@@ -203,7 +203,7 @@ class SshWorker(Worker):
 
     is_local = False
 
-    def __init__(self, spec: WorkerSpec, index: int, config, links: Links = LINKS) -> None:
+    def __init__(self, spec: WorkerSpec, index: int, config, links: Links) -> None:
         super().__init__(spec, index, config)
         self._config = config
         self._links = links  # the run's connections and sessions, shared with the other workers of its tasks
@@ -223,7 +223,7 @@ class SshWorker(Worker):
         return f"{self.name} ({self.spec.host}:{self.spec.port or 22})" if self.name != self.spec.host else self.name
 
     def connection(self):
-        """The open Fabric connection to this worker, shared by every task of this process with its settings."""
+        """The open Fabric connection to this worker, shared by every task of this run with its settings."""
         return self._link().connection
 
     def _link(self) -> Link:
