@@ -1,4 +1,5 @@
-"""The worker's side stays on the standard library: what worker/ and wire/ import, read from their source."""
+"""The sides stay apart, read from the source: worker/ and wire/ import only the standard library; wire/ and the
+head import nothing of worker/ (a worker fact both sides need lives in wire/)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,17 @@ def test_a_worker_side_module_imports_only_the_standard_library_its_side_and_the
 def test_the_worker_side_is_found():
     sides = {path.relative_to(PACKAGE).parts[0] for path in worker_side()}
     assert {"worker", "wire"} <= sides and (PACKAGE / "worker" / "__main__.py").exists()
+
+
+def head_side() -> list:
+    """Every module the head runs that is not also a worker's: head/, the public face, the mrjob runner."""
+    return sorted((PACKAGE / "head").rglob("*.py")) + [
+        PACKAGE / name for name in ("tasks.py", "cli.py", "__main__.py", "mrjob/runner.py")]
+
+
+@pytest.mark.parametrize("path", head_side() + sorted((PACKAGE / "wire").rglob("*.py")),
+                         ids=lambda path: str(path.relative_to(PACKAGE.parent)))
+def test_the_head_and_wire_reach_into_no_worker_module(path):
+    wrong = [f"{path.relative_to(PACKAGE.parent)} line {line} imports {name}" for line, name in imports(path)
+             if name == "reductio.worker" or name.startswith("reductio.worker.")]
+    assert not wrong, "; ".join(wrong) + " (a fact both sides need lives in wire/, README \"Developing\")"

@@ -6,9 +6,9 @@ import pytest
 
 from conftest import make_context, write_lines
 from reductio import tasks
+from reductio.wire.partition import partition_file
 from reductio.worker.output import PartitionedOutput
 from reductio.worker.steps import combine_into
-from reductio.worker.store import partition_file
 
 
 def run_wordcount(c, source, output, combine=""):

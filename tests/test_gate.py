@@ -17,12 +17,11 @@ import pytest
 
 from conftest import WORDJOBS, Background, make_context, write_lines
 from reductio import tasks
-from reductio.wire.gate_request import request
+from reductio.wire.gate_request import request, token_digest, token_line
 from reductio.wire.protocol import RESULT, Reply
 from reductio.worker import steplog
 from reductio.worker.authorized_keys import COMMENT
 from reductio.worker.gate import MAX_SESSIONS, Refused, _granted, result_line
-from reductio.worker.receiving import token_digest, token_line
 
 HOMES = ["/srv/reductio/a", "/srv/reductio/b", "/srv/reductio/with space"]
 ATTEMPT = "20261202T040135-2f3c96b7"

@@ -8,10 +8,9 @@ import subprocess
 import sys
 import zlib
 
-from reductio.wire.partition import partition_of
+from reductio.wire.partition import partition_file, partition_of
 from reductio.wire.records import format_line, format_record, key_of, read_lines
 from reductio.worker.output import PartitionedOutput
-from reductio.worker.store import partition_file
 
 KEYS = [
     "", "a", "b", "ab", "a\x01", "the", "quick", "brown", "fox", "Word", "word",

@@ -14,9 +14,9 @@ from invoke import Exit
 from conftest import files_per_dataset, make_context, write_lines
 from reductio import reducers, tasks
 from reductio.errors import UserCodeError
+from reductio.wire.partition import partition_file
 from reductio.worker.output import PartitionedOutput
 from reductio.worker.steps import _sum_loop_into, combine_into, sum_into, sum_runs_into
-from reductio.worker.store import partition_file
 
 SUM = reducers.SUM  # the dotted path users write
 # sum_into counts pairs in collections' C loop; where that loop is Python (PyPy), in a loop of its own: test both

@@ -12,6 +12,7 @@ import pytest
 import reductio
 from reductio.errors import InputError, UserCodeError
 from reductio.reducers import sum as sum_reducer
+from reductio.wire.partition import partition_file
 from reductio.wire.sorting import sort_key
 from reductio.wire.usercode import Output, load_function
 from reductio.worker.output import BATCH, LINE_COST, PartitionedOutput
@@ -24,7 +25,6 @@ from reductio.worker.steps import (
     sum_into,
     transform_lines,
 )
-from reductio.worker.store import partition_file
 
 WORDJOBS = Path(__file__).parent / "_support" / "wordjobs"
 PACKAGE_DIR = str(Path(reductio.__file__).resolve().parent)

@@ -17,9 +17,6 @@ import threading
 
 from reductio.errors import ReductioError, WorkerSilent, WorkerUnreachable
 from reductio.head.transport import Command
-from reductio.worker import control
-
-SERVED = tuple(control.SERVED)  # the steps a session answers, as its worker end knows them
 
 log = logging.getLogger("reductio")
 

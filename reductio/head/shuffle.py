@@ -25,8 +25,8 @@ from reductio.head.feedback import display
 from reductio.head.job import common_source, discard, new_attempt, publish
 from reductio.wire import framing
 from reductio.wire.datasets import total
-from reductio.worker.receiving import TOKEN_HEX, token_digest
-from reductio.worker.store import partition_of_file
+from reductio.wire.gate_request import TOKEN_HEX, token_digest
+from reductio.wire.partition import partition_of_file
 
 
 def scatter(cluster, source: str, target: str, facts: dict, checks: Dict[str, dict]) -> Dict[str, dict]:

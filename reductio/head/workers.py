@@ -28,7 +28,7 @@ from reductio.head.config import WorkerSpec, settings
 from reductio.head.links import Link, Links, hops
 from reductio.head.reaching import Reaching, keys_offered
 from reductio.head.transport import Command, Finished, LocalCommand, SshCommand
-from reductio.wire.protocol import shell_path, worker_command
+from reductio.wire.protocol import SESSION_STEPS, shell_path, worker_command
 
 log = logging.getLogger("reductio")
 _REDUCTIO_PARENT = str(Path(reductio.__file__).resolve().parent.parent)
@@ -132,7 +132,7 @@ class Worker:
         A control step goes to the worker's session when it has one
         (session.py); if that session is gone, to a command of its own.
         """
-        if held is None and on_progress is None and step in session.SERVED:
+        if held is None and on_progress is None and step in SESSION_STEPS:
             try:
                 control = self.session()
                 if control is not None:

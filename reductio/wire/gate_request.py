@@ -1,20 +1,23 @@
-"""The one request the cluster key may make of another worker's gate, as scatter's sender writes it and the gate
-reads it (``SSH_ORIGINAL_COMMAND``, never given to a shell):
+"""What scatter's sender sends another worker's gate, as the sender writes it, the gate reads it and the head
+plans it. The request, in ``SSH_ORIGINAL_COMMAND`` (never given to a shell):
 
     reductio-receive ATTEMPT DEAD_AFTER BYTES HOME
 
-HOME is the rest of the line, spaces and all. The sender's token and files
-follow on the connection's stdin, never on a command line. The gate imports
-this on every scatter connection: standard library only, and nothing costly
-(no json, re, shlex or pathlib).
+HOME is the rest of the line, spaces and all. Then on stdin, never on a
+command line: the token line (the token the head gave that sender alone),
+then framing.py's frames. The gate imports this on every scatter
+connection: standard library only, and nothing costly (no json, re, shlex
+or pathlib).
 """
 
 from __future__ import annotations
 
-from reductio.errors import ReductioError
+from reductio.errors import DatasetError, ReductioError
 from reductio.wire.layout import check_attempt
 
 REQUEST = "reductio-receive"
+TOKEN = b"token "  # a gate stream's first line: TOKEN, the sender's token (TOKEN_HEX hex digits), a newline
+TOKEN_HEX = 64
 MAX_REQUEST = 64 << 10  # bytes: what scatter sends is a few hundred
 MAX_DEAD_AFTER = 86400.0  # seconds: a day of silence is no scatter's
 
@@ -45,3 +48,22 @@ def read_request(asked: str, served) -> dict:
     if not (size.isdigit() and size.isascii() and len(size) <= 18):
         raise ValueError(f"a size of {size[:20]!r} bytes")
     return {"home": home, "attempt": attempt, "dead_after": seconds, "bytes": int(size)}
+
+
+def token_digest(token: str) -> str:
+    """What a permit holds of a sender's token: its SHA-256, so the permit never holds the token itself."""
+    import hashlib
+
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def token_line(token: str) -> bytes:
+    """The first line of a sender's stream to a gate: its token, which never goes on a command line."""
+    if len(token) != TOKEN_HEX or not is_hex(token):
+        raise DatasetError("a sender's token is 64 hex digits")
+    return TOKEN + token.encode("ascii") + b"\n"
+
+
+def is_hex(text: str) -> bool:
+    """Lowercase hex digits only, as a token and a SHA-256 are written."""
+    return text.isascii() and all(char in "0123456789abcdef" for char in text)

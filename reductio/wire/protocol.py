@@ -49,6 +49,7 @@ ERROR = "reductio-error: "
 PROGRESS = "reductio-progress: "
 ALIVE = "reductio-alive: "
 ANSWER = "reductio-answer: "
+SESSION_STEPS = ("check", "publish", "discard", "delete", "status")  # what a control session answers
 _PREFIXES = (RESULT, ERROR, PROGRESS, ALIVE, ANSWER)
 _TAIL = 20
 MAX_REPLY_LINE = 16 << 20  # bytes: a result line listing every file of a big step fits many times over

@@ -17,7 +17,7 @@ import time
 from reductio.errors import DatasetError, ReductioError, environment_error
 from reductio.wire.datasets import total
 from reductio.wire.layout import shipped_whole
-from reductio.wire.protocol import ANSWER, emit
+from reductio.wire.protocol import ANSWER, SESSION_STEPS, emit
 from reductio.worker import heartbeat, steplog
 from reductio.worker.store import Home, check_name
 
@@ -152,5 +152,4 @@ def answer(request: dict, home: str) -> dict:
     return reply
 
 
-SERVED = {"check": step_check, "publish": step_publish, "discard": step_discard, "delete": step_delete,
-          "status": step_status}
+SERVED = {step: globals()[f"step_{step}"] for step in SESSION_STEPS}  # the head asks for them by name

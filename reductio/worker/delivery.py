@@ -23,12 +23,14 @@ from pathlib import Path
 from reductio.errors import DatasetError, ReductioError, environment_error
 from reductio.wire import framing
 from reductio.wire.gate_request import request as gate_request
+from reductio.wire.gate_request import token_line
 from reductio.wire.layout import CLUSTER_KEY, KNOWN_HOSTS
+from reductio.wire.partition import partition_of_file
 from reductio.wire.protocol import Reply
 from reductio.worker.clock import Clock
 from reductio.worker.machine import cores_each
-from reductio.worker.receiving import open_to_senders, token_line
-from reductio.worker.store import Home, check_name, partition_of_file
+from reductio.worker.receiving import open_to_senders
+from reductio.worker.store import Home, check_name
 
 DEFAULT_STREAMS = 4
 

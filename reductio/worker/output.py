@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from reductio.errors import UserCodeError, environment_error
+from reductio.wire.partition import partition_file
 from reductio.wire.records import MAX_RECORD, first_too_long, too_long
 from reductio.wire.sorting import sort_key
-from reductio.worker.store import file_facts, partition_file
+from reductio.worker.store import file_facts
 
 # Lines are held over all partitions until they add up to BATCH, each counted as its characters and LINE_COST,
 # about what a str costs besides them: some 8,000 short lines, or a few long ones.

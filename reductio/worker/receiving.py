@@ -30,6 +30,7 @@ import time
 
 from reductio.errors import DatasetError, ReductioError
 from reductio.wire import framing
+from reductio.wire.gate_request import TOKEN, TOKEN_HEX, is_hex, token_digest
 from reductio.wire.layout import (
     GATE_OPENING,
     TMP,
@@ -41,8 +42,6 @@ from reductio.wire.layout import (
 )
 
 EXPECT = "expect"  # the permit: a line per file a sender may deliver, TOKEN_SHA256 NAME BYTES SHA256
-TOKEN = b"token "  # a gate stream's first line: TOKEN, the sender's token (TOKEN_HEX hex digits), a newline
-TOKEN_HEX = 64
 MAX_PERMIT = 16 << 20  # bytes of a permit: a line is ~150 bytes, a sender's partition a few files
 MAX_NAME = 128  # characters of a file name through the gate: scatter's are p00001.w00002-3
 OPEN_WAIT = (5.0, 60.0)  # seconds a gate waits for the step to open its attempt: dead_after, within these
@@ -71,20 +70,6 @@ def receive_expected(home: str, attempt: str, dead_after: float) -> dict:
 
     allowed = permit.allowed(_token(read), dead_after)
     return {"files": framing.receive(_Expected(read, allowed), folder)}
-
-
-def token_digest(token: str) -> str:
-    """What a permit holds of a sender's token: its SHA-256, so the permit never holds the token itself."""
-    import hashlib
-
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
-def token_line(token: str) -> bytes:
-    """The first line of a sender's stream to a gate: its token, which never goes on a command line."""
-    if len(token) != TOKEN_HEX or not _is_hex(token):
-        raise DatasetError("a sender's token is 64 hex digits")
-    return TOKEN + token.encode("ascii") + b"\n"
 
 
 def open_to_senders(home: str, attempt: str, permit: list) -> None:
@@ -208,7 +193,7 @@ def _token(read) -> str:
             break
         line += block
     token = line[len(TOKEN):-1].decode("ascii", "replace")
-    if not line.startswith(TOKEN) or not line.endswith(b"\n") or len(token) != TOKEN_HEX or not _is_hex(token):
+    if not line.startswith(TOKEN) or not line.endswith(b"\n") or len(token) != TOKEN_HEX or not is_hex(token):
         raise DatasetError(f"a delivery without a sender's token: it starts {line[:40]!r}")
     return token
 
@@ -246,13 +231,9 @@ class _Expected(framing.Reader):
 
 
 def _hex(text: str) -> str:
-    if len(text) != TOKEN_HEX or not _is_hex(text):
+    if len(text) != TOKEN_HEX or not is_hex(text):
         raise DatasetError(f"not a SHA-256: {text[:80]!r}")
     return text
-
-
-def _is_hex(text: str) -> bool:
-    return text.isascii() and all(char in "0123456789abcdef" for char in text)
 
 
 class SilentSender(ReductioError):

@@ -26,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -47,20 +46,8 @@ from reductio.wire.layout import (
 
 MARKER = "_SUCCESS"
 STALE_AFTER = 3600
-_PARTITION_FILE = re.compile(r"p(\d{5})\.")
 _KEPT = ".kept"  # data/.NAME.ATTEMPT.kept -> the version ATTEMPT replaced, or _NONE: there was none
 _NONE = "-"
-
-
-def partition_file(partition: int, origin: str) -> str:
-    """The name of a data file holding one partition, written by ``origin``."""
-    return f"p{partition:05d}.{origin}"
-
-
-def partition_of_file(name: str):
-    """The partition a data file holds, or None for an unpartitioned shard."""
-    match = _PARTITION_FILE.match(name)
-    return int(match.group(1)) if match else None
 
 
 def scan(path: Path):
