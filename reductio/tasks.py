@@ -69,7 +69,9 @@ def setup(c):
         return
     remote = [w for w in cluster.workers if not w.is_local]
     if remote:
-        cluster.each("setup", packaging.ensure_venv, remote)
+        for name, replaced in cluster.each("setup", packaging.ensure_venv, remote).items():
+            if replaced:
+                say(f"setup: {name}: {replaced}")
         with tempfile.TemporaryDirectory(prefix="reductio-sdist-") as scratch:
             updated = packaging.deploy(cluster, "reductio", packaging.reductio_sdist(Path(scratch)))
         if updated:

@@ -271,3 +271,31 @@ def test_an_mrjob_job_runs_its_tasks_on_pypy(c, tmp_path):
     expected = Counter(word.lower() for line in TEXT for word in re.findall(r"[\w']+", line))
     expected.update({"python:PyPy": len(TEXT), f"file:{INPUT}": len(TEXT)})
     assert got == {key: [n, "PyPy"] for key, n in expected.items()}
+
+
+def test_a_worker_set_up_on_cpython_then_set_to_pypy_gets_a_pypy_environment_and_its_code_again(
+        ssh_workers, sshd_cluster, tmp_path, capsys):
+    """``python = pypy3`` added to a worker that setup already gave a CPython environment: the next setup says so
+    and makes it anew with PyPy, and installs the project in it again; a setup after that keeps it."""
+    ssh_workers(1)
+    cpython_cfg = sshd_cluster.workers_cfg(sshd_cluster.shared("python-switch"), count=1)
+    project = make_project(tmp_path / "project")
+    Path("workers.cfg").write_text(cpython_cfg)
+    tasks.setup(make_context(project=project))
+    Path("workers.cfg").write_text(cpython_cfg.rstrip("\n") + f"\npython = {pypy()}\n")
+    capsys.readouterr()
+    c = make_context(project=project)
+    tasks.setup(c)
+    said = capsys.readouterr().out
+    assert f"setup: ssh-0: its environment was made by python3, not {pypy()}: made anew" in said, said
+    from reductio.head.cluster import Cluster
+
+    assert Cluster.from_context(c).workers[0].step("prepare", {})["python"] == pypy_version()
+    tasks.load(c, str(write_lines(tmp_path / "text.txt", TEXT)), "switch-text")
+    tasks.map(c, "pypyjobs.words", "switch-text", "switch-words")
+    counts = Counter()
+    for key, value in merged(c, "switch-words", tmp_path / "words.tsv"):
+        counts[key] += int(value)
+    assert counts == WORDS + Counter({"python:PyPy": len(TEXT)})
+    tasks.setup(c)
+    assert "made anew" not in capsys.readouterr().out

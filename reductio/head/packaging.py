@@ -22,6 +22,7 @@ import reductio
 from reductio.errors import DISK_FULL, ConfigError, ReductioError, StreamBroken, disk_full
 from reductio.wire.protocol import shell_path
 
+_MADE_BY = "reductio-python"  # in a worker's venv: the python setting that made it
 _WORKER_SETUP = """from setuptools import find_packages, setup
 setup(name="reductio", version={version!r}, packages=find_packages(include=["reductio", "reductio.*"]),
       package_data={{"reductio.example": ["sample-words.txt"]}}, python_requires=">=3.9")
@@ -224,18 +225,33 @@ def push(worker, local: Path, remote: str, mode: str = "600", digest: str = None
                             f" {done.stderr.strip()[-300:]}")
 
 
-def ensure_venv(worker) -> None:
-    """Create the worker's home and virtual environment unless they exist."""
-    python = shell_path(worker.spec.python or "python3")
-    home, venv = shell_path(worker.home), shell_path(worker.venv)
-    result = worker.run(f"umask 077 && mkdir -p {home} && chmod 700 {home}"
-                        f" && (test -x {venv}/bin/python || {python} -m venv {venv})")
+def ensure_venv(worker) -> Optional[str]:
+    """Create the worker's home and virtual environment unless they exist, made by the Python it is set to.
+
+    An environment made by another ``python`` setting (python3, then pypy3)
+    is made anew, and what was installed in it is installed again: the
+    step would otherwise run on the old interpreter, silently. Returns a
+    line saying so then, or None when it was kept or new.
+    """
+    wanted = worker.spec.python or "python3"
+    python, home, venv = shell_path(wanted), shell_path(worker.home), shell_path(worker.venv)
+    made_by, dist = shell_path(f"{worker.venv}/{_MADE_BY}"), shell_path(f"{worker.home}/dist")
+    result = worker.run(
+        f"umask 077 && mkdir -p {home} && chmod 700 {home} && was=$(cat {made_by} 2>/dev/null || echo python3)"
+        f" && if test -x {venv}/bin/python && test \"$was\" = {shlex.quote(wanted)}; then :; else"
+        f" if test -e {venv}; then echo \"replaced: $was\"; rm -rf {venv} {dist}/*.digest; fi"
+        f" && {python} -m venv {venv} && printf '%s' {shlex.quote(wanted)} > {made_by}; fi")
     if result.exited != 0:
         raise ReductioError(
-            f"cannot create a virtual environment with {worker.spec.python or 'python3'}:"
+            f"cannot create a virtual environment with {wanted}:"
             f" {(result.stderr or result.stdout).strip().splitlines()[-1:] or ''}"
             " (Debian: apt-get install python3-venv; or set python = ... for this worker)"
         )
+    replaced = [line for line in result.stdout.splitlines() if line.startswith("replaced: ")]
+    if not replaced:
+        return None
+    return (f"its environment was made by {replaced[-1][len('replaced: '):]}, not {wanted}: made anew,"
+            " and what was installed in it is installed again")
 
 
 def installed_digest(worker, name: str) -> str:
