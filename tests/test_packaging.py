@@ -142,3 +142,32 @@ def test_a_wheelhouse_added_after_distribute_is_installed_by_the_next_distribute
     assert "distribute: installed depjob-0.1.tar.gz on ssh-0, ssh-1" in capsys.readouterr().out
     with pytest.raises(Exit, match=f"the wheelhouse {tmp_path / 'none'} is not a folder"):
         tasks.distribute(make_context(project=SUPPORT / "depjob", wheelhouse=str(tmp_path / "none")))
+
+
+def test_a_worker_left_on_another_reductio_refuses_each_step_until_setup_installs_the_heads(ssh_workers, sshd_cluster,
+                                                                                          tmp_path):
+    """A head upgraded without setup run again: its SSH workers still hold the reductio an earlier setup
+    installed. A step there says so and runs none of the old code; setup installs the head's, and the job is
+    exact."""
+    from invoke import Exit
+
+    from conftest import make_context, write_lines
+    from reductio import tasks
+
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    lines = [f"k{i % 13}\tv{i}" for i in range(200)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    home = sshd_cluster.homes / "ssh-1"  # an earlier release: one module differs, and setup's record of it
+    (module,) = (home / "venv" / "lib").glob("*/site-packages/reductio/wire/records.py")
+    module.write_text(module.read_text() + "\n# an earlier release\n")
+    (home / "dist" / "reductio.digest").write_text("0" * 64)
+    with pytest.raises(Exit) as failed:
+        tasks.map(c, "wordjobs.identity", "text", "copied")
+    assert "ssh-1" in failed.value.message and "ssh-0" not in failed.value.message, failed.value.message
+    assert "reductio is not the head's (installed by an earlier setup): run setup" in failed.value.message
+    tasks.setup(c)
+    tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
+    assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)

@@ -43,6 +43,7 @@ import threading
 from collections import deque
 
 from reductio.errors import ReductioError, printable
+from reductio.wire import own_code
 
 RESULT = "reductio-result: "
 ERROR = "reductio-error: "
@@ -75,7 +76,7 @@ def worker_command(python: str, step: str, params: dict) -> WorkerCommand:
     """The shell command running ``step``, its parameters for its stdin; ``python`` is already shell words."""
     command = WorkerCommand(f"{python} -m reductio.worker {shlex.quote(step)}")
     command.token = new_token()
-    command.stdin = params_frame(dict(params, token=command.token))
+    command.stdin = params_frame(dict(params, token=command.token, reductio=own_code.digest()))
     return command
 
 

@@ -23,6 +23,7 @@ import sys
 import time
 
 from reductio.errors import ReductioError, environment_error
+from reductio.wire import own_code
 from reductio.wire.protocol import ERROR, RESULT, emit, read_params, use_token
 from reductio.worker import heartbeat, steplog
 from reductio.worker.buffering import buffered_stdout
@@ -62,6 +63,10 @@ def main(argv: list = None) -> int:
         print(f"reductio worker: {err}", file=sys.stderr)
         return 2
     use_token(params.pop("token", None))
+    head_code = params.pop("reductio", None)  # the head's own_code digest; absent when a test runs a step by hand
+    if head_code is not None and head_code != own_code.digest():
+        emit(ERROR, ReductioError(own_code.MISMATCH).to_dict())
+        return 1
     then = params.pop("then", None)  # "publish": wait for the head's verdict after the result (job.py)
     if params.get("head"):
         heartbeat.start(params["head"])

@@ -1,0 +1,35 @@
+"""reductio's own code as a digest both sides take alike, so that a worker never runs other code than the head's.
+
+A head upgraded (``pip install -U reductio``) without ``setup`` run again
+leaves its SSH workers on the reductio an earlier setup installed: their
+steps would run the old rules (sorting, publishing, the gate's permit)
+beside the head's new ones. Every command carries the head's digest; a
+worker whose own differs refuses the step, saying to run setup.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+
+import reductio
+
+MISMATCH = "this worker's reductio is not the head's (installed by an earlier setup): run setup"
+
+
+@functools.lru_cache(maxsize=None)
+def digest() -> str:
+    """SHA-256 over the package's modules (their paths and bytes), in one order everywhere."""
+    root = os.path.dirname(os.path.abspath(reductio.__file__))
+    taken = hashlib.sha256()
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
+        for name in sorted(names):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, "rb") as module:
+                    code = module.read()
+                relative = os.path.relpath(path, root).replace(os.sep, "/").encode("utf-8")
+                taken.update(b"%d %s %d\n" % (len(relative), relative, len(code)) + code)
+    return taken.hexdigest()
