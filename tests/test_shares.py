@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from invoke import Exit
 
-from conftest import files_per_dataset, make_context, write_lines
+from conftest import fabric_context, files_per_dataset, make_context, write_lines
 from reductio import tasks
 from reductio.errors import ConfigError, InputError
 from reductio.head.cluster import Cluster
@@ -162,3 +163,17 @@ def test_processes_is_a_whole_number_per_worker_or_for_all(tmp_path):
 def test_workers_on_one_machine_split_its_cores():
     cluster = Cluster.from_context(make_context(3))
     assert [cluster.sharing(worker) for worker in cluster.workers] == [3, 3, 3]
+
+
+def test_workers_named_by_ssh_config_aliases_of_one_machine_split_its_cores(isolated_home):
+    """Names as ~/.ssh/config resolves them, as the head logs in: two aliases of one address are one machine,
+    an SSH worker on loopback shares this machine with the local ones, another address is a machine of its
+    own. No connection is made: the addresses are literal."""
+    ssh = isolated_home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / "config").write_text("Host box-a\n    HostName 198.18.77.2\nHost box-b\n    HostName 198.18.77.2\n")
+    Path("workers.cfg").write_text("[here]\nlocal = yes\n\n[loop]\nhost = localhost\n\n[a]\nhost = box-a\n\n"
+                                   "[b]\nhost = box-b\nhome = ~/.reductio-b\n\n[other]\nhost = 198.18.77.3\n")
+    cluster = Cluster.from_context(fabric_context())
+    assert {worker.name: cluster.sharing(worker) for worker in cluster.workers} == {
+        "here": 2, "loop": 2, "a": 2, "b": 2, "other": 1}

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, TypeVar
 
 from reductio.errors import ConfigError, ReductioError, StepFailed, WorkerUnreachable
 from reductio.head import links, liveness
-from reductio.head.config import WorkerSpec, load_workers
+from reductio.head.config import load_workers, machine_of
 from reductio.head.workers import LocalWorker, SshWorker, Worker
 
 T = TypeVar("T")
@@ -51,7 +51,8 @@ class Cluster:
 
     def sharing(self, worker: Worker) -> int:
         """How many of the cluster's workers run on ``worker``'s machine: they split its cores."""
-        return sum(1 for other in self.workers if _machine(other.spec) == _machine(worker.spec))
+        mine = machine_of(worker.spec, self.config)
+        return sum(1 for other in self.workers if machine_of(other.spec, self.config) & mine)
 
     def each(self, what: str, action: Callable[[Worker], T], workers: List[Worker] = None) -> Dict[str, T]:
         """Run ``action`` on every worker at once; StepFailed names each worker that failed."""
@@ -107,14 +108,6 @@ class Cluster:
         for worker in self.workers:
             if not worker.is_local:
                 worker.hang_up()
-
-
-_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-
-
-def _machine(spec: WorkerSpec) -> str:
-    """The machine a worker runs on, as far as the head can tell ("" is this one)."""
-    return "" if spec.is_local or spec.host in _LOOPBACK else spec.host.lower()
 
 
 def project_folder(c) -> str:

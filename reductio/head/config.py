@@ -212,6 +212,21 @@ def _login(spec: WorkerSpec, config) -> tuple:
     return found.get("hostname", spec.host), int(port), str(user)
 
 
+HERE = frozenset(["this machine"])
+
+
+def machine_of(spec: WorkerSpec, config) -> frozenset:
+    """The addresses of the machine a worker runs on, as far as the head can tell: HERE for this one, the host
+    name as written when it does not resolve. Two workers share a machine when theirs meet."""
+    if spec.is_local:
+        return HERE
+    hostname, port, _ = _login(spec, config)
+    found = _addresses(hostname, port)
+    if found and all(address.startswith("127.") or address == "::1" for address in found):
+        return HERE
+    return found or frozenset([hostname.lower()])
+
+
 @functools.lru_cache(maxsize=None)
 def _addresses(host: str, port: int) -> frozenset:
     """The addresses a host name stands for (looked up once a run); none when it does not resolve."""
