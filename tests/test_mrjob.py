@@ -406,3 +406,18 @@ def test_relative_inputs_are_named_as_mrjob_local_names_them(tmp_path):
     expected = mrjob_local("mr_count_lines_by_file", [], relative)
     assert any("file://docs/a.txt" in line for line in expected), expected
     assert reductio_run(c, "mr_count_lines_by_file", [], relative, tmp_path / "out") == expected
+
+
+def test_a_job_leaves_nothing_in_the_heads_temp_folder_whether_it_succeeds_or_fails(inputs, tmp_path, monkeypatch):
+    """mrjob's runner makes a temp folder on the head (its zip of mrjob); reductio's runs remove it."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where mrjob's runner makes its folder
+    c = make_context(2)
+    tasks.setup(c)
+    assert reductio_run(c, "mr_word_freq_count", [], inputs, tmp_path / "out")
+    with pytest.raises(Exit):
+        reductio_run(c, "mr_boom", [], inputs, tmp_path / "boom")
+    assert sorted(path.name for path in scratch.iterdir()) == []

@@ -64,7 +64,9 @@ def run(c, argv: List[str], output: str, cat_output: bool = False) -> None:
         for number, step in enumerate(runner._get_steps()):
             source = _run_step(c, runner, number, step, source, prefix, shipped, python_path)
     finally:
-        runner.cleanup()  # mrjob's temp folder on the head
+        # mrjob's temp folder on the head (its zip of mrjob, the DIRS archives), success or not: mrjob's own
+        # cleanup keeps it unless the runner's run() ran, and reductio runs the steps itself
+        runner.cleanup(mode=["LOCAL_TMP"])
     parts = gather.fetch_parts(Cluster.from_context(c), source, output)
     if cat_output:
         for part in parts:
