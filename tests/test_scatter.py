@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 from collections import Counter
@@ -60,6 +61,29 @@ def test_each_sender_opens_one_connection_per_other_worker_carrying_all_its_file
     assert sorted(lines) == sorted(big_input.read_text().splitlines())
 
 
+class Refusing(threading.Thread):
+    """On a stopped daemon's port, close each connection at once (ssh: "Connection closed by") until ``enough``
+    were turned away, or 60 s passed; then start the daemon again. The senders' retries, not a timer, decide."""
+
+    def __init__(self, sshd, enough: int) -> None:
+        super().__init__(daemon=True)
+        self.sshd, self.enough, self.refused = sshd, enough, 0
+        self.listener = socket.create_server((sshd.address, sshd.port))
+        self.listener.settimeout(60)
+
+    def run(self) -> None:
+        try:
+            while self.refused < self.enough:
+                connection, _ = self.listener.accept()
+                connection.close()
+                self.refused += 1
+        except socket.timeout:
+            pass
+        finally:
+            self.listener.close()
+            self.sshd.start()
+
+
 def test_a_refused_connection_is_retried_with_backoff_and_the_scatter_completes(ssh_workers, sshd_cluster, tmp_path):
     ssh_workers(3)
     log = tmp_path / "job.jsonl"
@@ -69,13 +93,14 @@ def test_a_refused_connection_is_retried_with_backoff_and_the_scatter_completes(
     tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"{key}\t1" for key in keys])), "input")
     tasks.map(c, "wordjobs.identity", "input", "pairs")
     daemon = sshd_cluster.daemons[2]
-    daemon.stop()  # its listener: the head's open connection to ssh-2 stays, the other workers are refused
-    restart = threading.Timer(1.5, daemon.start)
-    restart.start()
+    daemon.stop()  # its listener: the head's open connection to ssh-2 stays, the other workers are turned away
+    refusing = Refusing(daemon, enough=3)
+    refusing.start()
     try:
         tasks.scatter(c, "pairs", "here")
     finally:
-        restart.join()
+        refusing.join(70)
+    assert refusing.refused >= 3, f"the senders reached ssh-2's port {refusing.refused} times in 60 s"
     connections = {name: counters["connections"] for name, counters in scatter_counters(log).items()}
     assert connections["ssh-2"] == 2
     assert connections["ssh-0"] > 2 and connections["ssh-1"] > 2, connections  # they tried ssh-2 again
