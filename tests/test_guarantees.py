@@ -371,14 +371,23 @@ def test_an_unreachable_worker_is_retried_and_the_step_succeeds_when_it_returns(
     end_run(c)
     daemon = sshd_cluster.daemons[1]
     daemon.stop()
-    threading.Timer(1.2, daemon.start).start()
     messages = []
+
+    def start_once_retried():  # the head's own word that it retries, not a timer, brings the worker back
+        deadline = time.monotonic() + 60
+        while not any("ssh-1" in m and "retrying in" in m for m in list(messages)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        daemon.start()
+
+    restart = threading.Thread(target=start_once_retried)
+    restart.start()
     original = sys.stderr
     try:
         sys.stderr = _Tee(original, messages)
         tasks.map(c, "wordjobs.identity", "input", "mapped")
     finally:
         sys.stderr = original
+        restart.join(70)
     assert any("ssh-1" in m and "retrying in" in m for m in messages)
     assert (sshd_cluster.homes / "ssh-1" / "data" / "mapped" / "_SUCCESS").exists()
 
