@@ -57,6 +57,12 @@ def check_file_name(name: str) -> str:
     return name
 
 
+def same_home(home: str) -> str:
+    """A home as one spelling for comparing: ``~`` expanded, ``//`` and a trailing ``/`` gone, as an
+    authorized line and a sender's request may write one home differently."""
+    return os.path.normpath(os.path.expanduser(home))
+
+
 def check_home(root: str) -> str:
     """The home folder, its ``~`` expanded; a folder that is no reductio home is a DatasetError."""
     root = os.path.expanduser(os.fspath(root))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 
+from reductio.wire.layout import same_home
 from reductio.wire.protocol import shell_path
 
 COMMENT = "reductio-cluster"  # the cluster key's comment: how setup finds the lines it wrote earlier
@@ -61,8 +62,8 @@ def _reauthorized(lines: list, public: str | None, homes: list | None, pairs: li
     """The lines to keep (the homes taken from other cluster keys' lines) and the (python, home) pairs the
     key ``public`` serves from now on: ``pairs`` first, then those its earlier lines served."""
     key = public.split()[1] if public else None
-    taking = None if homes is None else {_normal(home) for home in homes}
-    merged, seen = list(pairs), {_normal(home) for _, home in pairs}
+    taking = None if homes is None else {same_home(home) for home in homes}
+    merged, seen = list(pairs), {same_home(home) for _, home in pairs}
     kept = []
     for line in lines:
         words = line.split()
@@ -72,11 +73,11 @@ def _reauthorized(lines: list, public: str | None, homes: list | None, pairs: li
         served = _served(line)
         if key is not None and key in words:  # this key's earlier line: its homes stay served
             for python, home in served or []:
-                if _normal(home) not in seen:
+                if same_home(home) not in seen:
                     merged.append((python, home))
-                    seen.add(_normal(home))
+                    seen.add(same_home(home))
         elif served is not None and taking is not None:
-            left = [(python, home) for python, home in served if _normal(home) not in taking]
+            left = [(python, home) for python, home in served if same_home(home) not in taking]
             if len(left) == len(served):
                 kept.append(line)
             elif left:
@@ -123,6 +124,3 @@ def authorized_line(public: str, pythons: list, homes: list) -> str:
     escaped = command.replace('"', '\\"')
     return f'restrict,command="{escaped}" {public}'
 
-
-def _normal(home: str) -> str:
-    return os.path.normpath(os.path.expanduser(home))

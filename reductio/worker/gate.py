@@ -41,7 +41,7 @@ import time
 
 from reductio.errors import ReductioError, disk_full
 from reductio.wire.gate_request import read_request
-from reductio.wire.layout import LOGS, check_home, finished
+from reductio.wire.layout import LOGS, check_home, finished, same_home
 from reductio.worker import receiving, steplog
 
 MAX_SESSIONS = 128  # gates at once per home: a receiver serves each other worker once at a time
@@ -52,7 +52,7 @@ class Refused(ReductioError):
 
 
 def main(argv: list = None) -> int:
-    homes = [_normal(home) for home in (sys.argv[1:] if argv is None else argv)]
+    homes = [same_home(home) for home in (sys.argv[1:] if argv is None else argv)]
     asked = os.environ.get("SSH_ORIGINAL_COMMAND")
     try:
         params = _granted(asked, homes)
@@ -72,7 +72,7 @@ def _granted(asked: str | None, homes: list) -> dict:
     if asked is None:
         raise Refused("a login; the cluster key only delivers files")
     try:
-        return read_request(asked, lambda home: _normal(home) in homes)
+        return read_request(asked, lambda home: same_home(home) in homes)
     except ValueError as err:
         raise Refused(str(err)) from None
 
@@ -138,9 +138,6 @@ def result_line(files: dict) -> str:
         f' "sorted": {"true" if facts["sorted"] else "false"}}}' for name, facts in files.items())
     return f'reductio-result: {{"files": {{{entries}}}}}\n'
 
-
-def _normal(home: str) -> str:
-    return os.path.normpath(os.path.expanduser(home))
 
 
 def _client() -> str:
