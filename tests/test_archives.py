@@ -54,7 +54,9 @@ def zipped(path: Path, members: dict) -> Path:
 def looked_up(c, tmp_path, folder: str, archive_list: list, target: str = "seen") -> set:
     tasks.map(c, LOOKUP, "words", target, archives=archive_list, env=[f"LOOK_IN={folder}"])
     tasks.merge(c, target, str(tmp_path / f"{target}.tsv"))
-    return set((tmp_path / f"{target}.tsv").read_text().splitlines())
+    lines = (tmp_path / f"{target}.tsv").read_text().splitlines()
+    assert len(set(lines)) == len(lines), lines  # every word met every file once: a set would hide a line twice
+    return set(lines)
 
 
 def test_a_tar_and_a_zip_are_unpacked_under_their_names_for_map_and_reduce(c, tmp_path):
@@ -344,5 +346,7 @@ def test_the_max_unpacked_and_max_members_settings_reach_the_workers(c, tmp_path
         tasks.map(make_context(2, max_unpacked="150"), "| cat", "words", "out", archives=[f"{model}#model"])
     with pytest.raises(Exit, match=r"archive 'model' holds more than 1 members \(max_members\); refused"):
         tasks.map(make_context(2, max_members=1), "| cat", "words", "out", archives=[f"{model}#model"])
-    tasks.map(make_context(2, max_unpacked="200", max_members=2), "| cat", "words", "out",
-              archives=[f"{model}#model"])
+    within = make_context(2, max_unpacked="200", max_members=2)
+    tasks.map(within, "| cat", "words", "out", archives=[f"{model}#model"])
+    tasks.merge(within, "out", str(tmp_path / "out.txt"))
+    assert (tmp_path / "out.txt").read_text() == "a\n"

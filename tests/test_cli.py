@@ -13,6 +13,7 @@ from pathlib import Path
 
 import programs
 from conftest import reductio_program, write_lines
+from oracles import bigrams, count_table, merged_lines
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.rst").read_text(encoding="utf-8")
@@ -42,12 +43,16 @@ def test_the_readme_job_runs_as_written_with_reductio_and_fab(tmp_path, isolated
     table = dict(line.split("\t") for line in (folder / "bigrams.tsv").read_text().splitlines())
     assert table == {"ab": "2", "bb": "1", "ba": "1", "ca": "1", "éc": "1", "cl": "1", "la": "1", "ai": "1",
                      "ir": "1"}
+    expected = count_table(bigrams(words.read_text(encoding="utf-8").splitlines()))
+    assert merged_lines(folder / "bigrams.tsv") == expected
     again = programs.fab("-c", "mymodule", "do-stuff", cwd=folder, env=dict(os.environ, HOME=str(isolated_home)))
     assert again.returncode == 0, again.stderr
     assert "map: pairs is up to date from words; skipped" in again.stdout
+    assert merged_lines(folder / "bigrams.tsv") == expected
     forced = reductio("-f", str(folder / "mymodule.py"), "--force", "do-stuff", cwd=tmp_path, home=isolated_home)
     assert forced.returncode == 0, forced.stderr
     assert "skipped" not in forced.stdout
+    assert merged_lines(tmp_path / "bigrams.tsv") == expected  # merge writes where the command ran
 
 
 def test_list_shows_every_task_with_a_line_of_help_and_help_shows_a_tasks_arguments():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_context, write_lines
+from oracles import count_table, merged_lines, word_counts
 from reductio import tasks
 from reductio.wire.partition import partition_file
 from reductio.worker.output import PartitionedOutput
@@ -32,6 +33,7 @@ def test_wordcount_with_a_combiner_equals_wordcount_without(workers, limit, tmp_
     capsys.readouterr()
     combined = run_wordcount(c, source, tmp_path / "combined.tsv", combine="wordjobs.total")
     assert combined == plain
+    assert merged_lines(tmp_path / "combined.tsv") == count_table(word_counts(lines))
     map_total = [row.split() for row in capsys.readouterr().out.splitlines() if row.strip().startswith("total")][0]
     words = sum(len(line.split()) for line in lines)
     assert int(map_total[2].replace(",", "")) < words  # fewer pairs left the map than words went in

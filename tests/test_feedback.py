@@ -16,6 +16,7 @@ from invoke import Exit
 
 import programs
 from conftest import WORDJOBS, make_context, write_lines
+from oracles import count_table, merged_lines, word_counts, word_pairs
 from reductio import tasks
 from reductio.head.feedback import Display
 
@@ -75,12 +76,15 @@ def test_counters_add_up_to_the_true_line_counts_and_user_counters_round_trip(tm
                               "short words": sum(len(w) <= 4 for w in words)}
     assert sum(w["lines in"] for w in record["workers"].values()) == len(lines)
     assert set(record["workers"]) == {"local-0", "local-1", "local-2"}
+    tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
+    assert merged_lines(tmp_path / "pairs.tsv") == word_pairs(lines)
 
 
 def test_scatter_counts_the_bytes_that_crossed_to_other_workers_leaving_out_each_own_partition(tmp_path, capsys):
     c = make_context(3, log=str(tmp_path / "job.jsonl"))
     tasks.setup(c)
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"w{i % 97} w{i % 13}" for i in range(3000)])), "text")
+    lines = [f"w{i % 97} w{i % 13}" for i in range(3000)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
     tasks.map(c, "wordjobs.words", "text", "pairs")
     capsys.readouterr()
     tasks.scatter(c, "pairs", "here")
@@ -99,6 +103,8 @@ def test_scatter_counts_the_bytes_that_crossed_to_other_workers_leaving_out_each
     crossed = sum(records["scatter"]["workers"][w]["bytes crossed"] for w in made)
     assert headline.startswith(f"reductio: scatter: pairs -> here: {placed:,} bytes placed, {crossed:,} of them"
                                " crossing between workers (")
+    tasks.merge(c, "here", str(tmp_path / "here.tsv"))
+    assert merged_lines(tmp_path / "here.tsv") == word_pairs(lines)
 
 
 # A step that waits and one that computes, each record costing a known amount of wall or of CPU time.
@@ -158,12 +164,14 @@ def test_the_report_renders_the_steps_in_headless_chromium(tmp_path):
     log = tmp_path / "job.jsonl"
     c = make_context(2, log=str(log))
     tasks.setup(c)
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", ["a b c", "b c", "c"])), "text")
+    lines = ["a b c", "b c", "c"]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
     tasks.map(c, "wordjobs.words", "text", "pairs")
     tasks.scatter(c, "pairs", "here")
     tasks.sort(c, "here", "sorted")
     tasks.reduce(c, "wordjobs.total", "sorted", "counts")
     tasks.merge(c, "counts", str(tmp_path / "counts.tsv"))
+    assert merged_lines(tmp_path / "counts.tsv") == count_table(word_counts(lines))
     tasks.load(c, str(tmp_path / "in.txt"), "text")  # skipped: up to date
     page = tmp_path / "report.html"
     tasks.report(c, output=str(page))

@@ -147,7 +147,8 @@ def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path,
     workers = [{"name": "small", "local": "yes", "home": str(small_disk / "home")}]
     c = make_context(1, workers=workers)
     tasks.setup(c)
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\tv" for i in range(10)])), "input")
+    lines = [f"k{i}\tv" for i in range(10)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "input")
     Filler(small_disk).fill(3 << 20)
     with pytest.raises(Exit) as failure:
         tasks.map(c, "wordjobs.big_output", "input", "huge")
@@ -158,6 +159,7 @@ def test_a_full_disk_is_a_clear_error_and_earlier_datasets_stay_intact(tmp_path,
     tasks.map(c, "wordjobs.identity", "input", "small-output")
     tasks.merge(c, "input", str(tmp_path / "input.tsv"))
     assert len((tmp_path / "input.tsv").read_text().splitlines()) == 10
+    assert pairs(merged(c, "input", tmp_path)) == pairs(merged(c, "small-output", tmp_path)) == pairs(lines)
 
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from conftest import (
     reductio_program,
     write_lines,
 )
+from oracles import count_table, gathered, merged_lines, records, word_pairs
 from reductio import tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +82,8 @@ def cluster(request, tmp_path):
 
 def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean_run(cluster, tmp_path):
     c, homes, pause = cluster
-    tasks.load(c, str(pause_input(tmp_path, pause)), "input")
+    source = pause_input(tmp_path, pause)
+    tasks.load(c, str(source), "input")
     tasks.map(c, "wordjobs.pausing", "input", "clean")
     tasks.merge(c, "clean", str(tmp_path / "clean.tsv"))
 
@@ -96,12 +99,14 @@ def test_killing_a_mapper_mid_step_publishes_nothing_and_a_rerun_matches_a_clean
     tasks.map(c, "wordjobs.pausing", "input", "mapped")
     tasks.merge(c, "mapped", str(tmp_path / "mapped.tsv"))
     assert (tmp_path / "mapped.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
+    assert merged_lines(tmp_path / "mapped.tsv") == Counter(source.read_text().splitlines())  # each line, once
     assert_not_published(homes(), "no-such-dataset")  # and tmp/ is empty again after success
 
 
 def test_killing_a_reducer_mid_step_keeps_the_old_target_and_a_rerun_matches(cluster, tmp_path):
     c, homes, pause = cluster
-    tasks.load(c, str(pause_input(tmp_path, pause)), "input")
+    source = pause_input(tmp_path, pause)
+    tasks.load(c, str(source), "input")
     tasks.map(c, "wordjobs.identity", "input", "pairs")
     tasks.scatter(c, "pairs", "here")
     tasks.sort(c, "here", "sorted")
@@ -120,6 +125,8 @@ def test_killing_a_reducer_mid_step_keeps_the_old_target_and_a_rerun_matches(clu
     tasks.reduce(c, "wordjobs.pausing_count", "sorted", "counted", force=True)
     tasks.merge(c, "counted", str(tmp_path / "again.tsv"))
     assert (tmp_path / "again.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
+    keys = Counter(key for key, _ in records(source.read_text().splitlines()))
+    assert merged_lines(tmp_path / "again.tsv") == count_table(keys)  # pausing_count: each key's values, counted
 
 
 def test_killing_a_scatter_sender_publishes_nothing_and_a_rerun_matches(cluster, tmp_path):
@@ -148,6 +155,7 @@ def test_killing_a_scatter_sender_publishes_nothing_and_a_rerun_matches(cluster,
     tasks.merge(c, "moved", str(tmp_path / "moved.tsv"))
     assert (tmp_path / "moved.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
     assert len((tmp_path / "moved.tsv").read_text().splitlines()) == len(lines)
+    assert merged_lines(tmp_path / "moved.tsv") == Counter(lines)
 
 
 def _pids_running(text: str) -> list:
@@ -179,6 +187,7 @@ def test_interrupting_the_head_during_a_step_then_rerunning_gives_identical_outp
     assert again.returncode == 0, again.stderr
     assert "load: b-input is up to date; skipped" in again.stdout
     assert (tmp_path / "out.tsv").read_bytes() == (tmp_path / "clean.tsv").read_bytes()
+    assert merged_lines(tmp_path / "out.tsv") == gathered(data.read_text().splitlines())
     for home in local_homes():
         assert list((home / "tmp").iterdir()) == []
 
@@ -230,6 +239,8 @@ def test_a_rerun_skips_steps_whose_targets_are_up_to_date_and_force_redoes_them(
     assert {home.name: os.readlink(home / "data" / "pairs") for home in local_homes()} == versions
     tasks.map(c, "wordjobs.words", "text", "pairs", force=True)
     assert {home.name: os.readlink(home / "data" / "pairs") for home in local_homes()} != versions
+    tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
+    assert merged_lines(tmp_path / "pairs.tsv") == word_pairs(data.read_text().splitlines())
 
 
 def test_merge_is_skipped_while_the_file_holds_that_version_of_the_dataset_untouched(tmp_path, capsys):
@@ -390,6 +401,8 @@ def test_an_unreachable_worker_is_retried_and_the_step_succeeds_when_it_returns(
         restart.join(70)
     assert any("ssh-1" in m and "retrying in" in m for m in messages)
     assert (sshd_cluster.homes / "ssh-1" / "data" / "mapped" / "_SUCCESS").exists()
+    tasks.merge(c, "mapped", str(tmp_path / "mapped.tsv"))
+    assert merged_lines(tmp_path / "mapped.tsv") == Counter((tmp_path / "in.txt").read_text().splitlines())
 
 
 class _Tee:

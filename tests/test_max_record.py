@@ -3,6 +3,7 @@ long keys and long lines cannot make the output's cache, batches or a combiner h
 
 from __future__ import annotations
 
+import filecmp
 import gzip
 import json
 import subprocess
@@ -176,6 +177,8 @@ def test_two_thousand_keys_of_50_kb_pass_through_map_in_bounded_memory(tmp_path)
                                         ["map", ["wordjobs.identity", "text", "pairs"]]])
     assert got["error"] is None, got
     assert got["workers"] < 100, got  # 2,000 x 50 KB is 100 MB
+    tasks.merge(make_context(2), "pairs", str(tmp_path / "pairs.tsv"))  # identity: every line, in key order ...
+    assert filecmp.cmp(tmp_path / "pairs.tsv", tmp_path / "keys.txt", shallow=False)  # ... which keys.txt has
 
 
 def test_long_keys_are_not_remembered_and_long_lines_are_written_before_8192_of_them(tmp_path):

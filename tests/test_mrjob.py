@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import select
 import shlex
 import shutil
@@ -125,6 +126,10 @@ def test_a_rerun_skips_every_step_and_rewrites_the_same_output(inputs, tmp_path,
     c = make_context(2)
     tasks.setup(c)
     first = reductio_run(c, "mr_most_used_word", [], inputs, tmp_path / "out")
+    stop_words = set((EXAMPLES / "stop_words.txt").read_text().split())
+    used = Counter(word for line in TEXT * len(inputs) for word in re.findall(r"[\w']+", line.lower())
+                   if word not in stop_words)
+    assert first == Counter({json.dumps(max((count, word) for word, count in used.items())[1]): 1})
     capsys.readouterr()
     assert reductio_run(c, "mr_most_used_word", [], inputs, tmp_path / "out") == first
     steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reductio: ")]

@@ -9,6 +9,7 @@ import signal
 from collections import Counter
 
 from conftest import WORDJOBS, end_run, make_context, processes_with, write_lines
+from oracles import count_table, merged_lines, word_counts
 from reductio import tasks
 from reductio.head import links
 
@@ -50,6 +51,8 @@ def test_a_rerun_with_every_step_up_to_date_starts_one_command_per_ssh_worker(ss
     word_count(c, words)
     assert capsys.readouterr().out.count("is up to date") == 5
     assert commands_started(caplog) == {"session": 2}  # every check was a request to the session
+    tasks.merge(c, "counts", str(tmp_path / "counts.tsv"))
+    assert merged_lines(tmp_path / "counts.tsv") == count_table(word_counts(words.read_text().splitlines()))
 
 
 def test_a_step_asks_the_session_for_its_check_and_runs_itself_as_one_command(ssh_workers, tmp_path, caplog):

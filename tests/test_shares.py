@@ -9,6 +9,7 @@ import pytest
 from invoke import Exit
 
 from conftest import fabric_context, files_per_dataset, make_context, write_lines
+from oracles import count_table, merged_lines, split_words, word_counts
 from reductio import tasks
 from reductio.errors import ConfigError, InputError
 from reductio.head.cluster import Cluster
@@ -100,6 +101,7 @@ def test_a_job_over_three_processes_per_worker_gives_the_one_process_answer(corp
     c = make_context(1, processes=3)
     shared = _wordcount(c, corpus, tmp_path / "three.tsv", combine)
     assert shared == alone
+    assert merged_lines(tmp_path / "three.tsv") == count_table(word_counts(corpus.read_text().splitlines()))
     out = capsys.readouterr().out
     totals = [row.split() for row in out.splitlines() if row.strip().startswith("total")]
     map_total, reduce_total = totals[-4], totals[-1]  # the second run's: map, scatter, sort, reduce
@@ -132,6 +134,7 @@ def test_transform_over_three_processes_gives_the_one_process_answer(corpus, tmp
         answers.append((tmp_path / f"{processes}.txt").read_bytes())
         assert files_per_dataset(c, capsys)["split"] == processes
     assert answers[0] == answers[1] and answers[0].count(b"raw:") == 60_000
+    assert merged_lines(tmp_path / "3.txt") == split_words(corpus.read_text().splitlines())
 
 
 def test_an_error_in_a_later_share_names_the_line_of_the_whole_file(corpus, tmp_path):

@@ -14,8 +14,8 @@ from invoke import Context, Exit
 
 import programs
 from conftest import SUPPORT, WORDJOBS, end_run, make_context, write_lines
+from oracles import bigrams, count_table, merged_lines
 from reductio import tasks
-from reductio.example.bigrams import letter_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = [f"{w}" for w in
@@ -23,11 +23,14 @@ WORDS = [f"{w}" for w in
 
 
 def bigram_table(words_path: Path) -> dict:
-    counts = Counter()
-    for line in words_path.read_text(encoding="utf-8").splitlines():
-        for pair, _ in letter_pairs(line, ""):
-            counts[pair] += 1
-    return {k: str(v) for k, v in counts.items()}
+    """The example's table worked out in plain Python, not by its own mapper: a changed mapper shows too."""
+    return {pair: str(count) for pair, count in bigrams(words_path.read_text(encoding="utf-8").splitlines()).items()}
+
+
+def bigram_pairs(words_path: Path) -> Counter:
+    """The lines the example's map writes, ``pair<TAB>1`` per pair of letters, counted."""
+    counts = bigrams(words_path.read_text(encoding="utf-8").splitlines())
+    return Counter({f"{pair}\t1": count for pair, count in counts.items()})
 
 
 def read_table(path: Path) -> dict:
@@ -75,6 +78,7 @@ def test_results_are_identical_on_one_two_and_three_ssh_workers(ssh_workers, wor
         run_bigrams(c, words, tmp_path / f"out-{count}.tsv")
         outputs.append((tmp_path / f"out-{count}.tsv").read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
+    assert merged_lines(tmp_path / "out-1.tsv") == count_table(bigrams(words.read_text(encoding="utf-8").splitlines()))
 
 
 def test_anagram_classes_on_ssh_workers_match_a_single_process_computation(ssh_workers, words, tmp_path):
@@ -142,6 +146,8 @@ def test_a_worker_whose_sshd_is_down_fails_the_step_cleanly_and_a_rerun_succeeds
     tasks.map(c, "reductio.example.bigrams.letter_pairs", "words", "pairs-down")
     for worker in ("ssh-0", "ssh-1", "ssh-2"):
         assert (sshd_cluster.homes / worker / "data" / "pairs-down" / "_SUCCESS").exists()
+    tasks.merge(c, "pairs-down", str(tmp_path / "pairs-down.tsv"))
+    assert merged_lines(tmp_path / "pairs-down.tsv") == bigram_pairs(words)
 
 
 def test_scatter_links_each_workers_own_partition_and_sends_only_the_others(ssh_workers, sshd_cluster, words, tmp_path):
@@ -162,6 +168,8 @@ def test_scatter_links_each_workers_own_partition_and_sends_only_the_others(ssh_
             arrived = sshd_cluster.homes / f"ssh-{1 - index}" / "data" / "pairs-here" / name
             assert arrived.read_bytes() == (data / "pairs" / name).read_bytes()
             assert arrived.stat().st_ino != (data / "pairs" / name).stat().st_ino
+    tasks.merge(c, "pairs-here", str(tmp_path / "here.tsv"))
+    assert merged_lines(tmp_path / "here.tsv") == bigram_pairs(words)
 
 
 def test_a_mapper_raising_on_one_worker_names_it_and_publishes_the_target_nowhere(ssh_workers, sshd_cluster, tmp_path):

@@ -16,6 +16,7 @@ from invoke import Exit
 
 import programs
 from conftest import Background, make_context, still_running, write_lines
+from oracles import merged_lines, word_pairs
 from reductio import tasks
 
 WORDS = ["the cat sat", "on the mat", "the end", "ünïcode wörds the"] * 250
@@ -153,10 +154,13 @@ def test_a_command_that_is_not_found_is_one_clear_line(c, tmp_path):
 
 
 def test_a_command_that_stops_reading_early_and_exits_zero_is_fine(c, tmp_path):
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"line {i} " + "x" * 100 for i in range(50_000)])), "text")
+    lines = [f"line {i} " + "x" * 100 for i in range(50_000)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
     tasks.map(c, "| head -n 1", "text", "firsts")
     tasks.merge(c, "firsts", str(tmp_path / "out.txt"))
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 2  # one per worker
+    firsts = merged_lines(tmp_path / "out.txt")
+    assert set(firsts) <= set(lines) and max(firsts.values()) == 1  # two lines of the input, each worker's own
 
 
 def test_output_that_is_not_utf8_is_refused(c, tmp_path):
@@ -193,6 +197,7 @@ def test_a_step_is_redone_when_a_shipped_file_changes_and_skipped_when_not(c, tm
     assert "up to date" not in capsys.readouterr().out
     tasks.merge(c, "pairs", str(tmp_path / "pairs.tsv"))
     assert set(line.split("\t")[1] for line in (tmp_path / "pairs.tsv").read_text().splitlines()) == {"2"}
+    assert merged_lines(tmp_path / "pairs.tsv") == Counter(f"{word}\t2" for line in WORDS for word in line.split())
 
 
 def test_several_processes_per_worker_give_the_same_counts(tmp_path, scripts):
@@ -229,17 +234,23 @@ def test_the_command_line_takes_a_command_files_and_env(tmp_path, scripts):
     done = run("map", "| python3 mapper.py", "text", "pairs", "--files", scripts[0], "--env", "X=1")
     assert done.returncode == 0, done.stderr
     assert "words,lines: 1,000" in done.stdout
+    merged = run("merge", "pairs", "pairs.tsv")
+    assert merged.returncode == 0, merged.stderr
+    assert merged_lines(tmp_path / "pairs.tsv") == word_pairs(WORDS)
 
 
 def test_reporter_status_shows_in_the_progress_line(tmp_path, capsys):
     c = make_context(2, progress_interval=0.2)
     tasks.setup(c)
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", [str(i) for i in range(40)])), "text")
+    numbers = [str(i) for i in range(40)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", numbers)), "text")
     capsys.readouterr()
     tasks.map(c, '| while read n; do echo "reporter:status:at line $n" >&2; echo "$n"; sleep 0.05; done',
               "text", "out")
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reductio: map: ")]
     assert any("local-0 " in line and "% (at line " in line for line in progress), progress
+    tasks.merge(c, "out", str(tmp_path / "out.txt"))
+    assert merged_lines(tmp_path / "out.txt") == Counter(numbers)
 
 
 def test_commands_and_their_files_run_on_ssh_workers_next_to_a_local_one(ssh_workers, tmp_path, scripts, capsys):

@@ -4,6 +4,7 @@ command line. Real local (and SSH) workers, real user code writing what users' c
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -178,9 +179,10 @@ def ps_as_another_account() -> str:
     return done.stdout
 
 
-def watch_command_lines(run: Background, secret: str, step: str) -> tuple:
+def watch_command_lines(run: Background, secret: str, step: str, release: Path) -> tuple:
     """Until ``run`` ends: the command lines that held ``secret``, and whether a worker running ``step`` was seen
-    (by /proc and by ``ps`` as another account), so a watch that saw nothing cannot pass."""
+    (by /proc and by ``ps`` as another account), so a watch that saw nothing cannot pass. Once it was seen both
+    ways, ``release`` is made: the step's user code waits for it, so no machine is too slow for the watch."""
     leaked, seen, seen_by_ps = [], False, False
     while run.is_alive():
         lines = command_lines()
@@ -189,8 +191,15 @@ def watch_command_lines(run: Background, secret: str, step: str) -> tuple:
         listing = ps_as_another_account()
         leaked += [line for line in listing.splitlines() if secret in line]
         seen_by_ps = seen_by_ps or f"reductio.worker {step}" in listing
+        if seen and seen_by_ps and not release.exists():
+            release.touch()
         time.sleep(0.05)
     return leaked, seen, seen_by_ps
+
+
+def waiting_for(release: Path) -> str:
+    """Shell that waits until ``release`` exists, a minute at most: a command running until the test has seen it."""
+    return f'i=0; until [ -e {shlex.quote(str(release))} ] || [ "$i" -ge 3000 ]; do sleep 0.02; i=$((i + 1)); done'
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -199,9 +208,10 @@ def test_a_secret_in_a_steps_env_is_on_no_command_line_of_local_workers(tmp_path
     c = make_context(2, processes=processes)
     tasks.setup(c)
     tasks.load(c, str(write_lines(tmp_path / "in.txt", LINES)), "text")
-    run = Background(lambda: tasks.map(c, '| sleep 2; echo "$API_TOKEN"; cat', "text", "out",
+    release = tmp_path / "seen"
+    run = Background(lambda: tasks.map(c, f'| {waiting_for(release)}; echo "$API_TOKEN"; cat', "text", "out",
                                        env=[f"API_TOKEN={secret}"]))
-    leaked, seen, seen_by_ps = watch_command_lines(run, secret, "map")
+    leaked, seen, seen_by_ps = watch_command_lines(run, secret, "map", release)
     assert run.error is None, run.error
     assert seen and seen_by_ps, "no worker was seen running the map"
     assert leaked == []
@@ -210,15 +220,16 @@ def test_a_secret_in_a_steps_env_is_on_no_command_line_of_local_workers(tmp_path
     assert sorted(line for line in out if line != secret) == sorted(LINES) and secret in out
 
 
-def test_a_secret_in_a_steps_env_is_on_no_command_line_of_ssh_workers(ssh_workers, tmp_path):
+def test_a_secret_in_a_steps_env_is_on_no_command_line_of_ssh_workers(ssh_workers, sshd_cluster, tmp_path):
     ssh_workers(2)
     secret = f"s3cret-{os.urandom(8).hex()}"
     c = make_context()
     tasks.setup(c)
     tasks.load(c, str(write_lines(tmp_path / "in.txt", LINES[:100])), "text")
-    run = Background(lambda: tasks.map(c, '| sleep 2; echo "$API_TOKEN"; cat', "text", "out",
+    release = sshd_cluster.shared(tmp_path.name) / "seen"  # where the workers' account looks for it
+    run = Background(lambda: tasks.map(c, f'| {waiting_for(release)}; echo "$API_TOKEN"; cat', "text", "out",
                                        env=[f"API_TOKEN={secret}"]))
-    leaked, seen, seen_by_ps = watch_command_lines(run, secret, "map")
+    leaked, seen, seen_by_ps = watch_command_lines(run, secret, "map", release)
     assert run.error is None, run.error
     assert seen and seen_by_ps, "no worker was seen running the map"
     assert leaked == []
@@ -236,20 +247,22 @@ def test_an_mrjob_jobs_cmdenv_and_jobconf_are_on_no_command_line(tmp_path):
 
         class MRSecret(MRJob):
             def mapper_init(self):
-                time.sleep(2)
+                deadline = time.time() + 60  # until the test has seen the map running
+                while not os.path.exists(RELEASE) and time.time() < deadline:
+                    time.sleep(0.02)
 
             def mapper(self, _, line):
                 yield os.environ["API_TOKEN"] == os.environ["SECRET_CONF"].replace("x-", "", 1), 1
 
         if __name__ == "__main__":
             MRSecret.run()
-        '''))
+        ''').replace("RELEASE", repr(str(tmp_path / "seen"))))
     c = make_context(2)
     tasks.setup(c)
     source = write_lines(tmp_path / "in.txt", LINES[:100])
     command = f"{script} --cmdenv API_TOKEN={secret} --jobconf SECRET.CONF=x-{secret} {source}"
     run = Background(lambda: tasks.mrjob(c, command, output=str(tmp_path / "out")))
-    leaked, seen, _ = watch_command_lines(run, secret, "map")
+    leaked, seen, _ = watch_command_lines(run, secret, "map", tmp_path / "seen")
     assert run.error is None, run.error
     assert seen, "no worker was seen running the map"
     assert leaked == []
