@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections import Counter
 
 from conftest import WORDJOBS, end_run, make_context, processes_with, write_lines
@@ -124,7 +125,10 @@ def test_each_run_owns_its_connections_and_sessions_and_ending_one_leaves_the_ot
     assert not set(map(id, ones.values())) & set(map(id, twos.values())), "two runs share a session"
     assert links.of(first.config.clone()).sessions() == {}, "a cloned Config is another run, with none yet"
     end_run(first)
-    assert not any(control.is_open() for control in ones.values())
+    deadline = time.monotonic() + 10  # the cut connections' readers see the end a moment later
+    while any(control.is_open() for control in ones.values()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(control.is_open() for control in ones.values()), "the ended run's sessions still answer"
     tasks.load(second, str(write_lines(tmp_path / "in.txt", ["a\t1", "b\t2"])), "text")
     tasks.merge(second, "text", str(tmp_path / "out.tsv"))
     assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == ["a\t1", "b\t2"]
