@@ -1,7 +1,9 @@
 """A step's output on one worker: one file per partition, in the attempt folder.
 
 Each formatted line goes to the partition that owns its key. The partition
-of a key is remembered (a bounded cache, short keys only), lines are
+of a key is remembered (a bounded cache, short keys only), and with it the
+line of the key's first value when short, which a pair yielding that
+value again writes as it is; lines are
 gathered per partition and encoded and written in batches of bounded size,
 hashed on the way (SHA-256, checked wherever the file travels); a line over
 ``max_record`` stops the step. The files record whether their lines came
@@ -27,15 +29,20 @@ LINE_COST = 100
 REMEMBERED = 10_000  # keys whose partition is remembered: enough for skewed keys, cheap when keys are many
 TAB = "\t"
 REMEMBERED_KEY = 200  # the longest key remembered: the cache stays small, and a long key's hash costs little beside it
+REMEMBERED_LINE = 64  # the longest line remembered with its key (LF included): counts and flags, not long values
 
 
 class PartitionedOutput:
     """Write lines into ``partitions`` files named for ``origin`` inside ``folder``.
 
-    ``routes`` maps a key to the append of its partition's batch; hot loops
-    (write_all here, steps.call_into) look a key up there first, call
-    ``route`` for a key not found, add up what they append (each line's
-    length and LINE_COST) and call ``flush`` at ``batch``. A line over
+    ``routes`` maps a key to what is remembered of it: ``(append, value,
+    line, cost)``, the append of its partition's batch, then the key's
+    first value, its line and what that line counts towards ``batch``, or
+    ``None, None, 0`` when that line is longer than REMEMBERED_LINE or was
+    not made from a pair. Hot loops (write_all here, steps.call_into) look
+    a key up there first, call ``route`` for a key not found, add up what
+    they append (each line's length and LINE_COST) and call ``flush`` at
+    ``batch``. A line over
     max_record is refused by the flush it starts (``batch`` is no more than
     max_record), while the input line that made it is the one being read.
     """
@@ -48,7 +55,7 @@ class PartitionedOutput:
         self.digests = [hashlib.sha256() for _ in range(partitions)]
         self.batches = [[] for _ in range(partitions)]
         self.appends = [batch.append for batch in self.batches]
-        self.routes: dict[str, Callable] = {}
+        self.routes: dict[str, tuple] = {}
         self.lines = [0] * partitions
         self.sorted = [True] * partitions
         self.last = [("", "")] * partitions
@@ -63,7 +70,7 @@ class PartitionedOutput:
         # surrogatepass: a lone surrogate still gets a partition; flush then refuses the line, saying why.
         append = self.appends[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.appends)]
         if len(self.routes) < REMEMBERED and len(key) <= REMEMBERED_KEY:
-            self.routes[key] = append
+            self.routes[key] = (append, None, None, 0)
         return append
 
     def write_all(self, lines: Iterable[str]) -> None:
@@ -72,7 +79,8 @@ class PartitionedOutput:
         pending = 0
         for line in lines:
             key = line[: line.find("\t")]  # no tab: find is -1, the key is the line without its LF
-            (routes.get(key) or route(key))(line)
+            known = routes.get(key)
+            (route(key) if known is None else known[0])(line)
             pending += cost + len(line)
             if pending >= batch:
                 flush()

@@ -22,7 +22,7 @@ from reductio.errors import InputError, ReductioError, UserCodeError
 from reductio.reducers import decimal, integer
 from reductio.wire.records import check_pair, format_record
 from reductio.wire.usercode import Output, user_error
-from reductio.worker.output import LINE_COST, REMEMBERED, REMEMBERED_KEY
+from reductio.worker.output import LINE_COST, REMEMBERED, REMEMBERED_KEY, REMEMBERED_LINE
 
 HELD = 64 << 20  # characters of keys and values a combiner holds (LINE_COST more each), whatever its combine_limit
 
@@ -32,9 +32,12 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
 
     The hot loop of map, reduce and a combiner, kept flat: the common
     well-formed pair is checked inline (its key once, when the output first
-    routes it) and appended to its partition's batch; anything else goes
-    through format_record, which says what is wrong. ``on_key``: name the
-    key in the error when the function raises (reducers).
+    routes it) and appended to its partition's batch; a pair of a
+    remembered key and its first value again appends the line made for it
+    then, so a mapper's (word, "1") costs a lookup, not a new line.
+    Anything else goes through format_record, which says what is wrong.
+    ``on_key``: name the key in the error when the function raises
+    (reducers).
     """
     routes, appends, flush, crc32, batch = output.routes, output.appends, output.flush, zlib.crc32, output.batch
     pending, cost = 0, LINE_COST
@@ -46,18 +49,27 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
             for pair in pairs:
                 if type(pair) is tuple and len(pair) == 2:
                     out_key, out_value = pair
-                    if type(out_key) is str and type(out_value) is str and "\n" not in out_value:
-                        append = routes.get(out_key)
-                        if append is None:
-                            if "\t" in out_key or "\n" in out_key:
-                                format_record(pair, name)  # raises, saying what is wrong
-                            # output.route, inlined: a method call per new key costs as much as the lookup
-                            append = appends[crc32(out_key.encode("utf-8", "surrogatepass")) % len(appends)]
-                            if len(routes) < REMEMBERED and len(out_key) <= REMEMBERED_KEY:
-                                routes[out_key] = append
-                        line = out_key + "\t" + out_value + "\n"
-                        append(line)
-                        pending += cost + len(line)
+                    if type(out_key) is str and type(out_value) is str:
+                        known = routes.get(out_key)
+                        if known is not None and known[1] == out_value:  # checked when first seen: no LF
+                            known[0](known[2])
+                            pending += known[3]
+                        elif "\n" not in out_value:
+                            line = out_key + "\t" + out_value + "\n"
+                            if known is not None:
+                                known[0](line)
+                            else:
+                                if "\t" in out_key or "\n" in out_key:
+                                    format_record(pair, name)  # raises, saying what is wrong
+                                # output.route, inlined: a method call per new key costs as much as the lookup
+                                append = appends[crc32(out_key.encode("utf-8", "surrogatepass")) % len(appends)]
+                                if len(routes) < REMEMBERED and len(out_key) <= REMEMBERED_KEY:
+                                    routes[out_key] = (append, out_value, line, cost + len(line)) if (
+                                        len(line) <= REMEMBERED_LINE) else (append, None, None, 0)
+                                append(line)
+                            pending += cost + len(line)
+                        else:
+                            pending += cost + _write_checked(output, pair, name)
                     else:
                         pending += cost + _write_checked(output, pair, name)
                 else:
