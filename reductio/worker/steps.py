@@ -39,7 +39,7 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
     ``on_key``: name the key in the error when the function raises
     (reducers).
     """
-    routes, appends, flush, crc32, batch = output.routes, output.appends, output.flush, zlib.crc32, output.batch
+    routes, batches, flush, crc32, batch = output.routes, output.batches, output.flush, zlib.crc32, output.batch
     pending, cost = 0, LINE_COST
     for key, value in calls:
         try:
@@ -51,22 +51,29 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
                     out_key, out_value = pair
                     if type(out_key) is str and type(out_value) is str:
                         known = routes.get(out_key)
-                        if known is not None and known[1] == out_value:  # checked when first seen: no LF
-                            known[0](known[2])
+                        if known is not None and (known[1] is out_value or known[1] == out_value):  # no LF in it
+                            part = known[0]  # Batch.add, inlined
+                            count = part.count
+                            try:
+                                part.lines[count] = known[2]
+                            except IndexError:  # no room left
+                                part.add(known[2])
+                            else:
+                                part.count = count + 1
                             pending += known[3]
                         elif "\n" not in out_value:
                             line = out_key + "\t" + out_value + "\n"
                             if known is not None:
-                                known[0](line)
+                                known[0].add(line)
                             else:
                                 if "\t" in out_key or "\n" in out_key:
                                     format_record(pair, name)  # raises, saying what is wrong
                                 # output.route, inlined: a method call per new key costs as much as the lookup
-                                append = appends[crc32(out_key.encode("utf-8", "surrogatepass")) % len(appends)]
+                                part = batches[crc32(out_key.encode("utf-8", "surrogatepass")) % len(batches)]
                                 if len(routes) < REMEMBERED and len(out_key) <= REMEMBERED_KEY:
-                                    routes[out_key] = (append, out_value, line, cost + len(line)) if (
-                                        len(line) <= REMEMBERED_LINE) else (append, None, None, 0)
-                                append(line)
+                                    routes[out_key] = (part, out_value, line, cost + len(line)) if (
+                                        len(line) <= REMEMBERED_LINE) else (part, None, None, 0)
+                                part.add(line)
                             pending += cost + len(line)
                         else:
                             pending += cost + _write_checked(output, pair, name)
@@ -86,7 +93,7 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
 def _write_checked(output, pair, name: str) -> int:
     """call_into's slow path: format_record refuses a bad pair, saying why; a good one is routed. Its length."""
     line = format_record(pair, name)
-    output.route(line[: line.index("\t")])(line)
+    output.route(line[: line.index("\t")]).add(line)
     return len(line)
 
 
