@@ -32,8 +32,8 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
 
     The hot loop of map, reduce and a combiner, kept flat: the common
     well-formed pair is checked inline (its key once, when the output first
-    routes it) and appended to its partition's batch; a pair of a
-    remembered key and its first value again appends the line made for it
+    routes it) and its line added to its partition's batch; a pair of a
+    remembered key and its first value again adds the line made for it
     then, so a mapper's (word, "1") costs a lookup, not a new line.
     Anything else goes through format_record, which says what is wrong.
     ``on_key``: name the key in the error when the function raises
@@ -52,35 +52,34 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
                     if type(out_key) is str and type(out_value) is str:
                         known = routes.get(out_key)
                         if known is not None and (known[1] is out_value or known[1] == out_value):  # no LF in it
-                            part = known[0]  # Batch.add, inlined
-                            count = part.count
-                            try:
-                                part.lines[count] = known[2]
-                            except IndexError:  # no room left
-                                part.add(known[2])
-                            else:
-                                part.count = count + 1
-                            pending += known[3]
+                            part, line, size = known[0], known[2], known[3]
                         elif "\n" not in out_value:
                             line = out_key + "\t" + out_value + "\n"
+                            size = cost + len(line)
                             if known is not None:
-                                known[0].add(line)
+                                part = known[0]
                             else:
                                 if "\t" in out_key or "\n" in out_key:
                                     format_record(pair, name)  # raises, saying what is wrong
                                 # output.route, inlined: a method call per new key costs as much as the lookup
                                 part = batches[crc32(out_key.encode("utf-8", "surrogatepass")) % len(batches)]
                                 if len(routes) < REMEMBERED and len(out_key) <= REMEMBERED_KEY:
-                                    routes[out_key] = (part, out_value, line, cost + len(line)) if (
+                                    routes[out_key] = (part, out_value, line, size) if (
                                         len(line) <= REMEMBERED_LINE) else (part, None, None, 0)
-                                part.add(line)
-                            pending += cost + len(line)
                         else:
-                            pending += cost + _write_checked(output, pair, name)
+                            part, line, size = _checked(output, pair, name)
                     else:
-                        pending += cost + _write_checked(output, pair, name)
+                        part, line, size = _checked(output, pair, name)
                 else:
-                    pending += cost + _write_checked(output, pair, name)
+                    part, line, size = _checked(output, pair, name)
+                count = part.count  # Batch.add, inlined: a method call per pair costs more than the rest
+                try:
+                    part.lines[count] = line
+                except IndexError:  # no room left
+                    part.add(line)
+                else:
+                    part.count = count + 1
+                pending += size
                 if pending >= batch:
                     flush()
                     pending = 0
@@ -90,11 +89,10 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
             raise user_error(f"{name} raised on key {key!r}" if on_key else f"{name} raised", exc) from None
 
 
-def _write_checked(output, pair, name: str) -> int:
-    """call_into's slow path: format_record refuses a bad pair, saying why; a good one is routed. Its length."""
+def _checked(output, pair, name: str) -> tuple:
+    """call_into's slow path: format_record refuses a bad pair, saying why; a good one's batch, line and size."""
     line = format_record(pair, name)
-    output.route(line[: line.index("\t")]).add(line)
-    return len(line)
+    return output.route(line[: line.index("\t")]), line, LINE_COST + len(line)
 
 
 def map_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], output) -> None:
