@@ -12,10 +12,10 @@ import pytest
 import reductio
 from reductio.errors import InputError, UserCodeError
 from reductio.reducers import sum as sum_reducer
-from reductio.wire.partition import partition_file
+from reductio.wire.partition import partition_file, partition_of
 from reductio.wire.sorting import sort_key
 from reductio.wire.usercode import Output, load_function
-from reductio.worker.output import BATCH, LINE_COST, PartitionedOutput
+from reductio.worker.output import BATCH, LINE_COST, REMEMBERED_LINE, PartitionedOutput
 from reductio.worker.steps import (
     _sum_loop_into,
     check_sorted,
@@ -90,6 +90,41 @@ def test_map_treats_a_mapper_returning_none_as_yielding_nothing(wordjobs, tmp_pa
 
 def test_map_accepts_a_mapper_returning_a_list_and_pairs_as_lists(tmp_path):
     assert mapped(tmp_path, lambda k, v: [(v, k), [k, v]], "swap", [("a", "1")]) == ["1\ta\n", "a\t1\n"]
+
+
+def test_map_writes_each_pair_whatever_value_its_key_first_came_with(tmp_path):
+    long_value = "v" * REMEMBERED_LINE  # its line is too long to be remembered
+    records = [("a", "1"), ("a", "2"), ("a", "1"), ("b", long_value), ("b", long_value), ("b", "1"), ("a", "")]
+    assert mapped(tmp_path, lambda k, v: [(k, v)], "ident", records) == [
+        "a\t1\n", "a\t2\n", "a\t1\n", f"b\t{long_value}\n", f"b\t{long_value}\n", "b\t1\n", "a\t\n",
+    ]
+
+
+def test_map_refuses_a_newline_in_a_value_of_a_key_already_written(tmp_path):
+    with pytest.raises(UserCodeError, match="yielded a value holding a newline"):
+        mapped(tmp_path, lambda k, v: [(k, v)], "ident", [("a", "1"), ("a", "1\n")])
+
+
+def test_map_routes_each_line_to_its_keys_partition_after_lines_written_by_write_all(tmp_path):
+    keys = [f"k{i}" for i in range(50)]
+    written = [f"{key}\tfirst\n" for key in keys[::2]]  # their keys remembered without a line
+    mapped_lines = [line for key in keys * 2 for line in (f"{key}\tx\n", f"{key}\t1\n")]
+    output = PartitionedOutput(tmp_path, 3, "test")
+    output.write_all(iter(written))
+    map_into(lambda k, v: [(k, v), (k, "1")], "ident", [(key, "x") for key in keys * 2], output)
+    output.close()
+    for p, path in enumerate(output.paths):
+        expected = [line for line in written + mapped_lines if partition_of(line.split("\t")[0], 3) == p]
+        assert expected and path.read_text(encoding="utf-8") == "".join(expected)
+
+
+def test_map_appends_the_line_made_for_a_keys_first_value_when_the_pair_comes_again(tmp_path):
+    """A mapper's (word, "1") makes one line per key, not one per pair: what keeps PyPy's map near its bare loop."""
+    output = PartitionedOutput(tmp_path, 1, "test")
+    map_into(lambda k, v: [(k, "1")] * 100, "ones", [("a", ""), ("b", "")], output)
+    batch = output.batches[0]
+    assert batch.count == 200 and len({id(line) for line in batch.lines[:batch.count]}) == 2
+    output.close()
 
 
 def test_map_writes_as_it_goes_holding_at_most_a_batch_of_lines(tmp_path):

@@ -1,7 +1,9 @@
 """A step's output on one worker: one file per partition, in the attempt folder.
 
 Each formatted line goes to the partition that owns its key. The partition
-of a key is remembered (a bounded cache, short keys only), lines are
+of a key is remembered (a bounded cache, short keys only), and with it the
+line of the key's first value when short, which a pair yielding that
+value again writes as it is; lines are
 gathered per partition and encoded and written in batches of bounded size,
 hashed on the way (SHA-256, checked wherever the file travels); a line over
 ``max_record`` stops the step. The files record whether their lines came
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from reductio.errors import UserCodeError, environment_error
@@ -28,15 +30,41 @@ LINE_COST = 100
 REMEMBERED = 10_000  # keys whose partition is remembered: enough for skewed keys, cheap when keys are many
 TAB = "\t"
 REMEMBERED_KEY = 200  # the longest key remembered: the cache stays small, and a long key's hash costs little beside it
+REMEMBERED_LINE = 64  # the longest line remembered with its key (LF included): counts and flags, not long values
+ROOM = 256  # lines a partition's batch has room for at first; the room doubles when full
+
+
+class Batch:
+    """One partition's lines waiting to be written, ``lines[:count]``; the rest of ``lines`` is room, all "".
+
+    Filled by index and blanked after each flush, not appended to and
+    emptied: a list emptied at every flush grows again from nothing, and a
+    new one per flush costs PyPy's garbage collector more than the appends
+    themselves. steps.call_into inlines ``add`` for the common pair.
+    """
+
+    __slots__ = ("lines", "count")
+
+    def __init__(self) -> None:
+        self.lines, self.count = [""] * ROOM, 0
+
+    def add(self, line: str) -> None:
+        if self.count == len(self.lines):
+            self.lines += [""] * len(self.lines)
+        self.lines[self.count] = line
+        self.count += 1
 
 
 class PartitionedOutput:
     """Write lines into ``partitions`` files named for ``origin`` inside ``folder``.
 
-    ``routes`` maps a key to the append of its partition's batch; hot loops
-    (write_all here, steps.call_into) look a key up there first, call
-    ``route`` for a key not found, add up what they append (each line's
-    length and LINE_COST) and call ``flush`` at ``batch``. A line over
+    ``routes`` maps a key to what is remembered of it: ``(batch, value,
+    line, cost)``, its partition's Batch, then the key's first value, its
+    line and what that line counts towards ``batch``, or ``None, None, 0``
+    when that line is longer than REMEMBERED_LINE or was not made from a
+    pair. Hot loops (write_all here, steps.call_into) look a key up there
+    first, call ``route`` for a key not found, add up what they add (each
+    line's length and LINE_COST) and call ``flush`` at ``batch``. A line over
     max_record is refused by the flush it starts (``batch`` is no more than
     max_record), while the input line that made it is the one being read.
     """
@@ -47,25 +75,25 @@ class PartitionedOutput:
         self.paths = [folder / partition_file(p, origin) for p in range(partitions)]
         self.files = [open(path, "wb") for path in self.paths]
         self.digests = [hashlib.sha256() for _ in range(partitions)]
-        self.batches = [[] for _ in range(partitions)]
-        self.appends = [batch.append for batch in self.batches]
-        self.routes: dict[str, Callable] = {}
+        self.batches = [Batch() for _ in range(partitions)]
+        self.blank = [""] * (self.batch // (LINE_COST + 1) + 1)  # as many lines as a batch holds: LINE_COST + LF each
+        self.routes: dict[str, tuple] = {}
         self.lines = [0] * partitions
         self.sorted = [True] * partitions
         self.last = [("", "")] * partitions
 
-    def route(self, key: str) -> Callable:
-        """The append of the batch of the partition owning ``key`` (partition.partition_of, inlined).
+    def route(self, key: str) -> Batch:
+        """The batch of the partition owning ``key`` (partition.partition_of, inlined).
 
         The first REMEMBERED keys (up to REMEMBERED_KEY characters long) are
         remembered: with skewed keys the frequent ones come early, and memory
         stays bounded whatever the keys. steps.call_into inlines this.
         """
         # surrogatepass: a lone surrogate still gets a partition; flush then refuses the line, saying why.
-        append = self.appends[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.appends)]
+        batch = self.batches[zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self.batches)]
         if len(self.routes) < REMEMBERED and len(key) <= REMEMBERED_KEY:
-            self.routes[key] = append
-        return append
+            self.routes[key] = (batch, None, None, 0)
+        return batch
 
     def write_all(self, lines: Iterable[str]) -> None:
         """Route every formatted line (LF-terminated) to its partition: the key is all before the first tab."""
@@ -73,7 +101,8 @@ class PartitionedOutput:
         pending = 0
         for line in lines:
             key = line[: line.find("\t")]  # no tab: find is -1, the key is the line without its LF
-            (routes.get(key) or route(key))(line)
+            known = routes.get(key)
+            (route(key) if known is None else known[0]).add(line)
             pending += cost + len(line)
             if pending >= batch:
                 flush()
@@ -82,20 +111,22 @@ class PartitionedOutput:
     def flush(self) -> None:
         """Encode and write every partition's batch."""
         for p, batch in enumerate(self.batches):
-            if batch:
+            if batch.count:
+                lines = batch.lines[: batch.count]
+                batch.lines[: batch.count] = self.blank[: batch.count]  # no line held past its flush; the room stays
+                batch.count = 0
                 if self.sorted[p]:
-                    self._track(p, batch)
-                data = _encode("".join(batch))
-                index = first_too_long(batch, self.max_record, len(data))
+                    self._track(p, lines)
+                data = _encode("".join(lines))
+                index = first_too_long(lines, self.max_record, len(data))
                 if index is not None:
-                    raise self.too_long(batch[index])
+                    raise self.too_long(lines[index])
                 try:
                     self.files[p].write(data)
                 except OSError as err:  # a ReductioError, so the hot loop never takes it for the user's
                     raise environment_error(err, writing=self.paths[p]) from err
                 self.digests[p].update(data)
-                self.lines[p] += len(batch)
-                batch.clear()
+                self.lines[p] += len(lines)
 
     def too_long(self, line: str) -> UserCodeError:
         return UserCodeError(f"wrote {too_long(self.max_record)}, whose key starts {line[:line.find(TAB)][:60]!r}")

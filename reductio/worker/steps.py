@@ -22,7 +22,7 @@ from reductio.errors import InputError, ReductioError, UserCodeError
 from reductio.reducers import decimal, integer
 from reductio.wire.records import check_pair, format_record
 from reductio.wire.usercode import Output, user_error
-from reductio.worker.output import LINE_COST, REMEMBERED, REMEMBERED_KEY
+from reductio.worker.output import LINE_COST, REMEMBERED, REMEMBERED_KEY, REMEMBERED_LINE
 
 HELD = 64 << 20  # characters of keys and values a combiner holds (LINE_COST more each), whatever its combine_limit
 
@@ -32,11 +32,14 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
 
     The hot loop of map, reduce and a combiner, kept flat: the common
     well-formed pair is checked inline (its key once, when the output first
-    routes it) and appended to its partition's batch; anything else goes
-    through format_record, which says what is wrong. ``on_key``: name the
-    key in the error when the function raises (reducers).
+    routes it) and its line added to its partition's batch; a pair of a
+    remembered key and its first value again adds the line made for it
+    then, so a mapper's (word, "1") costs a lookup, not a new line.
+    Anything else goes through format_record, which says what is wrong.
+    ``on_key``: name the key in the error when the function raises
+    (reducers).
     """
-    routes, appends, flush, crc32, batch = output.routes, output.appends, output.flush, zlib.crc32, output.batch
+    routes, batches, flush, crc32, batch = output.routes, output.batches, output.flush, zlib.crc32, output.batch
     pending, cost = 0, LINE_COST
     for key, value in calls:
         try:
@@ -46,22 +49,37 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
             for pair in pairs:
                 if type(pair) is tuple and len(pair) == 2:
                     out_key, out_value = pair
-                    if type(out_key) is str and type(out_value) is str and "\n" not in out_value:
-                        append = routes.get(out_key)
-                        if append is None:
-                            if "\t" in out_key or "\n" in out_key:
-                                format_record(pair, name)  # raises, saying what is wrong
-                            # output.route, inlined: a method call per new key costs as much as the lookup
-                            append = appends[crc32(out_key.encode("utf-8", "surrogatepass")) % len(appends)]
-                            if len(routes) < REMEMBERED and len(out_key) <= REMEMBERED_KEY:
-                                routes[out_key] = append
-                        line = out_key + "\t" + out_value + "\n"
-                        append(line)
-                        pending += cost + len(line)
+                    if type(out_key) is str and type(out_value) is str:
+                        known = routes.get(out_key)
+                        if known is not None and (known[1] is out_value or known[1] == out_value):  # no LF in it
+                            part, line, size = known[0], known[2], known[3]
+                        elif "\n" not in out_value:
+                            line = out_key + "\t" + out_value + "\n"
+                            size = cost + len(line)
+                            if known is not None:
+                                part = known[0]
+                            else:
+                                if "\t" in out_key or "\n" in out_key:
+                                    format_record(pair, name)  # raises, saying what is wrong
+                                # output.route, inlined: a method call per new key costs as much as the lookup
+                                part = batches[crc32(out_key.encode("utf-8", "surrogatepass")) % len(batches)]
+                                if len(routes) < REMEMBERED and len(out_key) <= REMEMBERED_KEY:
+                                    routes[out_key] = (part, out_value, line, size) if (
+                                        len(line) <= REMEMBERED_LINE) else (part, None, None, 0)
+                        else:
+                            part, line, size = _checked(output, pair, name)
                     else:
-                        pending += cost + _write_checked(output, pair, name)
+                        part, line, size = _checked(output, pair, name)
                 else:
-                    pending += cost + _write_checked(output, pair, name)
+                    part, line, size = _checked(output, pair, name)
+                count = part.count  # Batch.add, inlined: a method call per pair costs more than the rest
+                try:
+                    part.lines[count] = line
+                except IndexError:  # no room left
+                    part.add(line)
+                else:
+                    part.count = count + 1
+                pending += size
                 if pending >= batch:
                     flush()
                     pending = 0
@@ -71,11 +89,10 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
             raise user_error(f"{name} raised on key {key!r}" if on_key else f"{name} raised", exc) from None
 
 
-def _write_checked(output, pair, name: str) -> int:
-    """call_into's slow path: format_record refuses a bad pair, saying why; a good one is routed. Its length."""
+def _checked(output, pair, name: str) -> tuple:
+    """call_into's slow path: format_record refuses a bad pair, saying why; a good one's batch, line and size."""
     line = format_record(pair, name)
-    output.route(line[: line.index("\t")])(line)
-    return len(line)
+    return output.route(line[: line.index("\t")]), line, LINE_COST + len(line)
 
 
 def map_into(mapper: Callable, name: str, records: Iterable[tuple[str, str]], output) -> None:
