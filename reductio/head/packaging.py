@@ -239,7 +239,8 @@ def ensure_venv(worker) -> Optional[str]:
     result = worker.run(
         f"umask 077 && mkdir -p {home} && chmod 700 {home} && was=$(cat {made_by} 2>/dev/null || echo python3)"
         f" && if test -x {venv}/bin/python && test \"$was\" = {shlex.quote(wanted)}; then :; else"
-        f" if test -e {venv}; then echo \"replaced: $was\"; rm -rf {venv} {dist}/*.digest; fi"
+        f" if test -e {venv}; then test \"$was\" = {shlex.quote(wanted)} || echo \"replaced: $was\";"
+        f" rm -rf {venv} {dist}/*.digest; fi"
         f" && {python} -m venv {venv} && printf '%s' {shlex.quote(wanted)} > {made_by}; fi")
     if result.exited != 0:
         raise ReductioError(
