@@ -51,8 +51,13 @@ class Cluster:
 
     def sharing(self, worker: Worker) -> int:
         """How many of the cluster's workers run on ``worker``'s machine: they split its cores."""
-        mine = machine_of(worker.spec, self.config)
-        return sum(1 for other in self.workers if machine_of(other.spec, self.config) & mine)
+        mine = self._machines[worker.name]
+        return sum(1 for machine in self._machines.values() if machine & mine)
+
+    @functools.cached_property
+    def _machines(self) -> Dict[str, frozenset]:
+        """Each worker's machine, looked up once: sharing is asked for every worker of every step."""
+        return {worker.name: machine_of(worker.spec, self.config) for worker in self.workers}
 
     def each(self, what: str, action: Callable[[Worker], T], workers: List[Worker] = None) -> Dict[str, T]:
         """Run ``action`` on every worker at once; StepFailed names each worker that failed."""
