@@ -236,12 +236,13 @@ def ensure_venv(worker) -> Optional[str]:
     wanted = worker.spec.python or "python3"
     python, home, venv = shell_path(wanted), shell_path(worker.home), shell_path(worker.venv)
     made_by, dist = shell_path(f"{worker.venv}/{_MADE_BY}"), shell_path(f"{worker.home}/dist")
+    setting = shlex.quote(wanted)  # compared and recorded as written, not as a path
     result = worker.run(
         f"umask 077 && mkdir -p {home} && chmod 700 {home} && was=$(cat {made_by} 2>/dev/null || echo python3)"
-        f" && if test -x {venv}/bin/python && test \"$was\" = {shlex.quote(wanted)}; then :; else"
-        f" if test -e {venv}; then test \"$was\" = {shlex.quote(wanted)} || echo \"replaced: $was\";"
+        f" && if test -x {venv}/bin/python && test \"$was\" = {setting}; then :; else"
+        f" if test -e {venv}; then test \"$was\" = {setting} || echo \"replaced: $was\";"
         f" rm -rf {venv} {dist}/*.digest; fi"
-        f" && {python} -m venv {venv} && printf '%s' {shlex.quote(wanted)} > {made_by}; fi")
+        f" && {python} -m venv {venv} && printf '%s' {setting} > {made_by}; fi")
     if result.exited != 0:
         raise ReductioError(
             f"cannot create a virtual environment with {wanted}:"
