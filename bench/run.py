@@ -205,6 +205,9 @@ def contenders(workload: str, mapper: str, awk: str, corpus: Path, skip: set, on
         "reductio 1 worker, 1 process": reductio_command('one', corpus, out / 'reductio-one-p1', mapper, False, 1),
         "reductio pypy": reductio_command('pypy', corpus, out / 'reductio-pypy', mapper, False),
         "reductio pypy +combiner": reductio_command('pypy', corpus, out / 'reductio-pypy-c', mapper, True),
+        # map as one PyPy process on one core, as the bare loop runs: the framework's cost alone, not two at once
+        "reductio pypy 1 worker, 1 process": reductio_command('pypy-one', corpus, out / 'reductio-pypy-one-p1', mapper,
+                                                              False, 1),
         # the floor of map on each interpreter: read the file, call the mapper, count with collections.Counter
         "bare loop": f"{env_py} {BENCH / 'counter.py'} {mapper} {corpus} {out / 'bare-loop'}",
         "bare loop pypy": f"{PYPY} {BENCH / 'counter.py'} {mapper} {corpus} {out / 'bare-loop-pypy'}",
@@ -234,7 +237,8 @@ def reductio_command(kind: str, corpus: Path, output: Path, mapper: str, combine
                      reducer: str = "reductio.reducers.sum", mrjob: bool = False) -> str:
     """The job as a user runs it, with a job log (``reductio: log:``) for per-step seconds and bytes.
 
-    ``kind``: "local" (2 local workers), "pypy" (2 local workers running PyPy), "ssh" (2 SSH workers) or "one"
+    ``kind``: "local" (2 local workers), "pypy" (2 local workers running PyPy), "pypy-one" (1 of them), "ssh" (2 SSH
+    workers) or "one"
     (1 local worker, which by default runs as many map and reduce processes as there are cores, or
     ``processes``). ``reducer``: the built-in sum, or
     the user's own (jobs.count), which reduce and the combiner can only call per key. ``mrjob``: the same job as
@@ -379,17 +383,18 @@ def setup_for(name: str) -> None:
     """Set up reductio's workers once per kind, outside the timed run."""
     if not name.startswith("reductio"):
         return
-    kind = "ssh" if "ssh" in name else "pypy" if "pypy" in name else "one" if "1 worker" in name else "local"
+    kind = ("ssh" if "ssh" in name else "pypy-one" if "pypy 1 worker" in name else "pypy" if "pypy" in name else
+            "one" if "1 worker" in name else "local")
     home = OUT / f"home-{kind}"
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
     if kind == "ssh":
         start_sshd(home, work)
     else:
-        python = f"python = {PYPY}\n" if kind == "pypy" else ""
+        python = f"python = {PYPY}\n" if kind.startswith("pypy") else ""
         (work / "workers.cfg").write_text("".join(
             f"[local-{i}]\nlocal = yes\nhome = {home / f'local-{i}'}\n{python}\n"
-            for i in range(1 if kind == "one" else 2)))
+            for i in range(1 if kind in ("one", "pypy-one") else 2)))
     env = dict(contender_env(), HOME=str(home))
     subprocess.run([str(VENV / "bin" / "reductio"), "-f", str(BENCH / "fabfile.py"), "setup"], cwd=work, env=env,
                    check=True, capture_output=True)
@@ -423,7 +428,8 @@ def read_output(name: str, result: dict) -> dict:
              "reductio local +combiner, own reducer": "reductio-local-c-own",
              "reductio ssh": "reductio-ssh", "reductio 1 worker": "reductio-one",
              "reductio 1 worker, 1 process": "reductio-one-p1", "reductio pypy": "reductio-pypy",
-             "reductio pypy +combiner": "reductio-pypy-c", "bare loop": "bare-loop", "bare loop pypy": "bare-loop-pypy",
+             "reductio pypy +combiner": "reductio-pypy-c", "reductio pypy 1 worker, 1 process": "reductio-pypy-one-p1",
+             "bare loop": "bare-loop", "bare loop pypy": "bare-loop-pypy",
              "awk hash": "awk-hash",
              "awk | sort | uniq -c": "awk-sort-uniq", "dask.bag": "dask", "mrjob +combiner": "mrjob-c",
              "mrjob": "mrjob"}
@@ -550,7 +556,9 @@ def targets(results: list) -> list:
                 f"{pypy['wall']} s vs {dask['wall']} s: reductio on PyPy {speedup:.2f}x as fast (CPU s of the map"
                 f" step {pypy['steps'].get('map', {}).get('cpu seconds', '-')}, of the whole job: head"
                 f" {pypy['cpu']}; dask.bag {dask['cpu']})", speedup >= 1.5)
-        for name, limit in (("reductio pypy +combiner", 1.2), ("reductio local +combiner", None)):
+        for name, limit in (("reductio pypy +combiner", 1.2), ("reductio pypy", 1.2),
+                            ("reductio pypy 1 worker, 1 process", 1.2), ("reductio local +combiner", None),
+                            ("reductio local", None)):
             ours, floor = row("bigrams", name), row("bigrams", bare_loop(name))
             ratio = over_floor(ours, floor)
             if ratio:
