@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -28,6 +29,13 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
     return home
+
+
+def skip_unless_root(what: str) -> None:
+    """Skip the test, naming root, when the suite runs as another user (README's test command may): ``what`` is
+    what it does that only root may (a mount, network namespaces). As root, anything else missing fails it."""
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} needs root: this run is not root")
 
 
 RUNS: list = []  # the Configs the running test made: each is a run, whose connections end with the test

@@ -10,8 +10,9 @@ addressed there on this machine, and the hosts have no route anywhere else.
 ``cut(i)`` drops every packet to and from host i silently (no reset, no ICMP),
 as a pulled cable or a dead switch port does; ``heal(i)`` undoes it. Each
 link can be slowed with a token bucket so a transfer lasts long enough to be
-cut in the middle. All of it needs root and iproute2; without them the
-fixture fails saying so, never skips.
+cut in the middle. All of it needs root and iproute2: run as another user,
+the tests skip saying they need root; as root without iproute2 they fail
+saying so, never skip.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import List, Tuple
 
+from conftest import skip_unless_root
 from ownership import TAG
 from sshd import Sshd, keygen
 
@@ -131,7 +133,8 @@ class Network:
     """``size`` test hosts, each with an sshd that accepts one user key."""
 
     def __init__(self, root: Path, size: int, rate: str = None) -> None:
-        if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+        skip_unless_root("making test hosts in network namespaces")
+        if shutil.which("ip") is None or shutil.which("tc") is None:
             raise RuntimeError("the network tests make namespaces: run them as root with iproute2 installed"
                                " (apt-get install iproute2)")
         self.root, self.rate = root, rate

@@ -111,7 +111,7 @@ def _job_folder(tmp_path: Path) -> Path:
 
 
 def _listed(listing: str) -> set:
-    return {row.split()[0] for row in listing.splitlines() if row.startswith("  ") and row.split()}
+    return {row.split()[0] for row in listing.splitlines() if row.startswith("  ") and row[2:3].strip()}  # a name
 
 
 def _counted(output: Path) -> Counter:
@@ -143,6 +143,16 @@ def test_reductios_own_tasks_run_from_a_folder_with_no_fabfile(tmp_path, isolate
         step = reductio(*argv, cwd=folder, home=isolated_home)
         assert step.returncode == 0, step.stderr
     assert (folder / "upper.txt").read_text().splitlines() == sorted(line.upper() for line in TEXT)
+
+
+def test_readmes_task_table_names_every_task_reductio_lists_and_no_other(tmp_path, isolated_home):
+    listing = reductio("--list", cwd=tmp_path, home=isolated_home, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    section = README.split("\nTasks\n-----\n")[1].splitlines()
+    rules = [number for number, line in enumerate(section) if line.startswith("=====")]
+    rows = section[rules[1] + 1:rules[2]]  # the table's rows: under its heading's rule, to its end
+    named = {row.split()[0].replace("_", "-") for row in rows if row[:1].strip()}
+    assert named == _listed(listing.stdout), named ^ _listed(listing.stdout)
 
 
 def test_python_m_reductio_is_the_program_setup_py_installs_as_reductio(tmp_path, isolated_home):

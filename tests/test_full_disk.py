@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from invoke import Exit
 
-from conftest import WORDJOBS, make_context, still_running, write_lines
+from conftest import WORDJOBS, make_context, skip_unless_root, still_running, write_lines
 from reductio import tasks
 
 LINES = [f"w{i % 301:03d}\t{'v' * 40}{i}" for i in range(40_000)]  # about 2 MB
@@ -23,6 +23,7 @@ ROOM = 256 << 10  # bytes left free on the small disk when the step starts: far 
 @contextlib.contextmanager
 def tmpfs(mount: Path, size: str):
     """A tmpfs of ``size`` at ``mount``, unmounted at the end (mounting needs root: the CI runs as root)."""
+    skip_unless_root("mounting a small tmpfs to fill")
     mount.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                              timeout=60)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_unless_root
 from ownership import TAG, VARIABLE, command_line, is_ours
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,6 +76,7 @@ def namespaces() -> set:
 def test_the_network_tests_sweep_removes_this_runs_leftover_namespaces_and_no_one_elses():
     from netns import _remove_leftovers
 
+    skip_unless_root("making network namespaces")
     others = ["rdx0001-1", f"rdx{secrets.token_hex(4)}-0"]  # an older run's name, another run's
     leftover = f"rdx{TAG}-7"
     try:

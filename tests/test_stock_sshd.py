@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import mrjob.examples
 import pytest
 
-from conftest import WORDJOBS, make_context, reductio_program, write_lines
+from conftest import WORDJOBS, make_context, reductio_program, skip_unless_root, write_lines
 from ownership import TAG
 from reductio import tasks
 from reductio.worker.authorized_keys import COMMENT, _served
@@ -24,7 +23,7 @@ EXAMPLES = Path(mrjob.examples.__file__).parent
 
 def test_the_workers_are_another_account_behind_the_stock_sshd_config(ssh_workers, sshd_cluster):
     """As root the suite logs in as an account of its own, through the machine's own sshd_config."""
-    assert os.geteuid() == 0, "run the suite as root: it makes the SSH workers' account (useradd)"
+    skip_unless_root("making the SSH workers' account (useradd)")
     ssh_workers(1)
     c = make_context(project=WORDJOBS)
     tasks.setup(c)
@@ -46,7 +45,7 @@ def machines(sshd_cluster, tmp_path_factory):
     """Twelve more stock sshds, and two more accounts made for the run, as other users' machines are: one
     whose login shell is slow (its ~/.bashrc sleeps before anything), one whose ~/.bashrc prints when the
     shell is interactive. Each account has only Debian's default files and the user's key."""
-    assert os.geteuid() == 0, "run the suite as root: it makes the SSH workers' accounts (useradd)"
+    skip_unless_root("making the SSH workers' accounts (useradd)")
     root = tmp_path_factory.mktemp("machines")
     slow, chatty = Account(f"rdx{TAG}s"), Account(f"rdx{TAG}p")
     daemons = [Sshd(root, i) for i in range(12)]

@@ -8,6 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+from invoke import Exit
+
 from conftest import WORDJOBS, make_context, write_lines
 from reductio import tasks
 from reductio.wire.gate_request import request
@@ -131,3 +134,16 @@ def test_a_rotated_key_is_refused_by_the_gate_and_revoke_refuses_the_current_one
         done = ssh_gate(key, port, user, homes[1])
         assert done.returncode == 255 and "Permission denied" in done.stderr, done.stderr
     assert not [line for line in sshd_cluster.authorized_keys.read_text().splitlines() if line.endswith(COMMENT)]
+
+
+def test_a_scatter_after_revoke_fails_in_sshs_own_words_without_its_crlf_line_end(ssh_workers, tmp_path):
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", [f"k{i}\t1" for i in range(300)])), "input")
+    tasks.map(c, "wordjobs.identity", "input", "pairs")
+    tasks.revoke(c)
+    with pytest.raises(Exit) as failure:
+        tasks.scatter(c, "pairs", "here")
+    message = failure.value.message  # ssh ends its stderr lines in CR LF: the CR is no part of what it said
+    assert "Permission denied (" in message and "\\x0d" not in message, message

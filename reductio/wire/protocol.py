@@ -234,6 +234,8 @@ class Reply:
 
     def _text(self, line: str, cut: bool) -> None:
         """Anything but a protocol line: the user's (or the worker's own) stderr, kept at the tail."""
+        if line.endswith("\r") and not cut:  # a CR LF line end (ssh ends its messages so) is no part of the text
+            line = line[:-1]
         if line or cut:  # an empty line is what starts each protocol line
             kept = printable(line[:_MAX_TAIL_LINE])  # it may reach the terminal in an error
             self.tail.append(kept + (" [cut]" if cut or len(line) > _MAX_TAIL_LINE else ""))
