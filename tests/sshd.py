@@ -79,7 +79,8 @@ class Sshd:
         )
 
     def start(self) -> None:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        if os.geteuid() == 0:  # root's sshd needs its privilege separation dir; another user's runs without it
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         with open(self.root / "sshd.log", "ab") as log:
             inside = ["ip", "netns", "exec", self.namespace] if self.namespace else []  # it execs: same pid
             self.process = subprocess.Popen(inside + [find_sshd(), "-D", "-e", "-f", str(self.config)],

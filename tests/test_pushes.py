@@ -91,7 +91,10 @@ def kill_head_mid_push(argv, folder: Path, how: int, size: int = BIG, local: boo
     """Start the head running ``argv``; pause the worker's receiver (a local worker's as soon as it starts, an SSH
     worker's once its part file in ``folder`` holds 1 MB); kill the head with ``how``; then let the receiver run
     on to the end of its input."""
-    head = subprocess.Popen([*HEAD, "-f", "fabfile.py", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    scratch = Path.cwd().with_name(Path.cwd().name + "-head-tmp")  # a killed head leaves its temp folders: not in /tmp
+    scratch.mkdir(exist_ok=True)
+    head = subprocess.Popen([*HEAD, "-f", "fabfile.py", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, TMPDIR=str(scratch)))
     stopped = []
     try:
         if local:  # a local push is too quick to catch midway: stop it before it gets far
