@@ -171,3 +171,23 @@ def test_a_worker_left_on_another_reductio_refuses_each_step_until_setup_install
     tasks.map(c, "wordjobs.identity", "text", "copied")
     tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
     assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)
+
+
+def _own_code_of(parent: Path) -> subprocess.CompletedProcess:
+    """own_code.digest() as a worker importing the reductio in ``parent`` takes it."""
+    return subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                           " from reductio.wire import own_code; print(own_code.digest())", str(parent)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_code_digest_passes_over_what_is_not_a_module_file_as_the_workers_sdist_does(tmp_path):
+    """An editor's lock file beside a module being edited (Emacs: .#steps.py, a symlink to nowhere) is no module:
+    the sdist leaves it out, so the digest must too, and not stop every step with a traceback."""
+    shutil.copytree(Path(reductio.__file__).resolve().parent, tmp_path / "reductio",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = _own_code_of(tmp_path)
+    assert before.returncode == 0, before.stderr
+    (tmp_path / "reductio" / "worker" / ".#steps.py").symlink_to("someone@somewhere.12345:1765000000")
+    after = _own_code_of(tmp_path)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout

@@ -26,8 +26,8 @@ def digest() -> str:
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
         for name in sorted(names):
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and os.path.isfile(path):  # as the workers' sdist: an editor's .#x.py link is none
                 with open(path, "rb") as module:
                     code = module.read()
                 relative = os.path.relpath(path, root).replace(os.sep, "/").encode("utf-8")
