@@ -191,3 +191,28 @@ def test_the_code_digest_passes_over_what_is_not_a_module_file_as_the_workers_sd
     after = _own_code_of(tmp_path)
     assert after.returncode == 0, after.stderr
     assert after.stdout == before.stdout
+
+
+def test_setup_installs_the_heads_reductio_again_on_a_worker_whose_reductio_changed_behind_its_record(
+        ssh_workers, sshd_cluster, tmp_path):
+    """The worker's reductio replaced without setup (a wheelhouse's reductio wheel that distribute installed
+    with the project, a pip install in its environment): setup's record of what it installed still matches the
+    head's, yet every step refuses, saying to run setup. setup must then install the head's again."""
+    from invoke import Exit
+
+    from conftest import make_context, write_lines
+    from reductio import tasks
+
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    lines = [f"k{i % 7}\tv{i}" for i in range(50)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    (module,) = (sshd_cluster.homes / "ssh-1" / "venv" / "lib").glob("*/site-packages/reductio/wire/records.py")
+    module.write_text(module.read_text() + "\n# another reductio's\n")
+    with pytest.raises(Exit, match="reductio is not the head's"):
+        tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.setup(c)
+    tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
+    assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)

@@ -20,6 +20,7 @@ from typing import Dict, Optional
 
 import reductio
 from reductio.errors import DISK_FULL, ConfigError, ReductioError, StreamBroken, disk_full
+from reductio.wire import own_code
 from reductio.wire.protocol import shell_path
 
 _MADE_BY = "reductio-python"  # in a worker's venv: the python setting that made it
@@ -257,9 +258,15 @@ def ensure_venv(worker) -> Optional[str]:
 
 
 def installed_digest(worker, name: str) -> str:
-    """The content digest of what the worker last installed as ``name``, or ''."""
-    result = worker.run(f"cat {shell_path(worker.home + '/dist/' + name + '.digest')} 2>/dev/null || true")
-    return result.stdout.strip()
+    """The content digest of what the worker last installed as ``name``, or ''. For reductio, '' as well when
+    the code its environment imports is not the head's (own_code): replaced since its install, by a
+    wheelhouse's reductio that distribute installed with the project or by a pip install of the user's, so
+    that setup, which every step then says to run, installs the head's again."""
+    command = f"cat {shell_path(worker.home + '/dist/' + name + '.digest')} 2>/dev/null || true"
+    if name == "reductio":
+        code = f"{worker.python()} -I -c 'from reductio.wire import own_code; print(own_code.digest())' 2>/dev/null"
+        command = f'test "$({code})" = {own_code.digest()} && {command}'
+    return worker.run(command).stdout.strip()
 
 
 def install(worker, name: str, sdist: Path, wheel: Path, digest: str,
