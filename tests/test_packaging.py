@@ -216,3 +216,34 @@ def test_setup_installs_the_heads_reductio_again_on_a_worker_whose_reductio_chan
     tasks.map(c, "wordjobs.identity", "text", "copied")
     tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
     assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)
+
+
+def test_an_environment_made_before_setup_recorded_its_python_is_kept_when_made_by_the_python_set(
+        ssh_workers, sshd_cluster):
+    """Environments an earlier reductio made hold no record of the python setting that made them: one made by
+    the Python the worker is set to (here pypy3) is kept, not made anew as python3's; one made by another
+    Python is made anew, without naming python3 as its maker."""
+    from conftest import make_context
+    from reductio.head.cluster import Cluster
+
+    pypy3 = shutil.which("pypy3")
+    assert pypy3, "this test needs PyPy: apt-get install pypy3 pypy3-venv"
+    ssh_workers(1)
+    on_pypy = sshd_cluster.workers_cfg(sshd_cluster.shared("unrecorded"), count=1, python=pypy3)
+    Path("workers.cfg").write_text(on_pypy)
+    (worker,) = Cluster.from_context(make_context(project=WORDJOBS)).workers
+    venv = worker.venv
+    made = worker.run(f"mkdir -p {worker.home} && {pypy3} -m venv {venv} && touch {venv}/kept")
+    assert made.exited == 0, made.stderr
+    assert packaging.ensure_venv(worker) is None
+    assert worker.run(f"test -e {venv}/kept").exited == 0, "made anew"
+    assert worker.run(f"rm -f {venv}/{packaging._MADE_BY}").exited == 0  # unrecorded again, the worker set to python3
+    Path("workers.cfg").write_text(on_pypy.replace(f"python = {pypy3}\n", ""))
+    (worker,) = Cluster.from_context(make_context(project=WORDJOBS)).workers
+    assert worker.venv == venv and worker.spec.python is None
+    said = packaging.ensure_venv(worker)
+    assert said == ("its environment was made by another Python, not python3: made anew, and what was installed"
+                    " in it is installed again")
+    assert worker.run(f"test -e {venv}/kept").exited == 1, "kept"
+    made = worker.run(f"{venv}/bin/python -c 'import sys; print(sys.implementation.name)'")
+    assert made.stdout.strip() == "cpython"
