@@ -247,3 +247,34 @@ def test_an_environment_made_before_setup_recorded_its_python_is_kept_when_made_
     assert worker.run(f"test -e {venv}/kept").exited == 1, "kept"
     made = worker.run(f"{venv}/bin/python -c 'import sys; print(sys.implementation.name)'")
     assert made.stdout.strip() == "cpython"
+
+
+@pytest.mark.xfail(strict=True, reason="the check is the worker's own: a worker whose reductio predates it (every"
+                   " one set up before own_code) ignores the head's digest and runs its older code; the head must"
+                   " see the worker's digest itself (in each result, or in the command's argv an older worker"
+                   " refuses) and refuse a worker that does not show the head's")
+def test_a_worker_on_a_reductio_from_before_the_code_check_refuses_the_step_too(ssh_workers, sshd_cluster,
+                                                                                 tmp_path):
+    """A head upgraded past the release that brought the check, setup not run again: its workers hold a
+    reductio that never looks at the head's digest (simulated: the installed check taken out, one module
+    changed; reductio from commit 8bb6b18 installed on a worker runs the map as silently). A step there must
+    be refused all the same, not run with the older rules."""
+    from invoke import Exit
+
+    from conftest import make_context, write_lines
+    from reductio import tasks
+
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    lines = [f"k{i % 13}\tv{i}" for i in range(2000)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    (site,) = (sshd_cluster.homes / "ssh-1" / "venv" / "lib").glob("*/site-packages/reductio")
+    main = site / "worker" / "__main__.py"
+    checking = "    if head_code is not None and head_code != own_code.digest():\n"
+    assert checking in main.read_text()
+    main.write_text(main.read_text().replace(checking, "    if False:  # an earlier release: no check\n"))
+    records = site / "wire" / "records.py"
+    records.write_text(records.read_text() + "\n# an earlier release\n")
+    with pytest.raises(Exit, match="reductio is not the head's"):
+        tasks.map(c, "wordjobs.identity", "text", "copied")
