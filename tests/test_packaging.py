@@ -144,6 +144,20 @@ def test_a_wheelhouse_added_after_distribute_is_installed_by_the_next_distribute
         tasks.distribute(make_context(project=SUPPORT / "depjob", wheelhouse=str(tmp_path / "none")))
 
 
+def _set_up_with_text(ssh_workers, tmp_path, count: int) -> tuple:
+    """Two SSH workers set up for the sample project, ``count`` lines loaded as dataset "text": its context and
+    the lines."""
+    from conftest import make_context, write_lines
+    from reductio import tasks
+
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    lines = [f"k{i % 13}\tv{i}" for i in range(count)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    return c, lines
+
+
 def test_a_worker_left_on_another_reductio_refuses_each_step_until_setup_installs_the_heads(ssh_workers, sshd_cluster,
                                                                                           tmp_path):
     """A head upgraded without setup run again: its SSH workers still hold the reductio an earlier setup
@@ -151,14 +165,9 @@ def test_a_worker_left_on_another_reductio_refuses_each_step_until_setup_install
     exact."""
     from invoke import Exit
 
-    from conftest import make_context, write_lines
     from reductio import tasks
 
-    ssh_workers(2)
-    c = make_context(project=WORDJOBS)
-    tasks.setup(c)
-    lines = [f"k{i % 13}\tv{i}" for i in range(200)]
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    c, lines = _set_up_with_text(ssh_workers, tmp_path, 200)
     home = sshd_cluster.homes / "ssh-1"  # an earlier release: one module differs, and setup's record of it
     (module,) = (home / "venv" / "lib").glob("*/site-packages/reductio/wire/records.py")
     module.write_text(module.read_text() + "\n# an earlier release\n")
@@ -200,14 +209,9 @@ def test_setup_installs_the_heads_reductio_again_on_a_worker_whose_reductio_chan
     head's, yet every step refuses, saying to run setup. setup must then install the head's again."""
     from invoke import Exit
 
-    from conftest import make_context, write_lines
     from reductio import tasks
 
-    ssh_workers(2)
-    c = make_context(project=WORDJOBS)
-    tasks.setup(c)
-    lines = [f"k{i % 7}\tv{i}" for i in range(50)]
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    c, lines = _set_up_with_text(ssh_workers, tmp_path, 50)
     (module,) = (sshd_cluster.homes / "ssh-1" / "venv" / "lib").glob("*/site-packages/reductio/wire/records.py")
     module.write_text(module.read_text() + "\n# another reductio's\n")
     with pytest.raises(Exit, match="reductio is not the head's"):
@@ -261,14 +265,9 @@ def test_a_worker_on_a_reductio_from_before_the_code_check_refuses_the_step_too(
     be refused all the same, not run with the older rules."""
     from invoke import Exit
 
-    from conftest import make_context, write_lines
     from reductio import tasks
 
-    ssh_workers(2)
-    c = make_context(project=WORDJOBS)
-    tasks.setup(c)
-    lines = [f"k{i % 13}\tv{i}" for i in range(2000)]
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    c, _ = _set_up_with_text(ssh_workers, tmp_path, 2000)
     (site,) = (sshd_cluster.homes / "ssh-1" / "venv" / "lib").glob("*/site-packages/reductio")
     main = site / "worker" / "__main__.py"
     checking = "    if head_code is not None and head_code != own_code.digest():\n"
