@@ -277,3 +277,32 @@ def test_a_worker_on_a_reductio_from_before_the_code_check_refuses_the_step_too(
     records.write_text(records.read_text() + "\n# an earlier release\n")
     with pytest.raises(Exit, match="reductio is not the head's"):
         tasks.map(c, "wordjobs.identity", "text", "copied")
+
+
+def test_a_folder_in_the_package_that_is_no_package_leaves_the_workers_code_digest_the_heads(tmp_path):
+    """What the workers' wheel leaves out, as setuptools' find_packages does (a folder without __init__.py,
+    JupyterLab's .ipynb_checkpoints beside a module it saved), cannot count in the code digest: a worker
+    installed by setup would differ from its head for good, refusing every step, setup or not."""
+    copy = tmp_path / "head"
+    shutil.copytree(Path(reductio.__file__).resolve().parent, copy / "reductio",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "reductio" / "worker" / ".ipynb_checkpoints").mkdir()
+    (copy / "reductio" / "worker" / ".ipynb_checkpoints" / "steps-checkpoint.py").write_text("# JupyterLab's\n")
+    (copy / "reductio" / "scratch").mkdir()
+    (copy / "reductio" / "scratch" / "notes.py").write_text("# a folder of notes, no package\n")
+    head = _own_code_of(copy)
+    assert head.returncode == 0, head.stderr
+    build = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from reductio.head import"
+             " packaging; out = Path(sys.argv[2]); print(packaging.build_wheel(packaging.reductio_sdist(out), out))")
+    built = subprocess.run([sys.executable, "-I", "-c", build, str(copy), str(tmp_path / "dist")],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    installed = subprocess.run([python, "-I", "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                                built.stdout.strip()], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    worker = subprocess.run([python, "-I", "-c", "from reductio.wire import own_code; print(own_code.digest())"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    assert worker.stdout == head.stdout
