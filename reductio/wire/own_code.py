@@ -35,6 +35,11 @@ def digest() -> str:
     return taken.hexdigest()
 
 
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is written as digest() writes one (a worker's argv holds nothing else: no parameters)."""
+    return len(text) == 64 and not set(text) - set("0123456789abcdef")
+
+
 def _package(folder: str, name: str) -> bool:
     """Whether a subfolder is a package as the workers' setup.py finds them (setuptools' find_packages: a name
     without a dot, holding __init__.py); what is not one never reaches a worker (.ipynb_checkpoints, notes)."""
