@@ -144,6 +144,20 @@ def test_a_wheelhouse_added_after_distribute_is_installed_by_the_next_distribute
         tasks.distribute(make_context(project=SUPPORT / "depjob", wheelhouse=str(tmp_path / "none")))
 
 
+def _set_up_with_text(ssh_workers, tmp_path, count: int) -> tuple:
+    """Two SSH workers set up for the sample project, ``count`` lines loaded as dataset "text": its context and
+    the lines."""
+    from conftest import make_context, write_lines
+    from reductio import tasks
+
+    ssh_workers(2)
+    c = make_context(project=WORDJOBS)
+    tasks.setup(c)
+    lines = [f"k{i % 13}\tv{i}" for i in range(count)]
+    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    return c, lines
+
+
 def test_a_worker_left_on_another_reductio_refuses_each_step_until_setup_installs_the_heads(ssh_workers, sshd_cluster,
                                                                                           tmp_path):
     """A head upgraded without setup run again: its SSH workers still hold the reductio an earlier setup
@@ -151,14 +165,9 @@ def test_a_worker_left_on_another_reductio_refuses_each_step_until_setup_install
     exact."""
     from invoke import Exit
 
-    from conftest import make_context, write_lines
     from reductio import tasks
 
-    ssh_workers(2)
-    c = make_context(project=WORDJOBS)
-    tasks.setup(c)
-    lines = [f"k{i % 13}\tv{i}" for i in range(200)]
-    tasks.load(c, str(write_lines(tmp_path / "in.txt", lines)), "text")
+    c, lines = _set_up_with_text(ssh_workers, tmp_path, 200)
     home = sshd_cluster.homes / "ssh-1"  # an earlier release: one module differs, and setup's record of it
     (module,) = (home / "venv" / "lib").glob("*/site-packages/reductio/wire/records.py")
     module.write_text(module.read_text() + "\n# an earlier release\n")
@@ -171,3 +180,135 @@ def test_a_worker_left_on_another_reductio_refuses_each_step_until_setup_install
     tasks.map(c, "wordjobs.identity", "text", "copied")
     tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
     assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)
+
+
+def _own_code_of(parent: Path) -> subprocess.CompletedProcess:
+    """own_code.digest() as a worker importing the reductio in ``parent`` takes it."""
+    return subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                           " from reductio.wire import own_code; print(own_code.digest())", str(parent)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_code_digest_passes_over_what_is_not_a_module_file_as_the_workers_sdist_does(tmp_path):
+    """An editor's lock file beside a module being edited (Emacs: .#steps.py, a symlink to nowhere) is no module:
+    the sdist leaves it out, so the digest must too, and not stop every step with a traceback."""
+    shutil.copytree(Path(reductio.__file__).resolve().parent, tmp_path / "reductio",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = _own_code_of(tmp_path)
+    assert before.returncode == 0, before.stderr
+    (tmp_path / "reductio" / "worker" / ".#steps.py").symlink_to("someone@somewhere.12345:1765000000")
+    after = _own_code_of(tmp_path)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout
+
+
+def test_setup_installs_the_heads_reductio_again_on_a_worker_whose_reductio_changed_behind_its_record(
+        ssh_workers, sshd_cluster, tmp_path):
+    """The worker's reductio replaced without setup (a wheelhouse's reductio wheel that distribute installed
+    with the project, a pip install in its environment): setup's record of what it installed still matches the
+    head's, yet every step refuses, saying to run setup. setup must then install the head's again."""
+    from invoke import Exit
+
+    from reductio import tasks
+
+    c, lines = _set_up_with_text(ssh_workers, tmp_path, 50)
+    (module,) = (sshd_cluster.homes / "ssh-1" / "venv" / "lib").glob("*/site-packages/reductio/wire/records.py")
+    module.write_text(module.read_text() + "\n# another reductio's\n")
+    with pytest.raises(Exit, match="reductio is not the head's"):
+        tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.setup(c)
+    tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
+    assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)
+
+
+def test_an_environment_made_before_setup_recorded_its_python_is_kept_when_made_by_the_python_set(
+        ssh_workers, sshd_cluster):
+    """Environments an earlier reductio made hold no record of the python setting that made them: one made by
+    the Python the worker is set to (here pypy3) is kept, not made anew as python3's; one made by another
+    Python is made anew, without naming python3 as its maker."""
+    from conftest import make_context
+    from reductio.head.cluster import Cluster
+
+    pypy3 = shutil.which("pypy3")
+    assert pypy3, "this test needs PyPy: apt-get install pypy3 pypy3-venv"
+    ssh_workers(1)
+    on_pypy = sshd_cluster.workers_cfg(sshd_cluster.shared("unrecorded"), count=1, python=pypy3)
+    Path("workers.cfg").write_text(on_pypy)
+    (worker,) = Cluster.from_context(make_context(project=WORDJOBS)).workers
+    venv = worker.venv
+    made = worker.run(f"mkdir -p {worker.home} && {pypy3} -m venv {venv} && touch {venv}/kept")
+    assert made.exited == 0, made.stderr
+    assert packaging.ensure_venv(worker) is None
+    assert worker.run(f"test -e {venv}/kept").exited == 0, "made anew"
+    assert worker.run(f"rm -f {venv}/{packaging._MADE_BY}").exited == 0  # unrecorded again, the worker set to python3
+    Path("workers.cfg").write_text(on_pypy.replace(f"python = {pypy3}\n", ""))
+    (worker,) = Cluster.from_context(make_context(project=WORDJOBS)).workers
+    assert worker.venv == venv and worker.spec.python is None
+    said = packaging.ensure_venv(worker)
+    assert said == ("its environment was made by another Python, not python3: made anew, and what was installed"
+                    " in it is installed again")
+    assert worker.run(f"test -e {venv}/kept").exited == 1, "kept"
+    made = worker.run(f"{venv}/bin/python -c 'import sys; print(sys.implementation.name)'")
+    assert made.stdout.strip() == "cpython"
+
+
+def test_a_worker_on_a_reductio_from_before_the_code_check_refuses_the_step_too(ssh_workers, sshd_cluster,
+                                                                                 tmp_path):
+    """A head upgraded past the release that brought the check, setup not run again: its workers hold a
+    reductio that never looks at the head's digest (simulated: the installed entry point as that release's,
+    taking one word and checking nothing, and one module changed; reductio from commit 8bb6b18 installed on a
+    worker ran the map silently before the digest went into argv). A step there is refused all the same, not
+    run with the older rules."""
+    from invoke import Exit
+
+    from reductio import tasks
+
+    c, lines = _set_up_with_text(ssh_workers, tmp_path, 2000)
+    (site,) = (sshd_cluster.homes / "ssh-1" / "venv" / "lib").glob("*/site-packages/reductio")
+    main = site / "worker" / "__main__.py"
+    steps = site.parent / "reductio-worker-main.py"  # outside the package: setup's install leaves it be
+    shutil.copy(main, steps)  # the steps as they are; the entry point as it was, one word and no check
+    main.write_text("import sys\nif len(sys.argv) != 2:\n"
+                    "    print('usage: python -m reductio.worker {map,...} (its parameters first on stdin)',"
+                    " file=sys.stderr)\n    sys.exit(2)\n"
+                    f"steps = {{'__name__': 'reductio.worker.older', '__package__': 'reductio.worker'}}\n"
+                    f"exec(compile(open({str(steps)!r}).read(), {str(steps)!r}, 'exec'), steps)\n"
+                    "sys.exit(steps['main']())\n")
+    records = site / "wire" / "records.py"
+    records.write_text(records.read_text() + "\n# an earlier release\n")
+    with pytest.raises(Exit, match="reductio is not the head's"):
+        tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.setup(c)  # as the refusal says: the head's reductio again, whatever the worker's record
+    tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
+    assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)
+
+
+def test_a_folder_in_the_package_that_is_no_package_leaves_the_workers_code_digest_the_heads(tmp_path):
+    """What the workers' wheel leaves out, as setuptools' find_packages does (a folder without __init__.py,
+    JupyterLab's .ipynb_checkpoints beside a module it saved), cannot count in the code digest: a worker
+    installed by setup would differ from its head for good, refusing every step, setup or not."""
+    copy = tmp_path / "head"
+    shutil.copytree(Path(reductio.__file__).resolve().parent, copy / "reductio",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "reductio" / "worker" / ".ipynb_checkpoints").mkdir()
+    (copy / "reductio" / "worker" / ".ipynb_checkpoints" / "steps-checkpoint.py").write_text("# JupyterLab's\n")
+    (copy / "reductio" / "scratch").mkdir()
+    (copy / "reductio" / "scratch" / "notes.py").write_text("# a folder of notes, no package\n")
+    head = _own_code_of(copy)
+    assert head.returncode == 0, head.stderr
+    build = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from reductio.head import"
+             " packaging; out = Path(sys.argv[2]); print(packaging.build_wheel(packaging.reductio_sdist(out), out))")
+    built = subprocess.run([sys.executable, "-I", "-c", build, str(copy), str(tmp_path / "dist")],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    installed = subprocess.run([python, "-I", "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                                built.stdout.strip()], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    worker = subprocess.run([python, "-I", "-c", "from reductio.wire import own_code; print(own_code.digest())"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    assert worker.stdout == head.stdout

@@ -144,6 +144,29 @@ def test_map_writes_as_it_goes_holding_at_most_a_batch_of_lines(tmp_path):
     assert sum(output.lines) == 3 * per_batch
 
 
+@pytest.mark.parametrize("step", ["combine", "sum"])
+def test_a_combiner_flushing_after_every_value_still_writes_as_it_goes(tmp_path, step):
+    """combine_limit 1: the combiner's reducer (or sum's totals) runs after every value, and each run adds a
+    line. Those lines count towards the batch from one run to the next, so the output is written as it
+    goes, never held whole until the end."""
+    output = PartitionedOutput(tmp_path, 2, "test")
+    per_batch = -(-BATCH // (LINE_COST + len("100000\t1\n")))  # lines that make a batch
+    held = []
+
+    def records():
+        for i in range(3 * per_batch):
+            held.append(sum(batch.count for batch in output.batches))
+            yield str(100_000 + i), ""
+
+    if step == "combine":
+        combine_into(lambda k, v: [(k, "1")], "ones", records(), sum_reducer, "sum", 1, output)
+    else:
+        sum_into(lambda k, v: [(k, "1")], "ones", records(), 1, output)
+    output.close()
+    assert max(held) <= per_batch
+    assert sum(output.lines) == 3 * per_batch
+
+
 @pytest.mark.parametrize(
     "function, message",
     [

@@ -20,9 +20,12 @@ from typing import Dict, Optional
 
 import reductio
 from reductio.errors import DISK_FULL, ConfigError, ReductioError, StreamBroken, disk_full
+from reductio.wire import own_code
 from reductio.wire.protocol import shell_path
 
 _MADE_BY = "reductio-python"  # in a worker's venv: the python setting that made it
+# which Python runs: a venv's and the Python that made it answer alike, another Python (or version) does not
+_IDENTITY = shlex.quote("import sys; print(sys.implementation.name, *sys.version_info[:2], sys.base_prefix)")
 _WORKER_SETUP = """from setuptools import find_packages, setup
 setup(name="reductio", version={version!r}, packages=find_packages(include=["reductio", "reductio.*"]),
       package_data={{"reductio.example": ["sample-words.txt"]}}, python_requires=">=3.9")
@@ -230,17 +233,22 @@ def ensure_venv(worker) -> Optional[str]:
 
     An environment made by another ``python`` setting (python3, then pypy3)
     is made anew, and what was installed in it is installed again: the
-    step would otherwise run on the old interpreter, silently. Returns a
+    step would otherwise run on the old interpreter, silently. One made
+    before that setting was recorded in it (an earlier reductio) is the
+    setting's when its Python is the same one (_IDENTITY). Returns a
     line saying so then, or None when it was kept or new.
     """
     wanted = worker.spec.python or "python3"
     python, home, venv = shell_path(wanted), shell_path(worker.home), shell_path(worker.venv)
     made_by, dist = shell_path(f"{worker.venv}/{_MADE_BY}"), shell_path(f"{worker.home}/dist")
     setting = shlex.quote(wanted)  # compared and recorded as written, not as a path
+    same = f'test "$({venv}/bin/python -c {_IDENTITY} 2>&1)" = "$({python} -c {_IDENTITY} 2>&1)"'
     result = worker.run(
-        f"umask 077 && mkdir -p {home} && chmod 700 {home} && was=$(cat {made_by} 2>/dev/null || echo python3)"
-        f" && if test -x {venv}/bin/python && test \"$was\" = {setting}; then :; else"
-        f" if test -e {venv}; then test \"$was\" = {setting} || echo \"replaced: $was\";"
+        f"umask 077 && mkdir -p {home} && chmod 700 {home} && was=$(cat {made_by} 2>/dev/null"
+        f" || {{ test -x {venv}/bin/python && if {same}; then printf '%s' {setting}; else echo 'another Python'; fi; }}"
+        f" || :) && if test -x {venv}/bin/python && test \"$was\" = {setting}; then"
+        f" test -e {made_by} || printf '%s' {setting} > {made_by}; else"
+        f" if test -e {venv}; then test \"$was\" = {setting} || test -z \"$was\" || echo \"replaced: $was\";"
         f" rm -rf {venv} {dist}/*.digest; fi"
         f" && {python} -m venv {venv} && printf '%s' {setting} > {made_by}; fi")
     if result.exited != 0:
@@ -257,9 +265,15 @@ def ensure_venv(worker) -> Optional[str]:
 
 
 def installed_digest(worker, name: str) -> str:
-    """The content digest of what the worker last installed as ``name``, or ''."""
-    result = worker.run(f"cat {shell_path(worker.home + '/dist/' + name + '.digest')} 2>/dev/null || true")
-    return result.stdout.strip()
+    """The content digest of what the worker last installed as ``name``, or ''. For reductio, '' as well when
+    the code its environment imports is not the head's (own_code): replaced since its install, by a
+    wheelhouse's reductio that distribute installed with the project or by a pip install of the user's, so
+    that setup, which every step then says to run, installs the head's again."""
+    command = f"cat {shell_path(worker.home + '/dist/' + name + '.digest')} 2>/dev/null || true"
+    if name == "reductio":
+        code = f"{worker.python()} -I -c 'from reductio.wire import own_code; print(own_code.digest())' 2>/dev/null"
+        command = f'test "$({code})" = {own_code.digest()} && {command}'
+    return worker.run(command).stdout.strip()
 
 
 def install(worker, name: str, sdist: Path, wheel: Path, digest: str,

@@ -24,12 +24,23 @@ def digest() -> str:
     root = os.path.dirname(os.path.abspath(reductio.__file__))
     taken = hashlib.sha256()
     for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if name != "__pycache__")
+        subfolders[:] = sorted(name for name in subfolders if _package(folder, name))
         for name in sorted(names):
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and os.path.isfile(path):  # as the workers' sdist: an editor's .#x.py link is none
                 with open(path, "rb") as module:
                     code = module.read()
                 relative = os.path.relpath(path, root).replace(os.sep, "/").encode("utf-8")
                 taken.update(b"%d %s %d\n" % (len(relative), relative, len(code)) + code)
     return taken.hexdigest()
+
+
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is written as digest() writes one (a worker's argv holds nothing else: no parameters)."""
+    return len(text) == 64 and not set(text) - set("0123456789abcdef")
+
+
+def _package(folder: str, name: str) -> bool:
+    """Whether a subfolder is a package as the workers' setup.py finds them (setuptools' find_packages: a name
+    without a dot, holding __init__.py); what is not one never reaches a worker (.ipynb_checkpoints, notes)."""
+    return "." not in name and os.path.isfile(os.path.join(folder, name, "__init__.py"))

@@ -55,6 +55,7 @@ _PREFIXES = (RESULT, ERROR, PROGRESS, ALIVE, ANSWER)
 _TAIL = 20
 MAX_REPLY_LINE = 16 << 20  # bytes: a result line listing every file of a big step fits many times over
 _MAX_TAIL_LINE = 2000  # characters of an ordinary stderr line kept for error messages
+_OLDER_WORKER = "usage: python -m reductio.worker {"  # what one says of a step given the head's code digest
 
 
 def shell_path(path: str) -> str:
@@ -74,9 +75,9 @@ class WorkerCommand(str):
 
 def worker_command(python: str, step: str, params: dict) -> WorkerCommand:
     """The shell command running ``step``, its parameters for its stdin; ``python`` is already shell words."""
-    command = WorkerCommand(f"{python} -m reductio.worker {shlex.quote(step)}")
+    command = WorkerCommand(f"{python} -m reductio.worker {shlex.quote(step)} {own_code.digest()}")
     command.token = new_token()
-    command.stdin = params_frame(dict(params, token=command.token, reductio=own_code.digest()))
+    command.stdin = params_frame(dict(params, token=command.token))
     return command
 
 
@@ -262,6 +263,8 @@ class Reply:
             raise ReductioError(f"the worker process {ended}", "\n".join(tail))
         if exit_code == 127:
             raise ReductioError(f"reductio is not installed there ({last}); run the setup task", "\n".join(tail))
+        if exit_code == 2 and last.startswith(_OLDER_WORKER):  # a reductio from before own_code's check
+            raise ReductioError(own_code.MISMATCH, "\n".join(tail))
         if exit_code < 0 or 128 < exit_code < 128 + signal.NSIG:  # a shell says 128 + N of a signal N
             number = -exit_code if exit_code < 0 else exit_code - 128
             try:

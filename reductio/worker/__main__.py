@@ -1,4 +1,4 @@
-"""The worker side: ``python -m reductio.worker STEP``, its parameters first on its stdin.
+"""The worker side: ``python -m reductio.worker STEP CODE``, its parameters first on its stdin.
 
 The head runs one such command per worker and step, locally or over SSH.
 The parameters come on stdin (protocol.py), never on the command line,
@@ -51,8 +51,9 @@ def step_function(step: str):
 
 def main(argv: list = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in STEPS:
-        print(f"usage: python -m reductio.worker {{{','.join(STEPS)}}} (its parameters first on stdin)",
+    code = argv[1] if len(argv) == 2 else None  # the head's own_code digest (below)
+    if len(argv) not in (1, 2) or argv[0] not in STEPS or (code is not None and not own_code.is_digest(code)):
+        print(f"usage: python -m reductio.worker {{{','.join(STEPS)}}} [CODE] (its parameters first on stdin)",
               file=sys.stderr)
         return 2
     os.umask(0o077)  # everything in a reductio home is its owner's alone
@@ -63,8 +64,9 @@ def main(argv: list = None) -> int:
         print(f"reductio worker: {err}", file=sys.stderr)
         return 2
     use_token(params.pop("token", None))
-    head_code = params.pop("reductio", None)  # the head's own_code digest; absent when a test runs a step by hand
-    if head_code is not None and head_code != own_code.digest():
+    # CODE: the head's own_code digest, in argv, where a worker from before this check refuses it (usage, exit 2)
+    # rather than run its own code; absent when a share or a test runs a step by hand
+    if code is not None and code != own_code.digest():
         emit(ERROR, ReductioError(own_code.MISMATCH).to_dict())
         return 1
     then = params.pop("then", None)  # "publish": wait for the head's verdict after the result (job.py)

@@ -64,7 +64,9 @@ class PartitionedOutput:
     when that line is longer than REMEMBERED_LINE or was not made from a
     pair. Hot loops (write_all here, steps.call_into) look a key up there
     first, call ``route`` for a key not found, add up what they add (each
-    line's length and LINE_COST) and call ``flush`` at ``batch``. A line over
+    line's length and LINE_COST) from ``pending``, what earlier loops left
+    unwritten, call ``flush`` at ``batch`` and leave ``pending`` as they end:
+    a combiner's loop per flush adds a few lines each time. A line over
     max_record is refused by the flush it starts (``batch`` is no more than
     max_record), while the input line that made it is the one being read.
     """
@@ -78,6 +80,7 @@ class PartitionedOutput:
         self.batches = [Batch() for _ in range(partitions)]
         self.blank = [""] * (self.batch // (LINE_COST + 1) + 1)  # as many lines as a batch holds: LINE_COST + LF each
         self.routes: dict[str, tuple] = {}
+        self.pending = 0  # what the batches hold, counted as the hot loops count it
         self.lines = [0] * partitions
         self.sorted = [True] * partitions
         self.last = [("", "")] * partitions
@@ -98,7 +101,7 @@ class PartitionedOutput:
     def write_all(self, lines: Iterable[str]) -> None:
         """Route every formatted line (LF-terminated) to its partition: the key is all before the first tab."""
         routes, route, flush, batch, cost = self.routes, self.route, self.flush, self.batch, LINE_COST
-        pending = 0
+        pending = self.pending
         for line in lines:
             key = line[: line.find("\t")]  # no tab: find is -1, the key is the line without its LF
             known = routes.get(key)
@@ -114,9 +117,11 @@ class PartitionedOutput:
             if pending >= batch:
                 flush()
                 pending = 0
+        self.pending = pending
 
     def flush(self) -> None:
         """Encode and write every partition's batch."""
+        self.pending = 0
         for p, batch in enumerate(self.batches):
             if batch.count:
                 lines = batch.lines[: batch.count]

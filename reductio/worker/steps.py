@@ -40,7 +40,7 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
     (reducers).
     """
     routes, batches, flush, crc32, batch = output.routes, output.batches, output.flush, zlib.crc32, output.batch
-    pending, cost = 0, LINE_COST
+    pending, cost = output.pending, LINE_COST
     for key, value in calls:
         try:
             pairs = function(key, value)
@@ -87,6 +87,7 @@ def call_into(function: Callable, name: str, calls: Iterable[tuple], output, on_
             raise
         except Exception as exc:
             raise user_error(f"{name} raised on key {key!r}" if on_key else f"{name} raised", exc) from None
+    output.pending = pending
 
 
 def _checked(output, pair, name: str) -> tuple:
