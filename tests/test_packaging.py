@@ -312,3 +312,27 @@ def test_a_folder_in_the_package_that_is_no_package_leaves_the_workers_code_dige
                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert worker.returncode == 0, worker.stderr
     assert worker.stdout == head.stdout
+
+
+def test_an_environment_whose_python_was_upgraded_underneath_it_is_made_anew_by_setup(ssh_workers, sshd_cluster,
+                                                                                       tmp_path):
+    """The Python a worker's environment was made by, upgraded under the same setting (Debian's python3 from 3.11
+    to 3.12: its venv's bin/python now starts a Python that finds none of the packages installed for the old
+    one; here PyPy stands in for the new Python): setup makes the environment anew and installs again, and the
+    job runs, where it kept it and failed in pip."""
+    from reductio import tasks
+
+    pypy3 = shutil.which("pypy3")
+    assert pypy3, "this test needs PyPy: apt-get install pypy3 pypy3-venv"
+    c, lines = _set_up_with_text(ssh_workers, tmp_path, 100)
+    bin_folder = sshd_cluster.homes / "ssh-1" / "venv" / "bin"
+    for name in ("python", "python3"):  # what an upgrade of /usr/bin/python3 does to a venv made by it
+        (bin_folder / name).unlink()
+        (bin_folder / name).symlink_to(pypy3)
+    tasks.setup(c)
+    ran = subprocess.run([str(bin_folder / "python"), "-c", "import sys, reductio; print(sys.implementation.name)"],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.stdout.strip() == "cpython", ran.stderr
+    tasks.map(c, "wordjobs.identity", "text", "copied")
+    tasks.merge(c, "copied", str(tmp_path / "out.tsv"))
+    assert sorted((tmp_path / "out.tsv").read_text().splitlines()) == sorted(lines)

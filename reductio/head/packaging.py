@@ -235,18 +235,21 @@ def ensure_venv(worker) -> Optional[str]:
     is made anew, and what was installed in it is installed again: the
     step would otherwise run on the old interpreter, silently. One made
     before that setting was recorded in it (an earlier reductio) is the
-    setting's when its Python is the same one (_IDENTITY). Returns a
-    line saying so then, or None when it was kept or new.
+    setting's when its Python is the same one (_IDENTITY). One whose own
+    Python no longer finds its packages (that Python upgraded underneath
+    it, 3.11 to 3.12) is made anew too. Returns a line saying it was made
+    by another setting, or None when it was kept or new.
     """
     wanted = worker.spec.python or "python3"
     python, home, venv = shell_path(wanted), shell_path(worker.home), shell_path(worker.venv)
     made_by, dist = shell_path(f"{worker.venv}/{_MADE_BY}"), shell_path(f"{worker.home}/dist")
     setting = shlex.quote(wanted)  # compared and recorded as written, not as a path
     same = f'test "$({venv}/bin/python -c {_IDENTITY} 2>&1)" = "$({python} -c {_IDENTITY} 2>&1)"'
+    runs = f"{venv}/bin/python -I -c 'import pip' 2>/dev/null"  # its Python upgraded underneath: its packages gone
     result = worker.run(
         f"umask 077 && mkdir -p {home} && chmod 700 {home} && was=$(cat {made_by} 2>/dev/null"
         f" || {{ test -x {venv}/bin/python && if {same}; then printf '%s' {setting}; else echo 'another Python'; fi; }}"
-        f" || :) && if test -x {venv}/bin/python && test \"$was\" = {setting}; then"
+        f" || :) && if test -x {venv}/bin/python && test \"$was\" = {setting} && {runs}; then"
         f" test -e {made_by} || printf '%s' {setting} > {made_by}; else"
         f" if test -e {venv}; then test \"$was\" = {setting} || test -z \"$was\" || echo \"replaced: $was\";"
         f" rm -rf {venv} {dist}/*.digest; fi"
